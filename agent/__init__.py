@@ -1,0 +1,1 @@
+"""Behavior learning, replay, the Dreamer agent and the synchronous training loop."""

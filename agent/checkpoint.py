@@ -1,0 +1,63 @@
+"""Checkpoints that resume exactly: agent, optimiser, counters and every RNG."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of Python's, numpy's and torch's global generators."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save(logdir: str | Path, agent: torch.nn.Module, counters: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """Writes ``logdir/checkpoint.pt`` atomically (a crash never leaves half a file)."""
+    path = Path(logdir) / CHECKPOINT
+    payload = {
+        "format": 1,
+        "agent": agent.state_dict(),
+        "optimizer": agent.optimizer.state_dict(),
+        "counters": dict(counters),
+        "rng": rng_state(),
+        **(extra or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load(path: str | Path, agent: torch.nn.Module) -> dict[str, Any]:
+    """Loads a checkpoint into ``agent``; returns the whole payload.
+
+    Raises:
+        ValueError: when the file is not a reverie checkpoint or does not fit
+            the agent (another algorithm, size or environment).
+    """
+    try:
+        payload = torch.load(path, map_location=agent.device, weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupted file
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != 1:
+        raise ValueError(f"{path} is not a reverie checkpoint")
+    try:
+        agent.load_state_dict(payload["agent"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} does not fit this agent (other algo, size or env?): {exc}") from exc
+    agent.optimizer.load_state_dict(payload["optimizer"])
+    return payload

@@ -1,0 +1,211 @@
+"""The DreamerV3 agent: a pure policy over an explicit carry, and one train step.
+
+``init_state(B)`` returns the carry ``{deter [B, D], stoch [B, S, C],
+prev_action [B, A]}``; ``policy(obs, carry)`` returns ``(action, carry)``;
+``train(batch)`` performs one update from replayed sequences. Nothing
+recurrent is stored on the agent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from reverie.envs.base import Space
+from reverie.world_model.heads import TwoHotHead
+from reverie.world_model.model import WorldModel
+
+from .behavior import Actor, SlowCritic, critic_loss, policy_loss
+from .optim import LaProp
+from .returns import PercentileNormalizer, lambda_return
+
+Carry = dict[str, torch.Tensor]
+
+DEFAULT_LOSS_SCALES = {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1, "policy": 1.0, "value": 1.0, "repval": 0.3}
+
+
+class Dreamer(nn.Module):
+    """DreamerV3: world model, actor, critic, slow critic, return normaliser, optimiser.
+
+    Args:
+        obs_space: observation spaces of the environment.
+        act_space: the action space (continuous ``(A,)`` or one-hot ``(n,)``).
+        obs_keys: sensor keys the model uses.
+        world_model: keyword arguments of :class:`WorldModel` (without the spaces).
+        actor: keyword arguments of :class:`Actor` (without sizes).
+        critic: keyword arguments of the critic's :class:`TwoHotHead`.
+        imag_horizon: imagined steps per start state (15).
+        lam: λ of the returns (0.95).
+        horizon: discount horizon; γ = 1 − 1/horizon (333).
+        entropy_scale: actor entropy bonus η (3e-4).
+        slowreg: weight of the slow-critic regulariser (1.0).
+        slow_rate: EMA rate of the slow critic (0.02).
+        retnorm: keyword arguments of :class:`PercentileNormalizer`.
+        loss_scales: weight of each loss term; ``rec`` applies to every
+            reconstructed key.
+        optimizer: keyword arguments of :class:`LaProp`.
+        replay_value: train the critic on replayed returns too (``repval``).
+    """
+
+    def __init__(
+        self,
+        *,
+        obs_space: dict[str, Space],
+        act_space: Space,
+        obs_keys: list[str],
+        world_model: dict[str, Any],
+        actor: dict[str, Any],
+        critic: dict[str, Any],
+        imag_horizon: int = 15,
+        lam: float = 0.95,
+        horizon: float = 333.0,
+        entropy_scale: float = 3e-4,
+        slowreg: float = 1.0,
+        slow_rate: float = 0.02,
+        retnorm: dict[str, Any] | None = None,
+        loss_scales: dict[str, float] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        replay_value: bool = True,
+    ) -> None:
+        super().__init__()
+        self.act_dim = act_space.shape[0]
+        self.discrete = act_space.discrete
+        self.imag_horizon, self.lam, self.horizon = imag_horizon, lam, horizon
+        self.entropy_scale, self.slowreg, self.replay_value = entropy_scale, slowreg, replay_value
+        self.scales = {**DEFAULT_LOSS_SCALES, **(loss_scales or {})}
+        self.wm = WorldModel(obs_space=obs_space, obs_keys=obs_keys, act_dim=self.act_dim, horizon=horizon, **world_model)
+        feat = self.wm.rssm.feat_dim
+        self.actor = Actor(feat, self.act_dim, discrete=self.discrete, **actor)
+        self.critic = TwoHotHead(feat, **critic)
+        self.slow_critic = SlowCritic(self.critic, rate=slow_rate)
+        self.retnorm = PercentileNormalizer(**(retnorm or {}))
+        trainable = [p for n, p in self.named_parameters() if not n.startswith("slow_critic.")]
+        self.optimizer = LaProp(trainable, **(optimizer or {}))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -------------------------------------------------------------- acting
+    def init_state(self, batch: int) -> Carry:
+        """Zero carry for ``batch`` environments."""
+        state = self.wm.rssm.initial(batch, self.device)
+        state["prev_action"] = torch.zeros(batch, self.act_dim, device=self.device)
+        return state
+
+    @torch.no_grad()
+    def policy(self, obs: dict[str, np.ndarray | torch.Tensor], state: Carry, *, mode: bool = False) -> tuple[torch.Tensor, Carry]:
+        """One control step for a batch of environments.
+
+        Args:
+            obs: ``{key: [B, ...]}``, with the model keys and ``is_first``.
+            state: the carry from :meth:`init_state` or the previous call.
+            mode: act deterministically (evaluation and deployment).
+
+        Returns:
+            The action ``[B, A]`` and the new carry.
+        """
+        obs = self._to_tensors(obs)
+        token = self.wm.encoder({k: obs[k] for k in self.wm.obs_keys})
+        latent, _ = self.wm.rssm.obs_step(state, state["prev_action"], token, obs["is_first"], mode=mode)
+        action = self.actor.sample(self.wm.rssm.features(latent), mode=mode)
+        return action, {**latent, "prev_action": action}
+
+    def _to_tensors(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in data.items():
+            t = torch.as_tensor(v)
+            out[k] = t.to(self.device, non_blocking=True)
+        return out
+
+    # ------------------------------------------------------------ training
+    def train_step(self, batch: dict[str, np.ndarray | torch.Tensor]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """One update of world model, actor and critic.
+
+        Args:
+            batch: replayed sequences ``{key: [B, T + 1, ...]}``: the model
+                keys, ``reward``, ``is_first``, ``is_last``, ``is_terminal``,
+                ``action`` (taken after each observation) and the stored
+                latents ``deter``, ``stoch`` (class indices). Step 0 is
+                context only: its latent starts the posterior and its action
+                is the previous action of step 1.
+
+        Returns:
+            Scalar metrics, and refreshed latents ``{deter, stoch}`` for
+            steps 1 … T to write back into replay.
+        """
+        data = self._to_tensors(batch)
+        losses, metrics, post = self.compute_losses(data)
+        total = sum(self.scales["rec" if k in self.wm.obs_keys else k] * v.mean() for k, v in losses.items())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        info = self.optimizer.step()
+        self.slow_critic.update(self.critic)
+        metrics = {f"loss/{k}": v.mean() for k, v in losses.items()} | metrics
+        out = {k: float(v) for k, v in metrics.items()}
+        out["loss/total"] = float(total)
+        out["train/grad_norm"] = info.get("grad_norm", 0.0)
+        out["train/lr"] = info.get("lr", 0.0)
+        latents = {
+            "deter": post["deter"].detach().to(torch.float16).cpu().numpy(),
+            "stoch": post["stoch"].detach().argmax(-1).to(torch.uint8).cpu().numpy(),
+        }
+        return out, latents
+
+    def compute_losses(self, data: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """All loss terms (unscaled, per element) for one batch; see :meth:`train_step`."""
+        rssm = self.wm.rssm
+        start = {
+            "deter": data["deter"][:, 0].float(),
+            "stoch": nn.functional.one_hot(data["stoch"][:, 0].long(), rssm.classes).float(),
+        }
+        obs = {k: v[:, 1:] for k, v in data.items() if k not in ("action", "deter", "stoch")}
+        prev_actions = data["action"][:, :-1].float()
+        B, T = obs["is_first"].shape
+
+        # World model over the replayed sequence.
+        losses, post, metrics = self.wm.loss(obs, prev_actions, start)
+        feat = rssm.features(post)  # [B, T, F]
+
+        # Imagination from every posterior state; no gradient flows through
+        # the rollout (REINFORCE), so it runs without autograd.
+        starts = {"deter": post["deter"].detach().reshape(B * T, -1), "stoch": post["stoch"].detach().reshape(B * T, rssm.stoch, rssm.classes)}
+        with torch.no_grad():
+            traj, actions = rssm.imagine(starts, self.actor.sample, self.imag_horizon)
+            img_feat = rssm.features(traj)  # [N, H+1, F]
+            reward = self.wm.reward.mean(self.wm.reward.logits(img_feat))
+            cont = torch.sigmoid(self.wm.cont.logit(img_feat))  # includes the discount
+            slow_value = self.slow_critic.mean(img_feat)
+        value_logits = self.critic.logits(img_feat)
+        value = self.critic.mean(value_logits).detach()
+        weight = torch.cumprod(cont, 1)  # discount-weighted reach probability of each state
+        ret = lambda_return(torch.zeros_like(cont), 1 - cont, reward, value, 1.0, self.lam)  # [N, H]
+        self.retnorm.update(ret)
+        adv = (ret - value[:, :-1]) / self.retnorm.scale()
+        logp, entropy = self.actor.logp_entropy(img_feat[:, :-1], actions[:, :-1])
+        losses["policy"] = policy_loss(logp, entropy, adv, weight[:, :-1], self.entropy_scale).mean(1).reshape(B, T)
+        losses["value"] = critic_loss(self.critic, value_logits[:, :-1], ret, slow_value[:, :-1], weight[:, :-1], self.slowreg).mean(1).reshape(B, T)
+
+        # Critic on replayed returns, bootstrapped by the imagined returns.
+        if self.replay_value:
+            rep_logits = self.critic.logits(feat)
+            slow_rep = self.slow_critic.mean(feat.detach())
+            boot = ret[:, 0].reshape(B, T)
+            rep_ret = lambda_return(obs["is_last"], obs["is_terminal"], obs["reward"].float(), boot, 1 - 1 / self.horizon, self.lam)
+            live = (~obs["is_last"]).float()[:, :-1]
+            losses["repval"] = critic_loss(self.critic, rep_logits[:, :-1], rep_ret, slow_rep[:, :-1], live, self.slowreg)
+
+        with torch.no_grad():
+            metrics |= {
+                "train/ret_mean": ret.mean(),
+                "train/ret_scale": self.retnorm.scale(),
+                "train/value_mean": value.mean(),
+                "train/adv_mag": adv.abs().mean(),
+                "train/actor_entropy": entropy.mean(),
+                "train/img_reward": reward.mean(),
+                "train/img_cont": cont.mean(),
+            }
+        return losses, metrics, post

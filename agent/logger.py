@@ -1,0 +1,71 @@
+"""Metrics: one JSON object per line in ``metrics.jsonl`` and TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Writes namespaced scalars with the environment step.
+
+    Args:
+        logdir: output folder.
+        tensorboard: also write TensorBoard events (needs the tensorboard package).
+    """
+
+    def __init__(self, logdir: str | Path, *, tensorboard: bool = True) -> None:
+        self.logdir = Path(logdir)
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.logdir / "metrics.jsonl", "a", buffering=1)
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.logdir / "tensorboard"))
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        """Writes one line ``{"step": step, **metrics}`` (non-finite values become null)."""
+        clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}
+        self._file.write(json.dumps({"step": int(step), **clean}) + "\n")
+        if self._tb is not None:
+            for k, v in clean.items():
+                if v is not None:
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All lines of a ``metrics.jsonl``."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curve(metrics_path: str | Path, out_path: str | Path, *, title: str = "") -> None:
+    """Plots training and evaluation returns against environment steps to a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = read_metrics(metrics_path)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for key, style in (("episode/return", dict(alpha=0.35, lw=1, label="train episode")), ("eval/return", dict(marker="o", lw=2, label="eval (deterministic)"))):
+        points = [(m["step"], m[key]) for m in lines if m.get(key) is not None]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, **style)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)

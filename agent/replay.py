@@ -1,0 +1,162 @@
+"""Replay: an in-memory ring of steps, persisted to disk in chunks.
+
+Every step holds the observation, the action taken after it and the model's
+latent state after observing it (``deter``, ``stoch`` as class indices). The
+latents are refreshed by training (``update_latents``) and used as the start
+state of sampled sequences, so a sequence need not be warmed up from zeros
+(the official ``replay_context``).
+
+On disk (``directory``): ``chunk_XXXXXXXX.npz`` per ``chunk_size`` completed
+steps (written once, as they fill), and on ``save()`` the partial chunk, the
+latents and ``replay.json`` with the step count. ``load()`` restores exactly
+the state of the last ``save()``: chunks written after it are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+LATENT_KEYS = ("deter", "stoch")
+
+
+class Replay:
+    """Uniform replay of fixed-length sequences.
+
+    Args:
+        capacity: steps kept; the oldest are dropped first.
+        seq_len: length of sampled sequences (batch length + 1 context step).
+        directory: where chunks are written; None keeps everything in memory.
+        chunk_size: steps per chunk file.
+        seed: seed of the sampling generator.
+    """
+
+    def __init__(self, *, capacity: int, seq_len: int, directory: str | Path | None = None, chunk_size: int = 1024, seed: int = 0) -> None:
+        if capacity < seq_len:
+            raise ValueError(f"replay capacity {capacity} is smaller than the sequence length {seq_len}")
+        self.capacity, self.seq_len, self.chunk_size = int(capacity), int(seq_len), int(chunk_size)
+        self.directory = Path(directory) if directory else None
+        self.rng = np.random.default_rng(seed)
+        self.total = 0  # steps ever added
+        self.data: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------- storage
+    def __len__(self) -> int:
+        return min(self.total, self.capacity)
+
+    def _allocate(self, step: dict[str, np.ndarray]) -> None:
+        # np.zeros maps pages lazily, so a large capacity costs nothing until filled.
+        self.data = {k: np.zeros((self.capacity, *np.shape(v)), np.asarray(v).dtype) for k, v in step.items()}
+
+    def add(self, step: dict[str, np.ndarray]) -> None:
+        """Appends one step (a dict of unbatched arrays; ``log/`` keys are dropped)."""
+        step = {k: v for k, v in step.items() if not k.startswith("log/")}
+        if not self.data:
+            self._allocate(step)
+        if step.keys() != self.data.keys():
+            raise ValueError(f"replay step keys {sorted(step)} differ from stored keys {sorted(self.data)}")
+        pos = self.total % self.capacity
+        for k, v in step.items():
+            self.data[k][pos] = v
+        self.total += 1
+        if self.directory and self.total % self.chunk_size == 0:
+            self._write_chunk(self.total // self.chunk_size - 1)
+
+    def _chunk_path(self, index: int) -> Path:
+        return self.directory / f"chunk_{index:08d}.npz"
+
+    def _positions(self, start: int, stop: int) -> np.ndarray:
+        return np.arange(start, stop) % self.capacity
+
+    def _write_chunk(self, index: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        pos = self._positions(index * self.chunk_size, (index + 1) * self.chunk_size)
+        arrays = {k: v[pos] for k, v in self.data.items() if k not in LATENT_KEYS}
+        _atomic_savez(self._chunk_path(index), arrays)
+        # Drop chunks that fell out of the capacity window.
+        oldest = (self.total - self.capacity) // self.chunk_size
+        for old in range(max(0, oldest - 4), oldest):
+            self._chunk_path(old).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------ sampling
+    def sample(self, batch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Uniformly sampled sequences.
+
+        Returns:
+            ``{key: [B, L, ...]}`` and the storage positions ``[B, L]`` (for
+            :meth:`update_latents`).
+        """
+        first = max(0, self.total - self.capacity)
+        last_start = self.total - self.seq_len
+        if last_start < first:
+            raise ValueError(f"replay holds {len(self)} steps; need at least {self.seq_len} to sample")
+        starts = self.rng.integers(first, last_start + 1, size=batch)
+        pos = (starts[:, None] + np.arange(self.seq_len)[None]) % self.capacity  # [B, L]
+        return {k: v[pos] for k, v in self.data.items()}, pos
+
+    def update_latents(self, pos: np.ndarray, latents: dict[str, np.ndarray]) -> None:
+        """Writes refreshed latents at storage positions ``pos`` ``[B, T]``."""
+        for k, v in latents.items():
+            self.data[k][pos] = v
+
+    # ---------------------------------------------------------- persistence
+    def save(self) -> None:
+        """Makes the on-disk replay equal to the in-memory one."""
+        if not self.directory or not self.data:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        done = self.total // self.chunk_size
+        partial = self._positions(done * self.chunk_size, self.total)
+        _atomic_savez(self.directory / "partial.npz", {k: v[partial] for k, v in self.data.items() if k not in LATENT_KEYS})
+        held = self._positions(max(0, self.total - self.capacity), self.total)
+        _atomic_savez(self.directory / "latents.npz", {k: self.data[k][held] for k in LATENT_KEYS if k in self.data})
+        meta = {"total": self.total, "capacity": self.capacity, "chunk_size": self.chunk_size, "rng": self.rng.bit_generator.state}
+        _atomic_write(self.directory / "replay.json", json.dumps(meta))
+
+    def load(self) -> bool:
+        """Restores the state of the last :meth:`save`; False when there is none."""
+        if not self.directory or not (self.directory / "replay.json").exists():
+            return False
+        meta = json.loads((self.directory / "replay.json").read_text())
+        if meta["chunk_size"] != self.chunk_size:
+            raise ValueError(f"replay in {self.directory} uses chunk_size {meta['chunk_size']}, not {self.chunk_size}")
+        total = int(meta["total"])
+        first = max(0, total - self.capacity)
+        parts: list[dict[str, np.ndarray]] = []
+        for index in range(first // self.chunk_size, total // self.chunk_size):
+            with np.load(self._chunk_path(index)) as f:
+                parts.append({k: f[k] for k in f.files})
+        with np.load(self.directory / "partial.npz") as f:
+            parts.append({k: f[k] for k in f.files})
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        # Trim the first chunk to the capacity window.
+        skip = first - (first // self.chunk_size) * self.chunk_size
+        arrays = {k: v[skip:] for k, v in arrays.items()}
+        with np.load(self.directory / "latents.npz") as f:
+            arrays.update({k: f[k] for k in f.files})
+        self.total = 0
+        self.data = {}
+        self._allocate({k: v[0] for k, v in arrays.items()})
+        pos = self._positions(first, total)
+        for k, v in arrays.items():
+            if len(v) != len(pos):
+                raise ValueError(f"replay in {self.directory} is inconsistent: {k} has {len(v)} steps, expected {len(pos)}")
+            self.data[k][pos] = v
+        self.total = total
+        self.rng.bit_generator.state = meta["rng"]
+        return True
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)

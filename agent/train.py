@@ -1,0 +1,265 @@
+"""The synchronous loop behind ``reverie train``: act, store, train, evaluate, checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from reverie import envs
+
+from . import checkpoint
+from .builder import build_agent
+from .logger import MetricsLogger, plot_curve
+from .replay import Replay
+
+#: Keys whose change does not alter a run, so a resumed run may differ in them.
+RESUMABLE_KEYS = {"steps", "progress", "log_every", "eval_every", "eval_episodes", "checkpoint_every", "device", "threads"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device=cuda was asked for but torch sees no CUDA device; use device=auto or device=cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; valid: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_config(logdir: Path, cfg: DictConfig) -> None:
+    """Writes ``config.yaml``, or refuses a logdir whose earlier run had another config."""
+    path = logdir / "config.yaml"
+    current = OmegaConf.to_container(cfg, resolve=True)
+    if path.exists():
+        before = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        diff = sorted(_diff(before, current) - {k for k in _diff(before, current) if k.split(".")[0] in RESUMABLE_KEYS})
+        if diff:
+            raise ValueError(
+                f"logdir {logdir} holds a run with another config (differs in: {', '.join(diff)}); "
+                "use another logdir=… or the same settings to resume"
+            )
+    logdir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: set[str] = set()
+        for k in set(a) | set(b):
+            out |= _diff(a.get(k), b.get(k), f"{prefix}{k}.") if k in a and k in b else {f"{prefix}{k}"}
+        return out
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+def _batch(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v)[None] for k, v in obs.items() if not k.startswith("log/")}
+
+
+class Trainer:
+    """Owns the environment, agent, replay and counters of one run.
+
+    Args:
+        cfg: the composed config.
+    """
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.logdir = Path(cfg.logdir)
+        check_config(self.logdir, cfg)
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        family = cfg.env.name.split("/", 1)[0]
+        self.repeat = int(cfg.env.action_repeat or envs.DEFAULT_REPEAT.get(family, 1))
+        self.env = self._make_env(cfg.seed)
+        self.eval_env = self._make_env(cfg.seed + 1_000_000)
+        self.agent = build_agent(cfg, self.env.obs_space, self.env.act_space).to(self.device)
+        self.replay = Replay(
+            capacity=cfg.replay.capacity,
+            seq_len=cfg.batch_length + 1,
+            directory=self.logdir / "replay",
+            chunk_size=cfg.replay.chunk_size,
+            seed=cfg.seed,
+        )
+        self.counters: dict[str, Any] = {"agent_steps": 0, "updates": 0, "episodes": 0, "eval_episodes": 0, "train_credit": 0.0, "last_eval": 0, "last_ckpt": 0, "last_log": 0}
+        self.resumed = False
+        path = self.logdir / checkpoint.CHECKPOINT
+        if path.exists():
+            payload = checkpoint.load(path, self.agent)
+            self.counters.update(payload["counters"])
+            checkpoint.set_rng_state(payload["rng"])
+            if not self.replay.load():
+                raise ValueError(f"{path} exists but its replay in {self.logdir / 'replay'} is missing")
+            self.resumed = True
+        self.autocast = self.cfg.precision == "bf16"
+        if self.cfg.precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {self.cfg.precision!r}; valid: fp32, bf16")
+
+    def _make_env(self, seed: int) -> envs.Env:
+        e = self.cfg.env
+        return envs.make(e.name, obs=self.cfg.obs, seed=seed, action_repeat=self.repeat, time_limit=e.time_limit, size=(e.size, e.size))
+
+    @property
+    def env_steps(self) -> int:
+        return self.counters["agent_steps"] * self.repeat
+
+    def _precision(self):
+        if self.autocast:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # --------------------------------------------------------------- parts
+    def train_updates(self) -> list[dict[str, float]]:
+        """Runs the updates the train ratio owes after one more agent step."""
+        cfg = self.cfg
+        if len(self.replay) < max(cfg.train_start, cfg.batch_length + 1):
+            return []
+        self.counters["train_credit"] += cfg.train_ratio / (cfg.batch_size * cfg.batch_length)
+        metrics = []
+        while self.counters["train_credit"] >= 1.0:
+            self.counters["train_credit"] -= 1.0
+            batch, pos = self.replay.sample(cfg.batch_size)
+            with self._precision():
+                m, latents = self.agent.train_step(batch)
+            self.replay.update_latents(pos[:, 1:], latents)
+            self.counters["updates"] += 1
+            metrics.append(m)
+        return metrics
+
+    def evaluate(self) -> list[float]:
+        """Episodes with the deterministic policy on the evaluation env."""
+        returns = []
+        for _ in range(self.cfg.eval_episodes):
+            seed = self.cfg.seed + 1_000_000 + self.counters["eval_episodes"]
+            self.counters["eval_episodes"] += 1
+            obs = self.eval_env.reset(seed=seed)
+            state = self.agent.init_state(1)
+            total = 0.0
+            while True:
+                with self._precision():
+                    action, state = self.agent.policy(_batch(obs), state, mode=True)
+                obs = self.eval_env.step(self._to_env(action))
+                total += float(obs["reward"])
+                if obs["is_last"]:
+                    break
+            returns.append(total)
+        return returns
+
+    def _to_env(self, action: torch.Tensor) -> np.ndarray:
+        action = action[0].float().cpu().numpy()
+        if not self.env.act_space.discrete:
+            action = np.clip(action, -1.0, 1.0)
+        return action.astype(np.float32)
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> dict[str, Any]:
+        """Trains until ``cfg.steps`` environment steps; returns a summary."""
+        cfg = self.cfg
+        logger = MetricsLogger(self.logdir)
+        bar = _progress(cfg, self.env_steps)
+        start_time, start_updates = time.time(), self.counters["updates"]
+        window: list[dict[str, float]] = []
+        last_return = math.nan
+        obs = None
+        try:
+            while self.env_steps < cfg.steps:
+                if obs is None:
+                    # Episodes are seeded by their index, so a resumed run
+                    # sees the same episodes as an uninterrupted one.
+                    obs = self.env.reset(seed=cfg.seed + self.counters["episodes"])
+                    state = self.agent.init_state(1)
+                    episode_return, episode_length = 0.0, 0
+                with self._precision():
+                    action, state = self.agent.policy(_batch(obs), state)
+                env_action = self._to_env(action)
+                self.replay.add({
+                    **{k: v for k, v in obs.items() if not k.startswith("log/")},
+                    "action": env_action,
+                    "deter": state["deter"][0].to(torch.float16).cpu().numpy(),
+                    "stoch": state["stoch"][0].argmax(-1).to(torch.uint8).cpu().numpy(),
+                })
+                self.counters["agent_steps"] += 1
+                window += self.train_updates()
+                if obs["is_last"]:
+                    self.counters["episodes"] += 1
+                    last_return = episode_return
+                    logger.write(self.env_steps, {"episode/return": episode_return, "episode/length": episode_length})
+                    obs = None
+                    self._maybe_evaluate(logger)
+                    self._maybe_checkpoint()
+                else:
+                    obs = self.env.step(env_action)
+                    episode_return += float(obs["reward"])
+                    episode_length += 1
+                if self.env_steps - self.counters["last_log"] >= cfg.log_every and window:
+                    self.counters["last_log"] = self.env_steps
+                    elapsed = max(time.time() - start_time, 1e-9)
+                    summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                    summary["train/updates_per_s"] = (self.counters["updates"] - start_updates) / elapsed
+                    summary["train/updates"] = self.counters["updates"]
+                    summary["train/replay_steps"] = len(self.replay)
+                    summary["train/max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                    logger.write(self.env_steps, summary)
+                    window = []
+                    if bar is not None:
+                        bar.set_postfix(updates_per_s=f"{summary['train/updates_per_s']:.2f}", ret=f"{last_return:.1f}")
+                if bar is not None:
+                    bar.update(self.env_steps - bar.n)
+            self._maybe_evaluate(logger, force=True)
+            self.save()
+        finally:
+            logger.close()
+            if bar is not None:
+                bar.close()
+        plot_curve(self.logdir / "metrics.jsonl", self.logdir / "curve.png", title=f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} seed {cfg.seed}")
+        return {"env_steps": self.env_steps, "updates": self.counters["updates"], "episodes": self.counters["episodes"], "wall_s": time.time() - start_time}
+
+    def _maybe_evaluate(self, logger: MetricsLogger, force: bool = False) -> None:
+        if not self.cfg.eval_episodes:
+            return
+        due = self.env_steps - self.counters["last_eval"] >= self.cfg.eval_every
+        if not (due or (force and self.counters["last_eval"] != self.env_steps)):
+            return
+        self.counters["last_eval"] = self.env_steps
+        returns = self.evaluate()
+        logger.write(self.env_steps, {"eval/return": float(np.mean(returns)), "eval/return_std": float(np.std(returns))})
+
+    def _maybe_checkpoint(self) -> None:
+        if self.env_steps - self.counters["last_ckpt"] >= self.cfg.checkpoint_every:
+            self.save()
+
+    def save(self) -> None:
+        """Checkpoint and replay, consistent with each other (taken between episodes)."""
+        self.counters["last_ckpt"] = self.env_steps
+        self.replay.save()
+        checkpoint.save(self.logdir, self.agent, self.counters)
+
+
+def _progress(cfg: DictConfig, initial: int):
+    if not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=cfg.steps, initial=initial, unit="step", desc=f"train {cfg.env.name}", dynamic_ncols=True)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Runs (or resumes) the training run described by ``cfg``."""
+    return Trainer(cfg).run()

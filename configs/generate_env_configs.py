@@ -1,0 +1,38 @@
+"""Writes one ``env/`` config per DeepMind Control task and per listed gymnasium id.
+
+Run after upgrading dm-control or adding gym ids:
+``python -m reverie.configs.generate_env_configs``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+GYM_IDS = [
+    "Pendulum-v1", "CartPole-v1", "Acrobot-v1", "MountainCarContinuous-v0", "LunarLander-v3",
+    "Ant-v5", "HalfCheetah-v5", "Hopper-v5", "Humanoid-v5", "HumanoidStandup-v5", "InvertedDoublePendulum-v5",
+    "InvertedPendulum-v5", "Pusher-v5", "Reacher-v5", "Swimmer-v5", "Walker2d-v5",
+]
+FAKES = ["vector", "pixels", "discrete"]
+
+
+def write(root: Path, family: str, task: str) -> None:
+    path = root / "env" / family / f"{task}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"name: {family}/{task}\n")
+
+
+def main() -> None:
+    from dm_control import suite
+
+    root = Path(__file__).parent
+    for domain, task in suite.ALL_TASKS:
+        write(root, "dmc", f"{domain}_{task}")
+    for env_id in GYM_IDS:
+        write(root, "gym", env_id)
+    for variant in FAKES:
+        write(root, "fake", variant)
+
+
+if __name__ == "__main__":
+    main()

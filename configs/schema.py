@@ -1,0 +1,153 @@
+"""Dataclass schemas of the configuration, registered in Hydra's ConfigStore.
+
+Every field carries a ``help`` text; ``reverie train --help`` prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+def doc(default: Any, text: str) -> Any:
+    """A dataclass field with a default and a help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class RSSMConfig:
+    stoch: int = doc(32, "number of categorical latents S")
+    blocks: int = doc(8, "diagonal blocks of the recurrent GRU")
+    unimix: float = doc(0.01, "uniform mixture of the latent distributions")
+    imglayers: int = doc(2, "hidden layers of the prior")
+    obslayers: int = doc(1, "hidden layers of the posterior")
+    dynlayers: int = doc(1, "block-diagonal layers before the GRU gates")
+    act: str = doc("silu", "activation")
+    norm: str = doc("rms", "norm: rms | layer | none")
+
+
+@dataclass
+class NetConfig:
+    layers: int = doc(3, "MLP layers")
+    mults: list = doc([2, 3, 4, 4], "CNN channel multipliers of depth per stage")
+    kernel: int = doc(5, "CNN kernel size")
+    act: str = doc("silu", "activation")
+    norm: str = doc("rms", "norm: rms | layer | none")
+
+
+@dataclass
+class HeadConfig:
+    layers: int = doc(1, "MLP layers")
+    bins: int = doc(255, "two-hot bins (reward and critic heads)")
+    outscale: float = doc(0.0, "initial scale of the output layer (0: predicts exactly 0)")
+    act: str = doc("silu", "activation")
+    norm: str = doc("rms", "norm")
+
+
+@dataclass
+class ActorConfig:
+    layers: int = doc(3, "MLP layers")
+    min_std: float = doc(0.1, "lower bound of the action standard deviation")
+    max_std: float = doc(1.0, "upper bound of the action standard deviation")
+    outscale: float = doc(0.01, "initial scale of the output layer")
+    act: str = doc("silu", "activation")
+    norm: str = doc("rms", "norm")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = doc(4e-5, "learning rate (LaProp)")
+    beta1: float = doc(0.9, "momentum")
+    beta2: float = doc(0.999, "squared-gradient EMA rate")
+    eps: float = doc(1e-20, "epsilon added to the RMS")
+    agc: float = doc(0.3, "adaptive gradient clipping ratio (0 disables)")
+    warmup: int = doc(1000, "linear learning-rate warm-up in updates")
+
+
+@dataclass
+class RetNormConfig:
+    rate: float = doc(0.01, "EMA rate of the percentiles")
+    limit: float = doc(1.0, "floor of the return scale")
+    low: float = doc(5.0, "lower percentile")
+    high: float = doc(95.0, "upper percentile")
+
+
+@dataclass
+class AlgoConfig:
+    name: str = doc("dreamerv3", "algorithm preset: dreamerv3")
+    rssm: RSSMConfig = field(default_factory=RSSMConfig)
+    encoder: NetConfig = field(default_factory=NetConfig)
+    decoder: NetConfig = field(default_factory=NetConfig)
+    reward_head: HeadConfig = field(default_factory=HeadConfig)
+    cont_head: HeadConfig = field(default_factory=lambda: HeadConfig(outscale=1.0))
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    critic: HeadConfig = field(default_factory=lambda: HeadConfig(layers=3))
+    free_nats: float = doc(1.0, "free bits of each KL term")
+    imag_horizon: int = doc(15, "imagination horizon")
+    lam: float = doc(0.95, "λ of the λ-returns")
+    horizon: float = doc(333.0, "discount horizon: γ = 1 − 1/horizon")
+    entropy_scale: float = doc(3e-4, "actor entropy bonus")
+    slowreg: float = doc(1.0, "weight of the slow-critic regulariser")
+    slow_rate: float = doc(0.02, "EMA rate of the slow critic")
+    replay_value: bool = doc(True, "also train the critic on replayed λ-returns")
+    retnorm: RetNormConfig = field(default_factory=RetNormConfig)
+    loss_scales: dict = doc({"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1, "policy": 1.0, "value": 1.0, "repval": 0.3}, "weights of the loss terms")
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+
+@dataclass
+class SizeConfig:
+    name: str = doc("1m", "preset name (after the official size1m … size400m)")
+    deter: int = doc(512, "recurrent state size")
+    hidden: int = doc(64, "RSSM hidden width")
+    classes: int = doc(4, "classes per categorical latent")
+    units: int = doc(64, "MLP width of encoder, decoder and heads")
+    depth: int = doc(4, "CNN base depth")
+
+
+@dataclass
+class EnvConfig:
+    name: str = doc("dmc/cartpole_swingup", "environment: dmc/<domain>_<task>, gym/<id> or fake/<variant>")
+    action_repeat: int | None = doc(None, "actions repeated per agent step (default: 2 for dmc, 1 otherwise)")
+    time_limit: int | None = doc(None, "agent steps per episode (default: the environment's own)")
+    size: int = doc(64, "side of pixel observations")
+
+
+@dataclass
+class ReplayConfig:
+    capacity: int = doc(1_000_000, "steps kept in replay")
+    chunk_size: int = doc(1024, "steps per chunk file on disk")
+
+
+@dataclass
+class Config:
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    size: SizeConfig = field(default_factory=SizeConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    exp: Any = doc(None, "experiment preset applied on top (exp=<name>)")
+    obs: str = doc("vector", "observations: vector | pixels")
+    steps: int = doc(100_000, "environment steps to train for (simulator steps, action repeat included)")
+    train_ratio: float = doc(512.0, "replayed steps per agent step (batch_size × batch_length per update)")
+    train_start: int = doc(1024, "agent steps collected before the first update")
+    batch_size: int = doc(16, "sequences per update")
+    batch_length: int = doc(64, "steps per sequence")
+    seed: int = doc(0, "seed of everything")
+    logdir: str = doc("logs/${env.name}/${algo.name}-${size.name}-seed${seed}", "output folder; rerunning into it resumes")
+    device: str = doc("auto", "auto | cpu | cuda")
+    precision: str = doc("fp32", "fp32 | bf16 (autocast of matrix products)")
+    threads: int = doc(0, "CPU threads for torch (0: all cores)")
+    eval_every: int = doc(10_000, "environment steps between evaluations")
+    eval_episodes: int = doc(5, "episodes per evaluation (deterministic policy)")
+    log_every: int = doc(2_000, "environment steps between metric lines")
+    checkpoint_every: int = doc(10_000, "environment steps between checkpoints (taken at episode ends)")
+    progress: bool = doc(True, "show a progress bar")
+
+
+def register() -> None:
+    """Registers the schema as ``base_config`` (config.yaml extends it)."""
+    ConfigStore.instance().store(name="base_config", node=Config)

@@ -1,0 +1,82 @@
+"""The environment contract every reverie environment follows.
+
+An environment returns observations as a dict of numpy arrays. Sensor keys are
+named (``image``: uint8 H×W×C; vectors such as ``position``: float32 1-D), and
+four keys are always present: ``reward`` (float32 scalar), ``is_first``,
+``is_last`` and ``is_terminal`` (bool scalars). Keys that start with ``log/``
+are diagnostics and never reach the model.
+
+Actions are one float32 array: values in [-1, 1] for continuous spaces (the
+wrappers rescale to the simulator's bounds) and a one-hot vector for discrete
+spaces (the wrappers turn it into an index).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+#: Keys present in every observation besides the sensors.
+BASIC_KEYS = ("reward", "is_first", "is_last", "is_terminal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Space:
+    """Dtype, shape and bounds of one array.
+
+    Args:
+        dtype: numpy dtype of the array.
+        shape: shape of the array (no batch dimensions).
+        low: lower bound (inclusive), or None when unbounded.
+        high: upper bound (inclusive), or None when unbounded.
+        discrete: True for a discrete action space; then ``shape`` is the
+            one-hot size ``(n,)``.
+    """
+
+    dtype: Any
+    shape: tuple[int, ...]
+    low: float | None = None
+    high: float | None = None
+    discrete: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+        object.__setattr__(self, "shape", tuple(int(x) for x in self.shape))
+
+    @property
+    def is_image(self) -> bool:
+        """True for uint8 H×W×C arrays."""
+        return self.dtype == np.uint8 and len(self.shape) == 3
+
+
+@runtime_checkable
+class Env(Protocol):
+    """What an environment offers the agent and the loops."""
+
+    @property
+    def obs_space(self) -> dict[str, Space]:
+        """Every observation key, the basic keys included."""
+
+    @property
+    def act_space(self) -> Space:
+        """The action: float32 ``(A,)`` in [-1, 1], or one-hot ``(n,)``."""
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Starts an episode; the observation has ``is_first=True``.
+
+        A given ``seed`` makes the episode reproducible (same seed, same
+        actions: same observations); None continues the environment's stream.
+        """
+
+    def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
+        """Applies one action and returns the next observation."""
+
+    def close(self) -> None:
+        """Frees the simulator."""
+
+
+def model_keys(obs_space: dict[str, Space]) -> list[str]:
+    """Sensor keys the model sees: all but the basic keys and ``log/`` keys."""
+    return [k for k in obs_space if k not in BASIC_KEYS and not k.startswith("log/")]

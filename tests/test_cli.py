@@ -1,0 +1,60 @@
+"""The command line: help texts and bad input."""
+
+import pytest
+
+from reverie.cli.config import compose
+from reverie.cli.main import main
+
+
+def test_help(capsys):
+    assert main(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for word in ("algo=", "size=", "env=", "exp=", "train_ratio", "logdir", "device", "1m", "12m"):
+        assert word in out
+
+
+def test_unknown_command(capsys):
+    assert main(["fly"]) == 2
+    assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+def test_unknown_key_fails_with_hydra_message(capsys):
+    assert main(["train", "nonsense_key=3"]) == 2
+    assert "Could not override 'nonsense_key'" in capsys.readouterr().err
+
+
+def test_unknown_env_lists_families(capsys):
+    assert main(["train", "env=nope/task"]) == 2
+    err = capsys.readouterr().err
+    assert "dmc/" in err and "gym/" in err and "fake/" in err
+
+
+def test_unknown_env_name_through_make_lists_families():
+    from reverie import envs
+
+    with pytest.raises(ValueError, match="dmc/"):
+        envs.make("nope/task")
+
+
+def test_size_presets_match_official_table():
+    official = {"1m": (512, 64, 4, 64), "12m": (2048, 256, 16, 256), "25m": (3072, 384, 24, 384), "50m": (4096, 512, 32, 512),
+                "100m": (6144, 768, 48, 768), "200m": (8192, 1024, 64, 1024), "400m": (12288, 1536, 96, 1536)}
+    for name, (deter, hidden, classes, units) in official.items():
+        size = compose([f"size={name}"]).size
+        assert (size.deter, size.hidden, size.classes, size.units) == (deter, hidden, classes, units)
+
+
+def test_every_dmc_task_has_an_env_preset():
+    from dm_control import suite
+
+    for domain, task in suite.ALL_TASKS:
+        assert compose([f"env=dmc/{domain}_{task}"]).env.name == f"dmc/{domain}_{task}"
+
+
+def test_exp_ref_sheeprl_xs():
+    cfg = compose(["exp=ref_sheeprl_xs"])
+    assert (cfg.size.deter, cfg.size.hidden, cfg.algo.rssm.stoch, cfg.size.classes) == (256, 256, 32, 32)
+    assert cfg.algo.encoder.layers == 1 and cfg.threads == 1 and cfg.precision == "fp32"
+    assert (cfg.batch_size, cfg.batch_length, cfg.algo.imag_horizon) == (16, 64, 15)

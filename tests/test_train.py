@@ -1,0 +1,83 @@
+"""End-to-end `reverie train` runs: smoke, outputs, exact resume, config checks."""
+
+import json
+
+import pytest
+import torch
+
+from reverie.agent.train import Trainer
+from reverie.cli.config import compose
+from reverie.cli.main import main
+
+
+def read_lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_smoke_fake_env_writes_all_outputs(tiny_overrides, tmp_path):
+    code = main(["train", "env=fake/vector", "env.time_limit=20", "steps=130", "eval_every=60", *tiny_overrides])
+    assert code == 0
+    logdir = tmp_path / "run"
+    for name in ("metrics.jsonl", "config.yaml", "checkpoint.pt", "curve.png", "replay/replay.json"):
+        assert (logdir / name).exists(), name
+    assert list((logdir / "tensorboard").iterdir())
+    lines = read_lines(logdir / "metrics.jsonl")
+    assert all("step" in m for m in lines)
+    assert any("episode/return" in m for m in lines)
+    assert any("eval/return" in m for m in lines)
+    losses = [m for m in lines if "loss/dyn" in m]
+    assert losses and all("train/updates_per_s" in m for m in losses)
+    finite = [v for m in losses for k, v in m.items() if k.startswith("loss/")]
+    assert all(v is not None for v in finite)
+
+
+def test_smoke_fake_pixels_and_discrete(tiny_overrides, tmp_path):
+    assert main(["train", "env=fake/pixels", "obs=pixels", "env.time_limit=10", "steps=40", *tiny_overrides]) == 0
+    other = [o for o in tiny_overrides if not o.startswith("logdir=")] + [f"logdir={tmp_path / 'disc'}"]
+    assert main(["train", "env=fake/discrete", "env.time_limit=10", "steps=40", *other]) == 0
+
+
+def params(trainer):
+    return {k: v.detach().clone() for k, v in trainer.agent.state_dict().items()}
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    from conftest import TINY
+
+    common = ["env=fake/vector", "env.time_limit=15", "eval_episodes=0", "checkpoint_every=1000000", *TINY]
+    # Episodes are 16 agent steps (the reset observation plus 15 steps).
+    straight = Trainer(compose([*common, "steps=96", f"logdir={tmp_path / 'a'}"]))
+    straight.run()
+    first = Trainer(compose([*common, "steps=48", f"logdir={tmp_path / 'b'}"]))
+    first.run()
+    resumed = Trainer(compose([*common, "steps=96", f"logdir={tmp_path / 'b'}"]))
+    assert resumed.resumed and resumed.counters["agent_steps"] == 48
+    resumed.run()
+    assert resumed.counters["updates"] == straight.counters["updates"] > first.counters["updates"]
+    a, b = params(straight), params(resumed)
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 1e-6, worst
+
+
+def test_resume_with_another_config_is_refused(tiny_overrides):
+    assert main(["train", "env=fake/vector", "env.time_limit=10", "steps=20", *tiny_overrides]) == 0
+    with pytest.raises(ValueError, match="differs in: seed"):
+        Trainer(compose(["env=fake/vector", "env.time_limit=10", "steps=20", "seed=5", *tiny_overrides]))
+    # More steps is fine: that is how a run is extended.
+    Trainer(compose(["env=fake/vector", "env.time_limit=10", "steps=40", *tiny_overrides]))
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tiny_overrides, tmp_path):
+    assert main(["train", "env=fake/vector", "env.time_limit=10", "steps=20", *tiny_overrides]) == 0
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        Trainer(compose(["env=fake/vector", "env.time_limit=10", "steps=20", *tiny_overrides]))
+
+
+@pytest.mark.slow
+def test_smoke_dmc_cartpole_swingup(tiny_overrides, tmp_path):
+    assert main(["train", "env=dmc/cartpole_swingup", "steps=400", "eval_every=400", *tiny_overrides]) == 0
+    lines = read_lines(tmp_path / "run" / "metrics.jsonl")
+    assert any("loss/dyn" in m for m in lines)
+    assert any("eval/return" in m for m in lines)
+    assert torch.isfinite(torch.tensor([v for m in lines for k, v in m.items() if k.startswith("loss/") and v is not None])).all()

@@ -1,0 +1,1 @@
+"""The RSSM world model: networks, distributions, encoder, decoder, heads, loss."""

@@ -1,0 +1,95 @@
+"""Observation decoder: symlog-MSE vectors and a transposed CNN for images."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import dists
+from .encoder import ChannelNorm, conv2d
+from .nets import MLP, Linear, make_act
+
+
+class Decoder(nn.Module):
+    """Reconstructs observations from model features.
+
+    Vectors: an MLP and one linear output per key, trained with squared error
+    against symlog(target). Images: a linear layer to a 4×4 map, then per stage
+    a nearest-neighbour 2× upsample and a convolution, ending in a sigmoid;
+    trained with squared error summed over pixels.
+
+    The official decoder also mixes a block-linear projection of ``deter``
+    into the 4×4 map (``bspace``); reverie uses the plain linear projection
+    (the official ``bspace=0`` branch). See docs/design.md.
+    """
+
+    def __init__(
+        self,
+        *,
+        feat_dim: int,
+        vector_dims: dict[str, int],
+        image_channels: dict[str, int],
+        layers: int = 3,
+        units: int = 64,
+        depth: int = 4,
+        mults: tuple[int, ...] = (2, 3, 4, 4),
+        kernel: int = 5,
+        image_size: int = 64,
+        act: str = "silu",
+        norm: str = "rms",
+        symlog_targets: bool = True,
+        outscale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.vector_dims = dict(vector_dims)
+        self.image_keys = sorted(image_channels)
+        self.image_channels = [image_channels[k] for k in self.image_keys]
+        self.symlog_targets = symlog_targets
+        if self.vector_dims:
+            self.mlp = MLP(feat_dim, layers, units, act=act, norm=norm)
+            self.vector_out = Linear(self.mlp.out_features, sum(self.vector_dims.values()), outscale=outscale)
+        if self.image_keys:
+            depths = [depth * m for m in mults]
+            self.min_res = image_size // 2 ** len(mults)
+            self.top_depth = depths[-1]
+            self.space = nn.Sequential(
+                Linear(feat_dim, self.min_res * self.min_res * depths[-1]),
+                nn.Unflatten(-1, (self.min_res, self.min_res, depths[-1])),
+            )
+            self.space_norm = nn.Sequential(ChannelNorm(depths[-1], norm), make_act(act))
+            stages: list[nn.Module] = []
+            cin = depths[-1]
+            for cout in reversed(depths[:-1]):
+                stages += [nn.Upsample(scale_factor=2), conv2d(cin, cout, kernel), ChannelNorm(cout, norm), make_act(act)]
+                cin = cout
+            stages += [nn.Upsample(scale_factor=2), conv2d(cin, sum(self.image_channels), kernel, outscale)]
+            self.cnn = nn.Sequential(*stages)
+
+    def forward(self, feat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predictions per key: vectors in symlog space, images in [0, 1] as ``[*lead, H, W, C]``."""
+        preds: dict[str, torch.Tensor] = {}
+        lead = feat.shape[:-1]
+        if self.vector_dims:
+            out = self.vector_out(self.mlp(feat))
+            for key, part in zip(self.vector_dims, out.split(list(self.vector_dims.values()), -1)):
+                preds[key] = part
+        if self.image_keys:
+            x = self.space(feat.reshape(-1, feat.shape[-1]))  # [N, h, w, C]
+            x = self.space_norm(x.permute(0, 3, 1, 2))  # [N, C, h, w]
+            x = torch.sigmoid(self.cnn(x)).permute(0, 2, 3, 1)  # [N, H, W, C]
+            x = x.reshape(*lead, *x.shape[1:])
+            for key, part in zip(self.image_keys, x.split(self.image_channels, -1)):
+                preds[key] = part
+        return preds
+
+    def loss(self, preds: dict[str, torch.Tensor], obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-key reconstruction losses ``[*lead]`` (negative log-likelihood up to a constant)."""
+        losses = {}
+        for key, pred in preds.items():
+            target = obs[key]
+            if key in self.vector_dims:
+                target = dists.symlog(target.float()) if self.symlog_targets else target.float()
+                losses[key] = (pred - target).square().sum(-1)
+            else:
+                losses[key] = (pred - target.float() / 255.0).square().sum((-3, -2, -1))
+        return losses

@@ -1,0 +1,52 @@
+"""Output heads: two-hot regression (reward, value) and Bernoulli (continuation)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import dists
+from .nets import MLP, Linear
+
+
+class TwoHotHead(nn.Module):
+    """Predicts a scalar as a softmax over symexp-spaced bins.
+
+    The output layer is zero-initialised (``outscale=0``), so a fresh head
+    predicts exactly 0: no large initial rewards or values to unlearn.
+    """
+
+    def __init__(self, in_dim: int, *, layers: int, units: int, bins: int = 255, act: str = "silu", norm: str = "rms", outscale: float = 0.0) -> None:
+        super().__init__()
+        self.mlp = MLP(in_dim, layers, units, act=act, norm=norm)
+        self.out = Linear(self.mlp.out_features, bins, outscale=outscale)
+        self.register_buffer("bins", dists.symexp_bins(bins), persistent=False)
+
+    def logits(self, feat: torch.Tensor) -> torch.Tensor:
+        """``[..., F] → [..., bins]``."""
+        return self.out(self.mlp(feat))
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        """Expected value ``[...]`` of the predicted distribution."""
+        return dists.twohot_mean(logits, self.bins)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy to the two-hot encoding of ``target`` ``[...]``."""
+        return dists.twohot_loss(logits, target, self.bins)
+
+
+class BinaryHead(nn.Module):
+    """Predicts a probability (the continuation flag) as one logit."""
+
+    def __init__(self, in_dim: int, *, layers: int, units: int, act: str = "silu", norm: str = "rms", outscale: float = 1.0) -> None:
+        super().__init__()
+        self.mlp = MLP(in_dim, layers, units, act=act, norm=norm)
+        self.out = Linear(self.mlp.out_features, 1, outscale=outscale)
+
+    def logit(self, feat: torch.Tensor) -> torch.Tensor:
+        """``[..., F] → [...]``."""
+        return self.out(self.mlp(feat)).squeeze(-1)
+
+    def loss(self, logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood of a (soft) target in [0, 1]."""
+        return -dists.binary_logp(logit, target)
