@@ -145,8 +145,8 @@ class Dreamer(nn.Module):
         info = self.optimizer.step()
         self.slow_critic.update(self.critic)
         metrics = {f"loss/{k}": v.mean() for k, v in losses.items()} | metrics
-        out = {k: float(v) for k, v in metrics.items()}
-        out["loss/total"] = float(total)
+        out = {k: float(v.detach()) for k, v in metrics.items()}
+        out["loss/total"] = float(total.detach())
         out["train/grad_norm"] = info.get("grad_norm", 0.0)
         out["train/lr"] = info.get("lr", 0.0)
         latents = {

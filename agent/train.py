@@ -164,9 +164,10 @@ class Trainer:
 
     def _to_env(self, action: torch.Tensor) -> np.ndarray:
         action = action[0].float().cpu().numpy()
-        if not self.env.act_space.discrete:
-            action = np.clip(action, -1.0, 1.0)
-        return action.astype(np.float32)
+        if self.env.act_space.discrete:
+            # Exactly one-hot (the straight-through sample is one-hot up to rounding).
+            return np.eye(action.shape[0], dtype=np.float32)[int(action.argmax())]
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:

@@ -1,0 +1,161 @@
+"""Environments for reverie: ``make('<family>/<name>')`` builds a checked env.
+
+Families: ``dmc/<domain>_<task>`` (DeepMind Control suite), ``gym/<id>``
+(gymnasium) and ``fake/<variant>`` (deterministic test tasks). Heavy
+dependencies are imported only when an environment is built.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from .base import BASIC_KEYS, Env, Space, model_keys
+from .wrappers import ActionRepeat, CheckSpaces, NormalizeAction, OneHotAction, TimeLimit
+
+#: Families ``make`` builds.
+FAMILIES = ("dmc", "gym", "fake")
+#: Families that are planned but not implemented yet.
+PLANNED_FAMILIES = ("atari", "crafter")
+#: ``fake/<variant>`` names and the FakeEnv arguments they stand for.
+FAKE_VARIANTS: dict[str, dict[str, Any]] = {
+    "vector": {"obs": "vector"},
+    "pixels": {"obs": "pixels"},
+    "discrete": {"obs": "vector", "discrete": True},
+    "discrete_pixels": {"obs": "pixels", "discrete": True},
+}
+#: Default action repeat per family.
+DEFAULT_REPEAT = {"dmc": 2, "gym": 1, "fake": 1}
+#: Simulator steps per episode used for dmc tasks without a time limit (lqr).
+DMC_FALLBACK_STEPS = 1000
+
+
+def _build_dmc(name: str, obs: str, seed: int, size: tuple[int, int], kwargs: dict[str, Any]) -> Any:
+    from .dmc import DMC
+
+    return DMC(name, obs=obs, size=size, seed=seed, **kwargs)
+
+
+def _build_gym(name: str, obs: str, seed: int, size: tuple[int, int], kwargs: dict[str, Any]) -> Any:
+    from .gym import Gym
+
+    return Gym(name, obs=obs, size=size, seed=seed, **kwargs)
+
+
+def _build_fake(name: str, obs: str, seed: int, size: tuple[int, int], kwargs: dict[str, Any]) -> Any:
+    from .fake import FakeEnv
+
+    if name not in FAKE_VARIANTS:
+        valid = ", ".join(f"fake/{v}" for v in FAKE_VARIANTS)
+        raise ValueError(f"unknown fake variant {name!r}; valid: {valid}")
+    return FakeEnv(**{**FAKE_VARIANTS[name], "seed": seed, "size": size, **kwargs})
+
+
+_BUILDERS: dict[str, Callable[..., Any]] = {"dmc": _build_dmc, "gym": _build_gym, "fake": _build_fake}
+
+
+def _split(name: str) -> tuple[str, str]:
+    family, sep, rest = name.partition("/")
+    valid = ", ".join(f"{f}/" for f in FAMILIES)
+    if family in PLANNED_FAMILIES:
+        raise ValueError(f"env family '{family}/' is planned but not implemented yet; available: {valid}")
+    if not sep or family not in FAMILIES or not rest:
+        planned = ", ".join(f"{f}/" for f in PLANNED_FAMILIES)
+        raise ValueError(f"unknown env {name!r}: valid families are {valid} ({planned} coming later)")
+    return family, rest
+
+
+def make(
+    name: str,
+    *,
+    obs: str = "vector",
+    seed: int = 0,
+    action_repeat: int | None = None,
+    time_limit: int | None = None,
+    size: tuple[int, int] = (64, 64),
+    **kwargs: Any,
+) -> Env:
+    """Builds an environment that follows the reverie contract.
+
+    The raw environment is wrapped as ``CheckSpaces(TimeLimit(ActionRepeat(
+    NormalizeAction | OneHotAction(raw))))``: continuous actions are in
+    [-1, 1], discrete actions are one-hot.
+
+    Args:
+        name: ``dmc/<domain>_<task>``, ``gym/<id>`` or ``fake/<variant>``.
+        obs: ``vector`` or ``pixels`` (dmc and gym also take ``both``).
+        seed: seed of the environment.
+        action_repeat: simulator steps per agent step; default 2 for dmc,
+            1 otherwise.
+        time_limit: episode limit in agent steps; default none beyond the
+            environment's own (dmc: 1000 simulator steps, i.e. 500 agent
+            steps at repeat 2).
+        size: image (height, width) for pixel observations.
+        **kwargs: passed to the raw environment (``DMC``, ``Gym``, ``FakeEnv``).
+
+    Returns:
+        The wrapped environment.
+
+    Raises:
+        ValueError: for an unknown family, task or id (the message lists the
+            valid choices).
+    """
+    family, rest = _split(name)
+    env = _BUILDERS[family](rest, obs, seed, tuple(size), kwargs)
+    if env.act_space.discrete:
+        env = OneHotAction(env)
+    else:
+        env = NormalizeAction(env)
+    repeat = DEFAULT_REPEAT[family] if action_repeat is None else int(action_repeat)
+    if repeat > 1:
+        env = ActionRepeat(env, repeat)
+    if time_limit is None and family == "dmc" and math.isinf(env.max_steps):
+        time_limit = DMC_FALLBACK_STEPS // repeat
+    if time_limit is not None:
+        env = TimeLimit(env, time_limit)
+    return CheckSpaces(env)
+
+
+def list_envs(family: str | None = None) -> list[str]:
+    """Names ``make`` accepts, for ``--help`` texts.
+
+    Args:
+        family: ``dmc``, ``gym`` or ``fake``; None lists all three (gym ids
+            come from the gymnasium registry, which imports gymnasium).
+
+    Returns:
+        Sorted names such as ``dmc/cartpole_swingup``.
+    """
+    families = FAMILIES if family is None else (family.rstrip("/"),)
+    names: list[str] = []
+    for fam in families:
+        if fam == "dmc":
+            from .dmc import dmc_tasks
+
+            names += [f"dmc/{t}" for t in dmc_tasks()]
+        elif fam == "gym":
+            import gymnasium
+
+            names += [f"gym/{i}" for i in gymnasium.registry]
+        elif fam == "fake":
+            names += [f"fake/{v}" for v in FAKE_VARIANTS]
+        else:
+            raise ValueError(f"unknown family {fam!r}; valid: {', '.join(FAMILIES)}")
+    return sorted(names)
+
+
+__all__ = [
+    "BASIC_KEYS",
+    "FAMILIES",
+    "ActionRepeat",
+    "CheckSpaces",
+    "Env",
+    "NormalizeAction",
+    "OneHotAction",
+    "Space",
+    "TimeLimit",
+    "list_envs",
+    "make",
+    "model_keys",
+]
