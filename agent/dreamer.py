@@ -76,6 +76,9 @@ class Dreamer(nn.Module):
         self.imag_horizon, self.lam, self.horizon = imag_horizon, lam, horizon
         self.entropy_scale, self.slowreg, self.replay_value = entropy_scale, slowreg, replay_value
         self.scales = {**DEFAULT_LOSS_SCALES, **(loss_scales or {})}
+        #: Imagined latents in index form (gathered first layers). False runs the
+        #: plain dense computation, which tests compare against.
+        self.fast_latents = True
         self.wm = WorldModel(obs_space=obs_space, obs_keys=obs_keys, act_dim=self.act_dim, horizon=horizon, **world_model)
         feat = self.wm.rssm.feat_dim
         self.actor = Actor(feat, self.act_dim, discrete=self.discrete, **actor)
@@ -84,6 +87,23 @@ class Dreamer(nn.Module):
         self.retnorm = PercentileNormalizer(**(retnorm or {}))
         trainable = [p for n, p in self.named_parameters() if not n.startswith("slow_critic.")]
         self.optimizer = LaProp(trainable, **(optimizer or {}))
+
+    def compile(self) -> None:
+        """``torch.compile`` the hot modules: the heads, the prior and the GRU core.
+
+        The maths is unchanged; compilation fuses the elementwise work around
+        the matrix products (about 3× faster updates on a CPU; a one-off
+        compile of about a minute). Each distinct input shape compiles once.
+        """
+        import torch._dynamo
+
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        # A graph that fails to compile runs eagerly instead of stopping training.
+        torch._dynamo.config.suppress_errors = True
+        hot = [self.critic.mlp, self.slow_critic.net.mlp, self.wm.reward.mlp, self.wm.cont.mlp, self.actor.mlp, self.wm.rssm.prior_net]
+        for module in hot:
+            module.forward = torch.compile(module.forward, dynamic=False)
+        self.wm.rssm.core = torch.compile(self.wm.rssm.core, dynamic=False)
 
     @property
     def device(self) -> torch.device:
@@ -174,8 +194,10 @@ class Dreamer(nn.Module):
         # the rollout (REINFORCE), so it runs without autograd.
         starts = {"deter": post["deter"].detach().reshape(B * T, -1), "stoch": post["stoch"].detach().reshape(B * T, rssm.stoch, rssm.classes)}
         with torch.no_grad():
-            traj, actions = rssm.imagine(starts, self.actor.sample, self.imag_horizon)
-            img_feat = rssm.features(traj)  # [N, H+1, F]
+            traj, actions = rssm.imagine(starts, self.actor.sample, self.imag_horizon, dense=not self.fast_latents)
+            img_feat = rssm.latent_features(traj)  # [N, H+1, ...] in index form
+            if not self.fast_latents:
+                img_feat = img_feat.dense()
             reward = self.wm.reward.mean(self.wm.reward.logits(img_feat))
             cont = torch.sigmoid(self.wm.cont.logit(img_feat))  # includes the discount
             slow_value = self.slow_critic.mean(img_feat)
@@ -185,7 +207,8 @@ class Dreamer(nn.Module):
         ret = lambda_return(torch.zeros_like(cont), 1 - cont, reward, value, 1.0, self.lam)  # [N, H]
         self.retnorm.update(ret)
         adv = (ret - value[:, :-1]) / self.retnorm.scale()
-        logp, entropy = self.actor.logp_entropy(img_feat[:, :-1], actions[:, :-1])
+        logp, entropy = self.actor.logp_entropy(img_feat, actions)
+        logp, entropy = logp[:, :-1], entropy[:, :-1]  # no return for the last state
         losses["policy"] = policy_loss(logp, entropy, adv, weight[:, :-1], self.entropy_scale).mean(1).reshape(B, T)
         losses["value"] = critic_loss(self.critic, value_logits[:, :-1], ret, slow_value[:, :-1], weight[:, :-1], self.slowreg).mean(1).reshape(B, T)
 

@@ -22,7 +22,7 @@ from .logger import MetricsLogger, plot_curve
 from .replay import Replay
 
 #: Keys whose change does not alter a run, so a resumed run may differ in them.
-RESUMABLE_KEYS = {"steps", "progress", "log_every", "eval_every", "eval_episodes", "checkpoint_every", "device", "threads"}
+RESUMABLE_KEYS = {"steps", "progress", "log_every", "eval_every", "eval_episodes", "checkpoint_every", "device", "threads", "compile"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,6 +108,8 @@ class Trainer:
             if not self.replay.load():
                 raise ValueError(f"{path} exists but its replay in {self.logdir / 'replay'} is missing")
             self.resumed = True
+        if cfg.compile:
+            self.agent.compile()
         self.autocast = self.cfg.precision == "bf16"
         if self.cfg.precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision {self.cfg.precision!r}; valid: fp32, bf16")
@@ -175,7 +177,8 @@ class Trainer:
         cfg = self.cfg
         logger = MetricsLogger(self.logdir)
         bar = _progress(cfg, self.env_steps)
-        start_time, start_updates = time.time(), self.counters["updates"]
+        start_time = time.time()
+        window_time, window_updates = start_time, self.counters["updates"]
         window: list[dict[str, float]] = []
         last_return = math.nan
         obs = None
@@ -211,9 +214,11 @@ class Trainer:
                     episode_length += 1
                 if self.env_steps - self.counters["last_log"] >= cfg.log_every and window:
                     self.counters["last_log"] = self.env_steps
-                    elapsed = max(time.time() - start_time, 1e-9)
+                    now = time.time()
                     summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-                    summary["train/updates_per_s"] = (self.counters["updates"] - start_updates) / elapsed
+                    summary["train/updates_per_s"] = (self.counters["updates"] - window_updates) / max(now - window_time, 1e-9)
+                    summary["train/env_steps_per_s"] = cfg.log_every / max(now - window_time, 1e-9)
+                    window_time, window_updates = now, self.counters["updates"]
                     summary["train/updates"] = self.counters["updates"]
                     summary["train/replay_steps"] = len(self.replay)
                     summary["train/max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -140,6 +140,7 @@ class Config:
     logdir: str = doc("logs/${env.name}/${algo.name}-${size.name}-seed${seed}", "output folder; rerunning into it resumes")
     device: str = doc("auto", "auto | cpu | cuda")
     precision: str = doc("fp32", "fp32 | bf16 (autocast of matrix products)")
+    compile: bool = doc(True, "torch.compile the hot modules (same maths, ~3x faster; ~1 min to compile)")
     threads: int = doc(0, "CPU threads for torch (0: all cores)")
     eval_every: int = doc(10_000, "environment steps between evaluations")
     eval_episodes: int = doc(5, "episodes per evaluation (deterministic policy)")

@@ -1,12 +1,15 @@
 """DeepMind Control suite tasks behind the reverie contract.
 
-Rendering is headless (``MUJOCO_GL=egl`` unless set, see ``_gl``). Shadows and
-reflections are off by default: on CPU (Mesa llvmpipe) they cost most of the
-render time. Camera, geometry, materials, skybox and anti-aliasing are
-unchanged, but note that MuJoCo lights shadow-casting lights in a separate
-additive pass, so turning shadows off also dims the floor in some tasks
-(reacher, walker). ``shadows=True, shadow_size=512`` is the near-exact and
-still faster alternative. See docs/envs.md for the measurements.
+Rendering is headless (``MUJOCO_GL=egl`` unless set, see ``_gl``). By default
+frames have dm_control's lighting but no shadows and no reflections, which on
+CPU (Mesa llvmpipe) cost most of the render time. MuJoCo draws each
+shadow-casting light in its own additive pass; switching the shadow flag off
+would merge it into the main pass, where the lit colour saturates (clamps at
+1) before texturing, and dim the floor. So the shadow pass is kept but its
+light frustum is shrunk to a speck (``_unshadowed_lighting``): nothing lands
+in the shadow map, the light is added unshadowed, and the pass is cheap.
+``shadows=True`` gives dm_control's stock frames. See docs/envs.md for the
+measurements.
 """
 
 from __future__ import annotations
@@ -26,6 +29,29 @@ DOMAIN_ALIASES = {"cup": "ball_in_cup"}
 
 #: dm_control marks unbounded actions with huge bounds (lqr uses ±1e10).
 _UNBOUNDED = 1e9
+
+#: Shadow map side used when shadows are off (only the map's edge is read).
+_UNSHADOWED_MAP_SIZE = 16
+#: Shadow frustum scale (spot lights) and half-width in metres (directional
+#: lights) used when shadows are off: a 0.1 mm speck on the light's axis.
+_UNSHADOWED_FRUSTUM = 1e-4
+
+
+def _unshadowed_lighting(model: Any) -> None:
+    """Makes shadow-casting lights light the scene as usual but cast no shadow.
+
+    MuJoCo renders each shadow-casting light in a separate additive pass,
+    masked by a shadow map rendered from the light's frustum. With the frustum
+    shrunk to a speck no geometry lands in the map, every fragment samples its
+    never-drawn edge (lit), and the depth pass rasterises almost nothing, so
+    the frame keeps the stock lighting exactly, minus the shadows. The fields
+    changed are visual only (``vis.map``, ``vis.quality``); physics is
+    untouched. ``shadowsize`` is read when the GL context is made (first
+    render).
+    """
+    model.vis.quality.shadowsize = _UNSHADOWED_MAP_SIZE
+    model.vis.map.shadowscale = _UNSHADOWED_FRUSTUM
+    model.vis.map.shadowclip = _UNSHADOWED_FRUSTUM
 
 
 @functools.lru_cache(maxsize=1)
@@ -86,13 +112,17 @@ class DMC:
         size: image (height, width).
         camera: camera id or name; default 2 for quadruped, else 0.
         seed: seed of the task's random state.
-        shadows: render shadows (slow on CPU).
-        reflections: render reflections (slow on CPU).
+        shadows: render shadows (slow on CPU). Off (the default), the frames
+            keep dm_control's lighting and lack only the shadows (see
+            ``_unshadowed_lighting``); the model's ``vis.map`` and
+            ``vis.quality.shadowsize`` are changed for that, so
+            ``env.physics.render`` draws no shadows either.
+        reflections: render reflections (~1.5× slower on CPU).
         skybox: render the skybox (the background; on by default).
         antialias: multisample anti-aliasing (on by default; without it thin
             geoms such as cartpole's rail can vanish at 64×64).
         shadow_size: side of the shadow map texture when ``shadows`` is on
-            (None keeps the model's, 2048 in the suite). 512 renders nearly
+            (None keeps the model's, 2048 in the suite; ignored when off). 512 renders nearly
             the same frames at a fraction of the cost on CPU.
     """
 
@@ -119,13 +149,17 @@ class DMC:
         self._obs_mode = obs
         self._size = (int(size[0]), int(size[1]))
         self._camera_id = camera if camera is not None else (2 if domain == "quadruped" else 0)
-        self._flags = {"shadow": shadows, "reflection": reflections, "skybox": skybox}
-        # Both are read when the GL context is made, i.e. at the first render.
-        quality = self._env.physics.model.vis.quality
+        # The shadow pass stays on either way; see _unshadowed_lighting.
+        self._flags = {"shadow": True, "reflection": reflections, "skybox": skybox}
+        # offsamples and shadowsize are read when the GL context is made, i.e.
+        # at the first render.
+        model = self._env.physics.model
         if not antialias:
-            quality.offsamples = 0
-        if shadow_size is not None:
-            quality.shadowsize = int(shadow_size)
+            model.vis.quality.offsamples = 0
+        if not shadows:
+            _unshadowed_lighting(model)
+        elif shadow_size is not None:
+            model.vis.quality.shadowsize = int(shadow_size)
         self._camera: Any = None
         self._closed = False
         self._camera_physics: Any = None

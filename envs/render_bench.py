@@ -27,9 +27,19 @@ from .dmc import DMC
 CONFIGS: dict[str, dict[str, bool | int]] = {
     "reference": {"shadows": True, "reflections": True},
     "default": {},
+    "flag_off": {"shadows": True},
+    "shadowed_no_refl": {"shadows": True},
+    "reflections": {"reflections": True},
     "shadows_512": {"shadows": True, "reflections": True, "shadow_size": 512},
     "no_antialias": {"antialias": False},
     "no_skybox": {"skybox": False},
+}
+
+#: name -> MuJoCo render flags forced after construction. "flag_off" is the
+#: former default: the shadow flag off, which also dims some floors.
+FLAG_OVERRIDES: dict[str, dict[str, bool]] = {
+    "flag_off": {"shadow": False, "reflection": False},
+    "shadowed_no_refl": {"reflection": False},
 }
 
 
@@ -49,6 +59,8 @@ def bench_task(task: str, frames: int, repeats: int, size: int) -> list[dict[str
         recorder.step(rng.uniform(*recorder.act_bounds).astype(np.float32))
         states.append(recorder.physics.get_state().copy())
     envs = {name: DMC(task, obs="pixels", size=(size, size), seed=0, **opts) for name, opts in CONFIGS.items()}
+    for name, flags in FLAG_OVERRIDES.items():
+        envs[name]._flags.update(flags)
     images: dict[str, np.ndarray] = {}
     rates: dict[str, list[float]] = {name: [] for name in envs}
     for name, env in envs.items():  # Untimed warm-up pass; keeps the frames.
@@ -65,6 +77,9 @@ def bench_task(task: str, frames: int, repeats: int, size: int) -> list[dict[str
     stock = ref_env.physics.render(size, size, camera_id=ref_env._camera_id)
     if not np.array_equal(stock, _render(ref_env, states[-1])):
         raise AssertionError(f"{task}: reference differs from physics.render")
+    darker = images["shadowed_no_refl"].astype(np.int16) - images["default"].astype(np.int16)
+    if darker.max() > 2:
+        raise AssertionError(f"{task}: default frames darker than shadowed ones by {darker.max()}")
     rows: list[dict[str, float | str]] = []
     for name, env in envs.items():
         diff = np.abs(images[name].astype(np.int16) - reference.astype(np.int16))

@@ -49,12 +49,12 @@ def test_imagine_shapes():
     N, H = 5, 15
     start = {"deter": torch.randn(N, 64), "stoch": torch.nn.functional.one_hot(torch.randint(0, 4, (N, 8)), 4).float()}
     policy = lambda feat: torch.tanh(feat[:, :3])
-    traj, actions = rssm.imagine(start, policy, H)
+    traj, actions = rssm.imagine(start, lambda f: policy(f.dense()), H)
     assert traj["deter"].shape == (N, H + 1, 64)
-    assert traj["stoch"].shape == (N, H + 1, 8, 4)
+    assert traj["index"].shape == (N, H + 1, 8)
     assert actions.shape == (N, H + 1, 3)
     assert torch.equal(traj["deter"][:, 0], start["deter"])
-    assert rssm.features(traj).shape == (N, H + 1, 64 + 32)
+    assert rssm.latent_features(traj).dense().shape == (N, H + 1, 64 + 32)
 
 
 def test_block_linear_is_block_diagonal():

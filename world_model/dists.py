@@ -109,6 +109,17 @@ def unimix_logits(logits: torch.Tensor, unimix: float) -> torch.Tensor:
     return torch.log(probs)
 
 
+def sample_index(logits: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of a categorical sample (Gumbel-max), ``[..., K] → [...]`` int64.
+
+    ``uniform`` in (0, 1) of the logits' shape; drawn here when None.
+    """
+    if uniform is None:
+        uniform = torch.rand_like(logits)
+    uniform = uniform.clamp(1e-6, 1 - 1e-6)
+    return torch.argmax(logits.detach() - torch.log(-torch.log(uniform)), -1)
+
+
 def sample_onehot(logits: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
     """One-hot sample with straight-through gradients.
 
@@ -122,11 +133,7 @@ def sample_onehot(logits: torch.Tensor, uniform: torch.Tensor | None = None) -> 
         ``onehot + probs − stopgrad(probs)``: the forward value is one-hot, the
         gradient is that of the probabilities.
     """
-    if uniform is None:
-        uniform = torch.rand_like(logits)
-    uniform = uniform.clamp(1e-6, 1 - 1e-6)
-    gumbel = -torch.log(-torch.log(uniform))
-    index = torch.argmax(logits.detach() + gumbel, -1)
+    index = sample_index(logits, uniform)
     onehot = F.one_hot(index, logits.shape[-1]).to(logits.dtype)
     probs = torch.softmax(logits, -1)
     return onehot + probs - probs.detach()

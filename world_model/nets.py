@@ -3,9 +3,66 @@
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class LatentFeat(NamedTuple):
+    """Model features ``concat(deter, onehot(index))`` kept in index form.
+
+    The stochastic part of the features is one-hot, so a linear layer over the
+    features is ``W_deter · deter + Σ_s W_stoch[:, s·C + index_s]``: a sum of
+    gathered columns instead of a product with a mostly-zero vector. Heads and
+    MLPs accept this in place of the dense feature tensor and compute the same
+    values (up to float rounding) with S·C/S times fewer multiplications in
+    the first layer. Used where no gradient flows into the latent (imagined
+    states); the straight-through posterior keeps the dense form.
+
+    Attributes:
+        deter: ``[..., D]``.
+        index: ``[..., S]`` int64 class indices.
+        classes: C.
+    """
+
+    deter: torch.Tensor
+    index: torch.Tensor
+    classes: int
+
+    def dense(self) -> torch.Tensor:
+        """The equivalent dense features ``[..., D + S·C]``."""
+        onehot = F.one_hot(self.index, self.classes).to(self.deter.dtype)
+        return torch.cat([self.deter, onehot.flatten(-2)], -1)
+
+
+def onehot_matmul(weight: torch.Tensor, index: torch.Tensor, classes: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``flatten(onehot(index)) @ weight.T`` as a sum of gathered columns.
+
+    Args:
+        weight: ``[out, S·C]``.
+        index: ``[..., S]`` int64.
+        classes: C.
+        dtype: compute dtype (the autocast dtype, when there is one).
+
+    Returns:
+        ``[..., out]``.
+    """
+    stoch = index.shape[-1]
+    table = weight.t()  # [S·C, out]
+    if dtype is not None and table.dtype != dtype:
+        table = table.to(dtype)
+    offsets = torch.arange(stoch, device=index.device) * classes
+    bags = (index + offsets).reshape(-1, stoch)  # [N, S]: rows of the table to sum
+    return F.embedding_bag(bags, table, mode="sum").reshape(*index.shape[:-1], -1)
+
+
+def linear_latent(linear: nn.Linear, feat: LatentFeat) -> torch.Tensor:
+    """``linear(feat.dense())`` computed from the index form (see :class:`LatentFeat`)."""
+    deter_dim = feat.deter.shape[-1]
+    out = F.linear(feat.deter, linear.weight[:, :deter_dim], linear.bias)
+    return out + onehot_matmul(linear.weight[:, deter_dim:], feat.index, feat.classes, out.dtype)
 
 
 def trunc_normal_init_(weight: torch.Tensor, fan_in: int, scale: float = 1.0) -> None:
@@ -103,3 +160,16 @@ class MLP(nn.Sequential):
             size = units
         super().__init__(*modules)
         self.out_features = size
+
+    def forward(self, x: torch.Tensor | LatentFeat) -> torch.Tensor:
+        """Applies the layers; ``x`` may be dense features or a :class:`LatentFeat`."""
+        if isinstance(x, LatentFeat):
+            if not len(self):
+                x = x.dense()
+            else:
+                first, *rest = list(self)
+                x = linear_latent(first, x)
+                for module in rest:
+                    x = module(x)
+                return x
+        return super().forward(x)

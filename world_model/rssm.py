@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from . import dists
-from .nets import BlockLinear, Linear, MLP, make_act, make_norm, trunc_normal_init_
+from .nets import MLP, BlockLinear, LatentFeat, Linear, make_act, make_norm, onehot_matmul, trunc_normal_init_
 
 State = dict[str, torch.Tensor]
 
@@ -112,9 +112,20 @@ class RSSM(nn.Module):
         action = action / torch.clamp(action.abs(), min=1.0).detach()
         return self.in_action(action)
 
+    def embed_stoch(self, stoch: torch.Tensor) -> torch.Tensor:
+        """Input embedding of z: one-hot ``[N, S, C]`` (dense) or class indices ``[N, S]`` (gathered)."""
+        if stoch.dtype == torch.long:
+            linear, rest = self.in_stoch[0], self.in_stoch[1:]
+            x = onehot_matmul(linear.weight, stoch, self.classes) + linear.bias
+            return rest(x)
+        return self.in_stoch(stoch.flatten(-2))
+
     def core(self, deter: torch.Tensor, stoch: torch.Tensor, action_emb: torch.Tensor) -> torch.Tensor:
-        """One block-diagonal GRU step: ``h_t = f(h_{t-1}, z_{t-1}, a_{t-1})``."""
-        emb = torch.cat([self.in_deter(deter), self.in_stoch(stoch.flatten(-2)), action_emb], -1)
+        """One block-diagonal GRU step: ``h_t = f(h_{t-1}, z_{t-1}, a_{t-1})``.
+
+        ``stoch`` is one-hot ``[N, S, C]`` or class indices ``[N, S]``.
+        """
+        emb = torch.cat([self.in_deter(deter), self.embed_stoch(stoch), action_emb], -1)
         x = self.dyn_block[0](deter) + self.dyn_dense(emb)
         x = self.dyn_act(self.dyn_norm[0](x))
         for block, norm in zip(self.dyn_block[1:], self.dyn_norm[1:]):
@@ -222,32 +233,47 @@ class RSSM(nn.Module):
         }
         return {"deter": deter, "stoch": stoch}, feats
 
-    def imagine(
-        self, start: State, policy, horizon: int
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Rolls the prior forward under a policy.
+    @torch.no_grad()
+    def imagine(self, start: State, policy, horizon: int, *, dense: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Rolls the prior forward under a policy, without gradients.
+
+        Latents stay in index form throughout (see :class:`LatentFeat`).
 
         Args:
-            start: carry ``[N, ...]`` of the start states.
-            policy: function ``features [N, F] → action [N, A]``.
+            start: carry ``[N, ...]`` of the start states (one-hot ``stoch``).
+            policy: function ``LatentFeat → action [N, A]``.
             horizon: number of imagined steps H.
+            dense: compute with dense one-hot features instead (the plain
+                path; same result up to rounding, for tests).
 
         Returns:
-            ``{deter [N, H+1, D], stoch [N, H+1, S, C]}`` (the start state
+            ``{deter [N, H+1, D], index [N, H+1, S]}`` (the start state
             first) and the actions ``[N, H+1, A]``, where action t was taken in
             state t (the last one is sampled in the final state).
         """
-        state = start
-        deters, stochs, actions = [start["deter"]], [start["stoch"]], []
+        def feat(deter: torch.Tensor, index: torch.Tensor) -> torch.Tensor | LatentFeat:
+            latent = LatentFeat(deter, index, self.classes)
+            return latent.dense() if dense else latent
+
+        def stoch(index: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(index, self.classes).float() if dense else index
+
+        deter, index = start["deter"], start["stoch"].argmax(-1)
+        deters, indices, actions = [deter], [index], []
         for _ in range(horizon):
-            action = policy(self.features(state))
-            state, _ = self.img_step(state, action)
+            action = policy(feat(deter, index))
+            deter = self.core(deter, stoch(index), self.embed_action(action))
+            index = dists.sample_index(self.dist_logits(self.prior_logits(deter)))
             actions.append(action)
-            deters.append(state["deter"])
-            stochs.append(state["stoch"])
-        actions.append(policy(self.features(state)))
-        traj = {"deter": torch.stack(deters, 1), "stoch": torch.stack(stochs, 1)}
+            deters.append(deter)
+            indices.append(index)
+        actions.append(policy(feat(deter, index)))
+        traj = {"deter": torch.stack(deters, 1), "index": torch.stack(indices, 1)}
         return traj, torch.stack(actions, 1)
+
+    def latent_features(self, traj: dict[str, torch.Tensor]) -> LatentFeat:
+        """Features of an imagined trajectory in index form."""
+        return LatentFeat(traj["deter"], traj["index"], self.classes)
 
 
 def kl_losses(
