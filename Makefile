@@ -31,7 +31,8 @@ run: $(STAMP)
 	$(VENV)/bin/reverie train $(RUN_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q --timeout=900
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -137,7 +137,8 @@ class Dreamer(nn.Module):
     def _to_tensors(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
         out = {}
         for k, v in data.items():
-            t = torch.as_tensor(v)
+            # Renderers may hand out views with negative strides; torch needs a copy then.
+            t = torch.as_tensor(np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v)
             out[k] = t.to(self.device, non_blocking=True)
         return out
 
@@ -175,7 +176,9 @@ class Dreamer(nn.Module):
         }
         return out, latents
 
-    def compute_losses(self, data: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def compute_losses(
+        self, data: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """All loss terms (unscaled, per element) for one batch; see :meth:`train_step`."""
         rssm = self.wm.rssm
         start = {
@@ -192,7 +195,10 @@ class Dreamer(nn.Module):
 
         # Imagination from every posterior state; no gradient flows through
         # the rollout (REINFORCE), so it runs without autograd.
-        starts = {"deter": post["deter"].detach().reshape(B * T, -1), "stoch": post["stoch"].detach().reshape(B * T, rssm.stoch, rssm.classes)}
+        starts = {
+            "deter": post["deter"].detach().reshape(B * T, -1),
+            "stoch": post["stoch"].detach().reshape(B * T, rssm.stoch, rssm.classes),
+        }
         with torch.no_grad():
             traj, actions = rssm.imagine(starts, self.actor.sample, self.imag_horizon, dense=not self.fast_latents)
             img_feat = rssm.latent_features(traj)  # [N, H+1, ...] in index form
@@ -210,7 +216,9 @@ class Dreamer(nn.Module):
         logp, entropy = self.actor.logp_entropy(img_feat, actions)
         logp, entropy = logp[:, :-1], entropy[:, :-1]  # no return for the last state
         losses["policy"] = policy_loss(logp, entropy, adv, weight[:, :-1], self.entropy_scale).mean(1).reshape(B, T)
-        losses["value"] = critic_loss(self.critic, value_logits[:, :-1], ret, slow_value[:, :-1], weight[:, :-1], self.slowreg).mean(1).reshape(B, T)
+        losses["value"] = (
+            critic_loss(self.critic, value_logits[:, :-1], ret, slow_value[:, :-1], weight[:, :-1], self.slowreg).mean(1).reshape(B, T)
+        )
 
         # Critic on replayed returns, bootstrapped by the imagined returns.
         if self.replay_value:

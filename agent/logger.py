@@ -56,7 +56,10 @@ def plot_curve(metrics_path: str | Path, out_path: str | Path, *, title: str = "
 
     lines = read_metrics(metrics_path)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for key, style in (("episode/return", dict(alpha=0.35, lw=1, label="train episode")), ("eval/return", dict(marker="o", lw=2, label="eval (deterministic)"))):
+    for key, style in (
+        ("episode/return", dict(alpha=0.35, lw=1, label="train episode")),
+        ("eval/return", dict(marker="o", lw=2, label="eval (deterministic)")),
+    ):
         points = [(m["step"], m[key]) for m in lines if m.get(key) is not None]
         if points:
             xs, ys = zip(*points)

@@ -98,7 +98,17 @@ class Trainer:
             chunk_size=cfg.replay.chunk_size,
             seed=cfg.seed,
         )
-        self.counters: dict[str, Any] = {"agent_steps": 0, "updates": 0, "episodes": 0, "eval_episodes": 0, "train_credit": 0.0, "last_eval": 0, "last_ckpt": 0, "last_log": 0}
+        self.counters: dict[str, Any] = {
+            "agent_steps": 0,
+            "updates": 0,
+            "episodes": 0,
+            "eval_episodes": 0,
+            "train_credit": 0.0,
+            "last_eval": 0,
+            "last_ckpt": 0,
+            "last_log": 0,
+            "wall_s": 0.0,
+        }
         self.resumed = False
         path = self.logdir / checkpoint.CHECKPOINT
         if path.exists():
@@ -117,6 +127,10 @@ class Trainer:
     def _make_env(self, seed: int) -> envs.Env:
         e = self.cfg.env
         return envs.make(e.name, obs=self.cfg.obs, seed=seed, action_repeat=self.repeat, time_limit=e.time_limit, size=(e.size, e.size))
+
+    def wall_s(self) -> float:
+        """Training wall clock, summed over resumed runs."""
+        return self._wall_base + time.time() - self._start_time
 
     @property
     def env_steps(self) -> int:
@@ -178,6 +192,7 @@ class Trainer:
         logger = MetricsLogger(self.logdir)
         bar = _progress(cfg, self.env_steps)
         start_time = time.time()
+        self._start_time, self._wall_base = start_time, self.counters["wall_s"]
         window_time, window_updates = start_time, self.counters["updates"]
         window: list[dict[str, float]] = []
         last_return = math.nan
@@ -193,18 +208,22 @@ class Trainer:
                 with self._precision():
                     action, state = self.agent.policy(_batch(obs), state)
                 env_action = self._to_env(action)
-                self.replay.add({
-                    **{k: v for k, v in obs.items() if not k.startswith("log/")},
-                    "action": env_action,
-                    "deter": state["deter"][0].to(torch.float16).cpu().numpy(),
-                    "stoch": state["stoch"][0].argmax(-1).to(torch.uint8).cpu().numpy(),
-                })
+                self.replay.add(
+                    {
+                        **{k: v for k, v in obs.items() if not k.startswith("log/")},
+                        "action": env_action,
+                        "deter": state["deter"][0].to(torch.float16).cpu().numpy(),
+                        "stoch": state["stoch"][0].argmax(-1).to(torch.uint8).cpu().numpy(),
+                    }
+                )
                 self.counters["agent_steps"] += 1
                 window += self.train_updates()
                 if obs["is_last"]:
                     self.counters["episodes"] += 1
                     last_return = episode_return
-                    logger.write(self.env_steps, {"episode/return": episode_return, "episode/length": episode_length})
+                    logger.write(
+                        self.env_steps, {"episode/return": episode_return, "episode/length": episode_length, "time/wall_s": self.wall_s()}
+                    )
                     obs = None
                     self._maybe_evaluate(logger)
                     self._maybe_checkpoint()
@@ -234,8 +253,17 @@ class Trainer:
             logger.close()
             if bar is not None:
                 bar.close()
-        plot_curve(self.logdir / "metrics.jsonl", self.logdir / "curve.png", title=f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} seed {cfg.seed}")
-        return {"env_steps": self.env_steps, "updates": self.counters["updates"], "episodes": self.counters["episodes"], "wall_s": time.time() - start_time}
+        plot_curve(
+            self.logdir / "metrics.jsonl",
+            self.logdir / "curve.png",
+            title=f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} seed {cfg.seed}",
+        )
+        return {
+            "env_steps": self.env_steps,
+            "updates": self.counters["updates"],
+            "episodes": self.counters["episodes"],
+            "wall_s": self.wall_s(),
+        }
 
     def _maybe_evaluate(self, logger: MetricsLogger, force: bool = False) -> None:
         if not self.cfg.eval_episodes:
@@ -245,7 +273,10 @@ class Trainer:
             return
         self.counters["last_eval"] = self.env_steps
         returns = self.evaluate()
-        logger.write(self.env_steps, {"eval/return": float(np.mean(returns)), "eval/return_std": float(np.std(returns))})
+        logger.write(
+            self.env_steps,
+            {"eval/return": float(np.mean(returns)), "eval/return_std": float(np.std(returns)), "time/wall_s": self.wall_s()},
+        )
 
     def _maybe_checkpoint(self) -> None:
         if self.env_steps - self.counters["last_ckpt"] >= self.cfg.checkpoint_every:
@@ -254,6 +285,7 @@ class Trainer:
     def save(self) -> None:
         """Checkpoint and replay, consistent with each other (taken between episodes)."""
         self.counters["last_ckpt"] = self.env_steps
+        self.counters["wall_s"] = self.wall_s()
         self.replay.save()
         checkpoint.save(self.logdir, self.agent, self.counters)
 

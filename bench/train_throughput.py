@@ -14,13 +14,12 @@ import time
 
 import numpy as np
 import torch
+from common import emit, machine
 
 from reverie import envs
 from reverie.agent.builder import build_agent
 from reverie.agent.train import resolve_device
 from reverie.cli.config import compose
-
-from common import emit, machine
 
 
 def synthetic_batch(env: envs.Env, agent, batch: int, length: int, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -9,9 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 
 GYM_IDS = [
-    "Pendulum-v1", "CartPole-v1", "Acrobot-v1", "MountainCarContinuous-v0", "LunarLander-v3",
-    "Ant-v5", "HalfCheetah-v5", "Hopper-v5", "Humanoid-v5", "HumanoidStandup-v5", "InvertedDoublePendulum-v5",
-    "InvertedPendulum-v5", "Pusher-v5", "Reacher-v5", "Swimmer-v5", "Walker2d-v5",
+    "Pendulum-v1",
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCarContinuous-v0",
+    "LunarLander-v3",
+    "Ant-v5",
+    "HalfCheetah-v5",
+    "Hopper-v5",
+    "Humanoid-v5",
+    "HumanoidStandup-v5",
+    "InvertedDoublePendulum-v5",
+    "InvertedPendulum-v5",
+    "Pusher-v5",
+    "Reacher-v5",
+    "Swimmer-v5",
+    "Walker2d-v5",
 ]
 FAKES = ["vector", "pixels", "discrete"]
 

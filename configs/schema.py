@@ -95,7 +95,10 @@ class AlgoConfig:
     slow_rate: float = doc(0.02, "EMA rate of the slow critic")
     replay_value: bool = doc(True, "also train the critic on replayed λ-returns")
     retnorm: RetNormConfig = field(default_factory=RetNormConfig)
-    loss_scales: dict = doc({"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1, "policy": 1.0, "value": 1.0, "repval": 0.3}, "weights of the loss terms")
+    loss_scales: dict = doc(
+        {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1, "policy": 1.0, "value": 1.0, "repval": 0.3},
+        "weights of the loss terms",
+    )
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 

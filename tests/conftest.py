@@ -8,10 +8,23 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 # A model small enough that a few hundred steps train in seconds on 2 cores.
 TINY = [
-    "size.deter=32", "size.hidden=16", "size.classes=4", "size.units=16", "size.depth=2",
-    "algo.rssm.stoch=4", "algo.rssm.blocks=4", "algo.imag_horizon=5",
-    "batch_size=4", "batch_length=8", "train_start=16", "train_ratio=32",
-    "progress=false", "log_every=20", "eval_episodes=1", "threads=1", "compile=false",
+    "size.deter=32",
+    "size.hidden=16",
+    "size.classes=4",
+    "size.units=16",
+    "size.depth=2",
+    "algo.rssm.stoch=4",
+    "algo.rssm.blocks=4",
+    "algo.imag_horizon=5",
+    "batch_size=4",
+    "batch_length=8",
+    "train_start=16",
+    "train_ratio=32",
+    "progress=false",
+    "log_every=20",
+    "eval_episodes=1",
+    "threads=1",
+    "compile=false",
 ]
 
 

@@ -39,8 +39,15 @@ def test_unknown_env_name_through_make_lists_families():
 
 
 def test_size_presets_match_official_table():
-    official = {"1m": (512, 64, 4, 64), "12m": (2048, 256, 16, 256), "25m": (3072, 384, 24, 384), "50m": (4096, 512, 32, 512),
-                "100m": (6144, 768, 48, 768), "200m": (8192, 1024, 64, 1024), "400m": (12288, 1536, 96, 1536)}
+    official = {
+        "1m": (512, 64, 4, 64),
+        "12m": (2048, 256, 16, 256),
+        "25m": (3072, 384, 24, 384),
+        "50m": (4096, 512, 32, 512),
+        "100m": (6144, 768, 48, 768),
+        "200m": (8192, 1024, 64, 1024),
+        "400m": (12288, 1536, 96, 1536),
+    }
     for name, (deter, hidden, classes, units) in official.items():
         size = compose([f"size={name}"]).size
         assert (size.deter, size.hidden, size.classes, size.units) == (deter, hidden, classes, units)

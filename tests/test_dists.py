@@ -28,12 +28,14 @@ def test_symexp_bins_are_symmetric_and_span_20_in_symlog():
 def test_twohot_encode_by_hand():
     bins = torch.tensor([-2.0, 0.0, 1.0, 3.0])
     w = dists.twohot_encode(torch.tensor([0.25, 3.0, -5.0, 2.0]), bins)
-    expected = torch.tensor([
-        [0.0, 0.75, 0.25, 0.0],  # 0.25 between 0 and 1
-        [0.0, 0.0, 0.0, 1.0],  # on the last bin
-        [1.0, 0.0, 0.0, 0.0],  # below the range: clipped to the first bin
-        [0.0, 0.0, 0.5, 0.5],  # halfway between 1 and 3
-    ])
+    expected = torch.tensor(
+        [
+            [0.0, 0.75, 0.25, 0.0],  # 0.25 between 0 and 1
+            [0.0, 0.0, 0.0, 1.0],  # on the last bin
+            [1.0, 0.0, 0.0, 0.0],  # below the range: clipped to the first bin
+            [0.0, 0.0, 0.5, 0.5],  # halfway between 1 and 3
+        ]
+    )
     assert torch.allclose(w, expected)
 
 

@@ -75,6 +75,13 @@ def test_corrupted_checkpoint_is_a_clear_error(tiny_overrides, tmp_path):
 
 
 @pytest.mark.slow
+def test_smoke_dmc_pixels(tiny_overrides, tmp_path):
+    assert main(["train", "env=dmc/cartpole_swingup", "obs=pixels", "steps=120", "eval_episodes=0", *tiny_overrides]) == 0
+    lines = read_lines(tmp_path / "run" / "metrics.jsonl")
+    assert any("loss/image" in m for m in lines)
+
+
+@pytest.mark.slow
 def test_smoke_dmc_cartpole_swingup(tiny_overrides, tmp_path):
     assert main(["train", "env=dmc/cartpole_swingup", "steps=400", "eval_every=400", *tiny_overrides]) == 0
     lines = read_lines(tmp_path / "run" / "metrics.jsonl")

@@ -89,7 +89,9 @@ def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) 
     above = (below + 1).clamp(max=num - 1)
     lo, hi = bins[below], bins[above]
     span = hi - lo
-    weight_above = torch.where(span > 0, (target - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span)).clamp(0, 1)
+    weight_above = torch.where(span > 0, (target - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span)).clamp(
+        0, 1
+    )
     logp = torch.log_softmax(logits.float(), -1)
     lp_below = logp.gather(-1, below.unsqueeze(-1)).squeeze(-1)
     lp_above = logp.gather(-1, above.unsqueeze(-1)).squeeze(-1)

@@ -16,7 +16,9 @@ class TwoHotHead(nn.Module):
     predicts exactly 0: no large initial rewards or values to unlearn.
     """
 
-    def __init__(self, in_dim: int, *, layers: int, units: int, bins: int = 255, act: str = "silu", norm: str = "rms", outscale: float = 0.0) -> None:
+    def __init__(
+        self, in_dim: int, *, layers: int, units: int, bins: int = 255, act: str = "silu", norm: str = "rms", outscale: float = 0.0
+    ) -> None:
         super().__init__()
         self.mlp = MLP(in_dim, layers, units, act=act, norm=norm)
         self.out = Linear(self.mlp.out_features, bins, outscale=outscale)

@@ -25,7 +25,9 @@ def split_obs_space(obs_space: dict[str, Space], keys: list[str]) -> tuple[dict[
         elif len(space.shape) == 1:
             vectors[key] = space.shape[0]
         else:
-            raise ValueError(f"observation {key!r}: unsupported shape {space.shape} dtype {space.dtype}; expected a 1-D vector or a uint8 H×W×C image")
+            raise ValueError(
+                f"observation {key!r}: unsupported shape {space.shape} dtype {space.dtype}; expected a 1-D vector or a uint8 H×W×C image"
+            )
     return vectors, images
 
 

@@ -251,6 +251,7 @@ class RSSM(nn.Module):
             first) and the actions ``[N, H+1, A]``, where action t was taken in
             state t (the last one is sampled in the final state).
         """
+
         def feat(deter: torch.Tensor, index: torch.Tensor) -> torch.Tensor | LatentFeat:
             latent = LatentFeat(deter, index, self.classes)
             return latent.dense() if dense else latent

@@ -1,0 +1,156 @@
+"""Learning benchmark: train seeds, then summarise their curves as JSON and one PNG.
+
+Runs ``reverie train`` once per seed (``--parallel`` at a time, the cores split
+between them), records each run's wall clock and peak memory, and writes
+``<out>/summary.json`` and ``<out>/curve.png``. Runs resume when rerun.
+
+    python bench/learning.py --env dmc/cartpole_swingup --steps 100000 --seeds 0 1 --parallel 2
+    python bench/learning.py --summarize-only --out bench/out/cartpole --logdirs /work/runs/cartpole_swingup/*
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import emit, machine
+
+REFERENCE = {
+    # Mean DreamerV3 eval return at 100K env steps over 5 seeds, from the
+    # official score file scores/dmc_proprio-dreamerv3.json.gz (danijar/dreamerv3).
+    "dmc/cartpole_swingup": 478,
+    "dmc/cartpole_balance": 794,
+    "dmc/pendulum_swingup": 743,
+    "dmc/reacher_easy": 740,
+}
+
+
+def run_seeds(args: argparse.Namespace) -> dict[int, dict]:
+    threads = max(1, (os.cpu_count() or 1) // args.parallel)
+    pending = list(args.seeds)
+    running: dict[int, tuple[int, float, Path]] = {}
+    results: dict[int, dict] = {}
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            seed = pending.pop(0)
+            logdir = Path(args.root) / f"{args.env.replace('/', '_')}-seed{seed}"
+            cmd = [
+                sys.executable,
+                "-m",
+                "reverie.cli.main",
+                "train",
+                f"env={args.env}",
+                f"steps={args.steps}",
+                f"seed={seed}",
+                f"threads={threads}",
+                "progress=false",
+                f"logdir={logdir}",
+                *args.overrides,
+            ]
+            log = open(f"{logdir}.log", "a")
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            running[proc.pid] = (seed, time.time(), logdir)
+        pid, status, usage = os.wait4(-1, 0)
+        if pid in running:
+            seed, start, logdir = running.pop(pid)
+            results[seed] = {
+                "seed": seed,
+                "logdir": str(logdir),
+                "exit": os.waitstatus_to_exitcode(status),
+                "wall_s": time.time() - start,
+                "peak_rss_mb": usage.ru_maxrss / 1024,
+            }
+    return results
+
+
+def summarize(logdirs: list[Path], env: str, runs: dict[int, dict] | None = None) -> dict:
+    per_run = []
+    for logdir in logdirs:
+        lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        evals = [(m["step"], m["eval/return"], m.get("time/wall_s")) for m in lines if m.get("eval/return") is not None]
+        rss = [m["train/max_rss_mb"] for m in lines if "train/max_rss_mb" in m]
+        nonfinite = sum(1 for m in lines for k, v in m.items() if k.startswith("loss/") and v is None)
+        ref = REFERENCE.get(env)
+        reached = next(((s, w) for s, r, w in evals if ref is not None and r >= ref), None)
+        entry = {
+            "logdir": str(logdir),
+            "evals": evals,
+            "final_eval": evals[-1][1] if evals else None,
+            "best_eval": max((r for _, r, _ in evals), default=None),
+            "steps": max((m["step"] for m in lines), default=0),
+            "first_step_at_reference": reached[0] if reached else None,
+            "wall_s_at_reference": reached[1] if reached else None,
+            "train_wall_s": max((m.get("time/wall_s") or 0 for m in lines), default=0),
+            "max_rss_mb": max(rss, default=None),
+            "nonfinite_loss_lines": nonfinite,
+        }
+        per_run.append(entry)
+    return {
+        "name": "learning",
+        "env": env,
+        "reference_at_100k": REFERENCE.get(env),
+        "runs": per_run,
+        "processes": runs,
+        "machine": machine(),
+    }
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
+    for run in summary["runs"]:
+        if run["evals"]:
+            xs, ys, _ = zip(*run["evals"])
+            ax.plot(xs, ys, marker="o", ms=3, label=Path(run["logdir"]).name)
+    if summary["reference_at_100k"] is not None:
+        ax.axhline(
+            summary["reference_at_100k"], color="gray", ls="--", label=f"official DreamerV3 at 100K ({summary['reference_at_100k']})"
+        )
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("eval return (deterministic policy)")
+    ax.set_title(summary["env"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", default="dmc/cartpole_swingup")
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
+    parser.add_argument("--parallel", type=int, default=2, help="runs at a time (the cores are split between them)")
+    parser.add_argument("--root", default="logs/bench", help="folder of the run logdirs")
+    parser.add_argument("--out", default="bench/out/learning", help="where summary.json and curve.png go")
+    parser.add_argument("--summarize-only", action="store_true", help="only summarise existing --logdirs")
+    parser.add_argument("--logdirs", nargs="*", default=[])
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for reverie train")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = None
+    if args.summarize_only:
+        logdirs = [Path(p) for p in args.logdirs]
+    else:
+        Path(args.root).mkdir(parents=True, exist_ok=True)
+        runs = run_seeds(args)
+        logdirs = [Path(r["logdir"]) for r in runs.values()]
+    summary = summarize(logdirs, args.env, runs)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    plot(summary, out / "curve.png")
+    emit({k: v for k, v in summary.items() if k != "machine"} | {"machine": summary["machine"]})
+
+
+if __name__ == "__main__":
+    main()
