@@ -48,9 +48,11 @@ def measure(overrides: list[str], *, updates: int, warmup: int, threads: int) ->
     env = envs.make(cfg.env.name, obs=cfg.obs, seed=0)
     device = resolve_device(cfg.device)
     agent = build_agent(cfg, env.obs_space, env.act_space).to(device)
+    if cfg.compile:
+        agent.compile()
     batch = synthetic_batch(env, agent, cfg.batch_size, cfg.batch_length + 1, np.random.default_rng(0))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    times = []
+    times, warmup_times = [], []
     for i in range(warmup + updates):
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -59,8 +61,7 @@ def measure(overrides: list[str], *, updates: int, warmup: int, threads: int) ->
             agent.train_step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+        (times if i >= warmup else warmup_times).append(time.perf_counter() - start)
     median = statistics.median(times)
     params = sum(p.numel() for n, p in agent.named_parameters() if not n.startswith("slow_critic."))
     return {
@@ -70,6 +71,8 @@ def measure(overrides: list[str], *, updates: int, warmup: int, threads: int) ->
         "obs": cfg.obs,
         "device": device.type,
         "precision": cfg.precision,
+        "compile": bool(cfg.compile),
+        "warmup_s": sum(warmup_times),  # includes torch.compile's compile time
         "threads": threads,
         "batch": [cfg.batch_size, cfg.batch_length],
         "updates_per_s": 1.0 / median,
@@ -91,16 +94,18 @@ def main() -> None:
     parser.add_argument("--threads", nargs="*", type=int, default=[1, 2], help="torch thread counts")
     parser.add_argument("--precision", nargs="*", default=["fp32"], help="fp32 and/or bf16")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", nargs="*", default=["true"], help="true and/or false")
     parser.add_argument("--updates", type=int, default=10, help="timed updates per measurement")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. obs=pixels")
     args = parser.parse_args()
     runs = [[f"exp={args.exp}"]] if args.exp else [[f"size={p}"] for p in args.presets]
     for base in runs:
-        for precision in args.precision:
-            for threads in args.threads:
-                overrides = [*base, f"precision={precision}", f"device={args.device}", *args.overrides]
-                emit(measure(overrides, updates=args.updates, warmup=args.warmup, threads=threads))
+        for compiled in args.compile:
+            for precision in args.precision:
+                for threads in args.threads:
+                    overrides = [*base, f"precision={precision}", f"device={args.device}", f"compile={compiled}", *args.overrides]
+                    emit(measure(overrides, updates=args.updates, warmup=args.warmup, threads=threads))
 
 
 if __name__ == "__main__":
