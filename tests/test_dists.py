@@ -77,7 +77,7 @@ def test_unimix_floor():
 
 def test_straight_through_sample_is_onehot_with_probability_gradient():
     logits = torch.randn(5, 3, 4, requires_grad=True)
-    sample = dists.sample_onehot(logits, torch.rand(5, 3, 4))
+    sample = dists.sample_onehot(logits, torch.rand(5, 3))
     assert torch.allclose(sample.detach().sum(-1), torch.ones(5, 3))
     onehot = torch.nn.functional.one_hot(sample.detach().argmax(-1), 4).float()
     assert torch.allclose(sample.detach(), onehot, atol=1e-6)  # one-hot up to rounding of p − sg(p)
@@ -89,7 +89,13 @@ def test_straight_through_sample_is_onehot_with_probability_gradient():
     assert torch.allclose(logits.grad, expected, atol=1e-6)
 
 
-def test_gumbel_sampling_matches_probabilities():
+def test_inverse_cdf_sample_by_hand():
+    probs = torch.tensor([0.2, 0.5, 0.3]).expand(6, 3)
+    uniform = torch.tensor([0.0, 0.1, 0.25, 0.69, 0.71, 0.999999])
+    assert dists.sample_index(probs, uniform).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_sampling_matches_probabilities():
     torch.manual_seed(0)
     logits = torch.log(torch.tensor([0.1, 0.2, 0.7])).expand(20000, 3)
     freq = dists.sample_onehot(logits).mean(0)

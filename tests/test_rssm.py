@@ -23,7 +23,7 @@ def test_observe_equals_step_by_step():
     torch.manual_seed(1)
     final, feats = rssm.observe(start, tokens, actions, is_first)
     torch.manual_seed(1)
-    noise = torch.rand(B, T, 8, 4)
+    noise = torch.rand(B, T, 8)
     state = start
     for t in range(T):
         state, logits = rssm.obs_step(state, actions[:, t], tokens[:, t], is_first[:, t], noise[:, t])
@@ -37,7 +37,7 @@ def test_is_first_resets_the_carry():
     rssm = make_rssm()
     token, action = torch.randn(2, 12), torch.randn(2, 3)
     busy = {"deter": torch.randn(2, 64), "stoch": torch.nn.functional.one_hot(torch.randint(0, 4, (2, 8)), 4).float()}
-    noise = torch.rand(2, 8, 4)
+    noise = torch.rand(2, 8)
     first = torch.ones(2, dtype=torch.bool)
     a, _ = rssm.obs_step(busy, action, token, first, noise)
     b, _ = rssm.obs_step(rssm.initial(2), torch.zeros(2, 3), token, first, noise)

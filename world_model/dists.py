@@ -111,15 +111,29 @@ def unimix_logits(logits: torch.Tensor, unimix: float) -> torch.Tensor:
     return torch.log(probs)
 
 
-def sample_index(logits: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
-    """Index of a categorical sample (Gumbel-max), ``[..., K] → [...]`` int64.
+def unimix_probs(logits: torch.Tensor, unimix: float) -> torch.Tensor:
+    """``(1 − unimix) · softmax(logits) + unimix / K``."""
+    probs = torch.softmax(logits, -1)
+    return (1 - unimix) * probs + unimix / logits.shape[-1] if unimix else probs
 
-    ``uniform`` in (0, 1) of the logits' shape; drawn here when None.
+
+def sample_index(probs: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """Categorical sample by inverse CDF: the first class whose cumulative probability exceeds u.
+
+    Args:
+        probs: probabilities ``[..., K]``.
+        uniform: one number in [0, 1) per categorical, ``[...]``; drawn here
+            when None. Passing it makes sampling reproducible and lets an
+            exported graph stay deterministic.
+
+    Returns:
+        ``[...]`` int64 class indices.
     """
+    probs = probs.detach()
     if uniform is None:
-        uniform = torch.rand_like(logits)
-    uniform = uniform.clamp(1e-6, 1 - 1e-6)
-    return torch.argmax(logits.detach() - torch.log(-torch.log(uniform)), -1)
+        uniform = torch.rand(probs.shape[:-1], device=probs.device, dtype=probs.dtype)
+    below = (torch.cumsum(probs, -1) <= uniform.unsqueeze(-1).to(probs.dtype)).sum(-1)
+    return below.clamp(max=probs.shape[-1] - 1)
 
 
 def sample_onehot(logits: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
@@ -127,17 +141,16 @@ def sample_onehot(logits: torch.Tensor, uniform: torch.Tensor | None = None) -> 
 
     Args:
         logits: log-probabilities ``[..., K]`` (already unimixed).
-        uniform: noise in (0, 1) of the same shape; drawn here when None.
-            Passing it makes sampling reproducible and lets the exported ONNX
-            graph stay deterministic (Gumbel-max trick).
+        uniform: one number in [0, 1) per categorical ``[...]`` (see
+            :func:`sample_index`); drawn here when None.
 
     Returns:
         ``onehot + probs − stopgrad(probs)``: the forward value is one-hot, the
         gradient is that of the probabilities.
     """
-    index = sample_index(logits, uniform)
-    onehot = F.one_hot(index, logits.shape[-1]).to(logits.dtype)
     probs = torch.softmax(logits, -1)
+    index = sample_index(probs, uniform)
+    onehot = F.one_hot(index, logits.shape[-1]).to(logits.dtype)
     return onehot + probs - probs.detach()
 
 

@@ -175,7 +175,7 @@ class RSSM(nn.Module):
             prev_action: ``[N, A]`` action taken at t−1.
             token: encoder output ``[N, E]`` at t.
             is_first: ``[N]`` bool; resets carry and action to zeros.
-            noise: optional uniform noise ``[N, S, C]`` for sampling.
+            noise: optional uniform noise ``[N, S]`` for sampling (one per latent).
             mode: take the most likely latent instead of sampling.
 
         Returns:
@@ -215,7 +215,7 @@ class RSSM(nn.Module):
         # all steps at once.
         action_emb = self.embed_action(prev_actions * keep[..., None])  # [B, T, H]
         token_proj = self.post_token(tokens)  # [B, T, H]
-        noise = torch.rand(B, T, self.stoch, self.classes, device=tokens.device)
+        noise = torch.rand(B, T, self.stoch, device=tokens.device)
         deter, stoch = state["deter"], state["stoch"]
         deters, stochs, logits_all = [], [], []
         for t in range(T):
@@ -264,7 +264,7 @@ class RSSM(nn.Module):
         for _ in range(horizon):
             action = policy(feat(deter, index))
             deter = self.core(deter, stoch(index), self.embed_action(action))
-            index = dists.sample_index(self.dist_logits(self.prior_logits(deter)))
+            index = dists.sample_index(dists.unimix_probs(self.prior_logits(deter), self.unimix))
             actions.append(action)
             deters.append(deter)
             indices.append(index)
