@@ -13,6 +13,20 @@ import torch
 CHECKPOINT = "checkpoint.pt"
 
 
+def spaces_to_dict(obs_space: dict, act_space: Any) -> dict[str, Any]:
+    """Plain description of the spaces (stored in checkpoints so export needs no simulator)."""
+    describe = lambda s: {"dtype": s.dtype.name, "shape": list(s.shape), "low": s.low, "high": s.high, "discrete": s.discrete}  # noqa: E731
+    return {"obs": {k: describe(v) for k, v in obs_space.items()}, "act": describe(act_space)}
+
+
+def spaces_from_dict(data: dict[str, Any]) -> tuple[dict, Any]:
+    """Inverse of :func:`spaces_to_dict`."""
+    from reverie.envs.base import Space
+
+    make = lambda d: Space(d["dtype"], tuple(d["shape"]), d["low"], d["high"], d["discrete"])  # noqa: E731
+    return {k: make(v) for k, v in data["obs"].items()}, make(data["act"])
+
+
 def rng_state() -> dict[str, Any]:
     """The state of Python's, numpy's and torch's global generators."""
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}

@@ -17,6 +17,7 @@ from torch import nn
 from reverie.envs.base import Space
 from reverie.world_model.heads import TwoHotHead
 from reverie.world_model.model import WorldModel
+from reverie.world_model.nets import LatentFeat
 
 from .behavior import Actor, SlowCritic, critic_loss, policy_loss
 from .optim import LaProp
@@ -132,6 +133,10 @@ class Dreamer(nn.Module):
         token = self.wm.encoder({k: obs[k] for k in self.wm.obs_keys})
         latent, _ = self.wm.rssm.obs_step(state, state["prev_action"], token, obs["is_first"], mode=mode)
         action = self.actor.sample(self.wm.rssm.features(latent), mode=mode)
+        if not self.discrete:
+            # The environment gets the clipped action, and replay stores it, so
+            # the carry's previous action is the clipped one too.
+            action = action.clamp(-1.0, 1.0)
         return action, {**latent, "prev_action": action}
 
     def _to_tensors(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -204,20 +209,22 @@ class Dreamer(nn.Module):
             img_feat = rssm.latent_features(traj)  # [N, H+1, ...] in index form
             if not self.fast_latents:
                 img_feat = img_feat.dense()
-            reward = self.wm.reward.mean(self.wm.reward.logits(img_feat))
+            # The returns use rewards of states 1…H, the slow-critic target and
+            # the actor loss states 0…H−1 only.
+            reward = self.wm.reward.mean(self.wm.reward.logits(_time_slice(img_feat, slice(1, None))))
+            reward = torch.cat([torch.zeros_like(reward[:, :1]), reward], 1)  # [N, H+1], entry 0 unused
             cont = torch.sigmoid(self.wm.cont.logit(img_feat))  # includes the discount
-            slow_value = self.slow_critic.mean(img_feat)
+            slow_value = self.slow_critic.mean(_time_slice(img_feat, slice(None, -1)))  # [N, H]
         value_logits = self.critic.logits(img_feat)
         value = self.critic.mean(value_logits).detach()
         weight = torch.cumprod(cont, 1)  # discount-weighted reach probability of each state
         ret = lambda_return(torch.zeros_like(cont), 1 - cont, reward, value, 1.0, self.lam)  # [N, H]
         self.retnorm.update(ret)
         adv = (ret - value[:, :-1]) / self.retnorm.scale()
-        logp, entropy = self.actor.logp_entropy(img_feat, actions)
-        logp, entropy = logp[:, :-1], entropy[:, :-1]  # no return for the last state
+        logp, entropy = self.actor.logp_entropy(_time_slice(img_feat, slice(None, -1)), actions[:, :-1])
         losses["policy"] = policy_loss(logp, entropy, adv, weight[:, :-1], self.entropy_scale).mean(1).reshape(B, T)
         losses["value"] = (
-            critic_loss(self.critic, value_logits[:, :-1], ret, slow_value[:, :-1], weight[:, :-1], self.slowreg).mean(1).reshape(B, T)
+            critic_loss(self.critic, value_logits[:, :-1], ret, slow_value, weight[:, :-1], self.slowreg).mean(1).reshape(B, T)
         )
 
         # Critic on replayed returns, bootstrapped by the imagined returns.
@@ -240,3 +247,10 @@ class Dreamer(nn.Module):
                 "train/img_cont": cont.mean(),
             }
         return losses, metrics, post
+
+
+def _time_slice(feat: torch.Tensor | LatentFeat, sl: slice) -> torch.Tensor | LatentFeat:
+    """``feat[:, sl]`` for dense or index-form features ``[N, T, ...]``."""
+    if isinstance(feat, LatentFeat):
+        return feat.map(lambda x: x[:, sl])
+    return feat[:, sl]

@@ -287,7 +287,9 @@ class Trainer:
         self.counters["last_ckpt"] = self.env_steps
         self.counters["wall_s"] = self.wall_s()
         self.replay.save()
-        checkpoint.save(self.logdir, self.agent, self.counters)
+        checkpoint.save(
+            self.logdir, self.agent, self.counters, {"spaces": checkpoint.spaces_to_dict(self.env.obs_space, self.env.act_space)}
+        )
 
 
 def _progress(cfg: DictConfig, initial: int):

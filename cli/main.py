@@ -17,6 +17,7 @@ Dreamer world-model reinforcement learning for real-time control.
 commands:
   train     synchronous training: act, replay, learn, evaluate, checkpoint
             (rerunning the same command into the same logdir resumes)
+  export    the one-step policy of a checkpoint as ONNX + a JSON sidecar
 
 Run `reverie <command> --help` for what can be set. Configuration is Hydra:
 `group=option` picks a preset, `key=value` sets a value, e.g.
@@ -101,7 +102,60 @@ def _compose(overrides: list[str]):
     return None
 
 
-COMMANDS = {"train": cmd_train}
+EXPORT_HELP = """\
+usage: reverie export CHECKPOINT [-o policy.onnx] [--deterministic]
+
+Exports one control step of a trained agent, (observation keys…, deter, stoch,
+prev_action, is_first, noise) → (action, deter, stoch), to ONNX (opset 17),
+and writes its signature to POLICY.onnx.json (names, shapes, dtypes, action
+bounds, noise layout, algo, size, sha256).
+
+  CHECKPOINT        a run's logdir or its checkpoint.pt (config.yaml beside it)
+  -o, --output      the ONNX file [default: CHECKPOINT_DIR/policy.onnx]
+  --deterministic   export the mode policy (deployment) instead of sampling
+"""
+
+
+def cmd_export(args: list[str]) -> int:
+    import argparse
+
+    if not args or "--help" in args or "-h" in args:
+        print(EXPORT_HELP)
+        return 0 if args else 2
+    parser = argparse.ArgumentParser(prog="reverie export", add_help=False)
+    parser.add_argument("checkpoint")
+    parser.add_argument("-o", "--output", default=None)
+    parser.add_argument("--deterministic", action="store_true")
+    try:
+        opts = parser.parse_args(args)
+    except SystemExit:
+        return 2
+    from pathlib import Path
+
+    from reverie.agent.loading import load_trained
+    from reverie.realtime.export import export_policy
+
+    try:
+        agent, cfg, obs_space, _ = load_trained(opts.checkpoint)
+    except ValueError as exc:
+        print(f"reverie export: {exc}", file=sys.stderr)
+        return 2
+    source = Path(opts.checkpoint)
+    output = Path(opts.output) if opts.output else (source if source.is_dir() else source.parent) / "policy.onnx"
+    keys = agent.wm.obs_keys
+    sidecar = export_policy(
+        agent,
+        output,
+        obs_shapes={k: obs_space[k].shape for k in keys},
+        obs_dtypes={k: obs_space[k].dtype.name for k in keys},
+        deterministic=opts.deterministic,
+        metadata={"algo": cfg.algo.name, "size": cfg.size.name, "env": cfg.env.name, "obs": cfg.obs, "checkpoint": str(source)},
+    )
+    print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB) and {output}.json; sha256 {sidecar['sha256'][:16]}…")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,10 @@ class LatentFeat(NamedTuple):
     index: torch.Tensor
     classes: int
 
+    def map(self, fn) -> LatentFeat:
+        """Applies ``fn`` (e.g. a slice over time) to both tensors."""
+        return LatentFeat(fn(self.deter), fn(self.index), self.classes)
+
     def dense(self) -> torch.Tensor:
         """The equivalent dense features ``[..., D + S·C]``."""
         onehot = F.one_hot(self.index, self.classes).to(self.deter.dtype)
@@ -122,10 +126,28 @@ class BlockLinear(nn.Module):
         return x.reshape(*lead, -1) + self.bias
 
 
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x²) + eps) · weight`` over the last axis, computed in fp32.
+
+    Same parameters as ``nn.RMSNorm``; written out because ONNX export has no
+    symbolic for ``aten::rms_norm`` before opset 23.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-4) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.float()
+        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps) * self.weight
+        return y.to(x.dtype)
+
+
 def make_norm(kind: str, dim: int) -> nn.Module:
     """``rms`` (DreamerV3), ``layer`` (DreamerV2) or ``none``; eps 1e-4 as in the official code."""
     if kind == "rms":
-        return nn.RMSNorm(dim, eps=1e-4)
+        return RMSNorm(dim, eps=1e-4)
     if kind == "layer":
         return nn.LayerNorm(dim, eps=1e-4)
     if kind == "none":

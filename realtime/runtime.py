@@ -1,0 +1,161 @@
+"""Runs an exported policy step with onnxruntime, one control step per call.
+
+The carry (``deter``, ``stoch``, previous action) is kept between calls;
+``reset()`` starts a new episode (the graph resets the carry when
+``is_first`` is set). Input and output buffers are allocated once and bound
+with I/O binding, so a step allocates nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .export import CARRY_INPUTS, FORMAT, OUTPUTS, obs_input
+
+_DTYPES = {"float32": np.float32, "uint8": np.uint8, "bool": np.bool_, "int64": np.int64}
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(int64)": "int64"}
+
+
+class PolicyRuntime:
+    """An exported policy step, checked against its sidecar.
+
+    Args:
+        path: the ONNX file; its sidecar is ``path + '.json'`` unless given.
+        sidecar: explicit sidecar path.
+        threads: onnxruntime intra-op threads (1 for a latency-bounded loop).
+        seed: seed of the host-side noise generator.
+        model_bytes: the ONNX file's content when already in memory (hot swap).
+
+    Raises:
+        ValueError: when the file or sidecar is missing, corrupted, or they do
+            not match (the message names the field: hash, input name, shape or dtype).
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        *,
+        sidecar: str | Path | dict | None = None,
+        threads: int = 1,
+        seed: int = 0,
+        model_bytes: bytes | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        if model_bytes is None:
+            if path is None or not Path(path).exists():
+                raise ValueError(f"policy file {path} does not exist")
+            model_bytes = Path(path).read_bytes()
+        if isinstance(sidecar, dict):
+            meta = sidecar
+        else:
+            side_path = Path(sidecar) if sidecar else Path(f"{path}.json")
+            if not side_path.exists():
+                raise ValueError(f"sidecar {side_path} is missing (export writes it next to the .onnx)")
+            try:
+                meta = json.loads(side_path.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"sidecar {side_path} is not valid JSON: {exc}") from exc
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"sidecar format {meta.get('format')!r} is not {FORMAT!r}")
+        digest = hashlib.sha256(model_bytes).hexdigest()
+        if digest != meta.get("sha256"):
+            raise ValueError(f"sha256 mismatch: model is {digest[:16]}…, sidecar says {str(meta.get('sha256'))[:16]}…")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types for bad models
+            raise ValueError(f"onnxruntime cannot load the model: {exc}") from exc
+        self.meta = meta
+        self._check_signature()
+        self.obs_keys: list[str] = list(meta["obs_keys"])
+        self.discrete = bool(meta["action"]["discrete"])
+        self.rng = np.random.default_rng(seed)
+        spec = {i["name"]: i for i in meta["inputs"]}
+        self.inputs = {n: np.zeros(spec[n]["shape"], _DTYPES[spec[n]["dtype"]]) for n in spec}
+        out_spec = {o["name"]: o for o in meta["outputs"]}
+        self.outputs = {n: np.zeros(out_spec[n]["shape"], _DTYPES[out_spec[n]["dtype"]]) for n in OUTPUTS}
+        self._binding = self.session.io_binding()
+        for name, array in self.inputs.items():
+            self._binding.bind_cpu_input(name, array)
+        for name, array in self.outputs.items():
+            self._binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
+        self.reset()
+
+    def _check_signature(self) -> None:
+        declared = {i["name"]: i for i in self.meta["inputs"]}
+        actual = {i.name: i for i in self.session.get_inputs()}
+        for name, spec in declared.items():
+            if name not in actual:
+                raise ValueError(f"input {name!r} of the sidecar is not an input of the model")
+            node = actual[name]
+            if list(node.shape) != list(spec["shape"]):
+                raise ValueError(f"input {name!r}: model shape {node.shape}, sidecar shape {spec['shape']}")
+            if _ORT_TYPES.get(node.type) != spec["dtype"]:
+                raise ValueError(f"input {name!r}: model dtype {node.type}, sidecar dtype {spec['dtype']}")
+        missing = set(actual) - set(declared)
+        if missing:
+            raise ValueError(f"model inputs {sorted(missing)} are missing from the sidecar")
+        for name in (*(obs_input(k) for k in self.meta["obs_keys"]), *CARRY_INPUTS):
+            if name not in declared:
+                raise ValueError(f"sidecar lacks input {name!r}")
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs != list(OUTPUTS):
+            raise ValueError(f"model outputs {outputs}, expected {list(OUTPUTS)}")
+
+    @property
+    def noise_dim(self) -> int:
+        return int(self.meta["noise"]["dim"])
+
+    def reset(self) -> None:
+        """Starts an episode: the next step resets the carry inside the graph."""
+        for name in ("deter", "stoch", "prev_action"):
+            self.inputs[name][...] = 0
+        self.inputs["is_first"][...] = True
+
+    def step(self, obs: dict[str, np.ndarray], noise: np.ndarray | None = None) -> np.ndarray:
+        """One control step.
+
+        Args:
+            obs: the observation (at least the model's keys, unbatched).
+            noise: ``[noise_dim]`` uniform numbers; drawn from the runtime's
+                generator when None.
+
+        Returns:
+            The action ``[A]`` (a copy).
+
+        Raises:
+            ValueError: for a missing key or a value of the wrong shape.
+        """
+        for key in self.obs_keys:
+            if key not in obs:
+                raise ValueError(f"observation key {key!r} is missing")
+            buffer = self.inputs[obs_input(key)]
+            value = np.asarray(obs[key])
+            if value.shape != buffer.shape[1:]:
+                raise ValueError(f"observation {key!r}: shape {value.shape}, model expects {buffer.shape[1:]}")
+            buffer[0] = value
+        if bool(np.asarray(obs.get("is_first", False))):
+            self.inputs["is_first"][...] = True
+        self.inputs["noise"][0] = self.rng.random(self.noise_dim, dtype=np.float32) if noise is None else noise
+        self.session.run_with_iobinding(self._binding)
+        action = self.outputs["action"][0].copy()
+        # The outputs become the next step's carry.
+        self.inputs["deter"][...] = self.outputs["deter_out"]
+        self.inputs["stoch"][...] = self.outputs["stoch_out"]
+        self.inputs["prev_action"][...] = self.outputs["action"]
+        self.inputs["is_first"][...] = False
+        return action
+
+    def carry(self) -> dict[str, Any]:
+        """Copies of the current carry (for tests and hand-over)."""
+        return {k: self.inputs[k].copy() for k in ("deter", "stoch", "prev_action")}

@@ -1,0 +1,170 @@
+"""ONNX policy step: parity with torch over a long rollout, the mode export, sidecar checks."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from reverie import envs
+from reverie.agent.builder import build_agent
+from reverie.cli.config import compose
+from reverie.cli.main import main
+from reverie.realtime.export import export_policy
+from reverie.realtime.policy_step import PolicyStep
+from reverie.realtime.runtime import PolicyRuntime
+
+
+def make_agent(env, overrides=("size=1m",)):
+    torch.manual_seed(0)
+    cfg = compose(list(overrides))
+    return build_agent(cfg, env.obs_space, env.act_space).eval()
+
+
+def export(agent, env, path, deterministic=False):
+    keys = agent.wm.obs_keys
+    return export_policy(
+        agent,
+        path,
+        obs_shapes={k: env.obs_space[k].shape for k in keys},
+        obs_dtypes={k: env.obs_space[k].dtype.name for k in keys},
+        deterministic=deterministic,
+    )
+
+
+def rollout_parity(env, agent, path, steps, seed=0):
+    """Runs torch and onnxruntime side by side, each with its own carry, on the same noise."""
+    runtime = PolicyRuntime(path)
+    step = PolicyStep(agent)
+    rng = np.random.default_rng(seed)
+    rssm = agent.wm.rssm
+    deter, stoch = torch.zeros(1, rssm.deter), torch.zeros(1, rssm.stoch, rssm.classes)
+    prev = torch.zeros(1, agent.act_dim)
+    obs = env.reset(seed=seed)
+    runtime.reset()
+    action_diff, same_latents = [], []
+    for _ in range(steps):
+        noise = rng.random(runtime.noise_dim, dtype=np.float32)
+        inputs = [torch.as_tensor(np.ascontiguousarray(obs[k]))[None] for k in agent.wm.obs_keys]
+        with torch.no_grad():
+            act_t, deter, stoch = step(*inputs, deter, stoch, prev, torch.tensor([bool(obs["is_first"])]), torch.as_tensor(noise)[None])
+        prev = act_t
+        act_o = runtime.step(obs, noise)
+        action_diff.append(np.abs(act_o - act_t[0].numpy()).max())
+        same_latents.append(np.array_equal(runtime.inputs["stoch"].argmax(-1), stoch.argmax(-1).numpy()))
+        obs = env.step(act_t[0].numpy())
+        if obs["is_last"]:
+            obs = env.reset()
+    return np.array(action_diff), np.array(same_latents)
+
+
+def test_parity_1000_steps_dmc_vector(tmp_path):
+    env = envs.make("dmc/cartpole_swingup", seed=0)
+    agent = make_agent(env)
+    export(agent, env, tmp_path / "p.onnx")
+    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 1000)
+    assert diff.max() <= 1e-4, diff.max()
+    assert same.mean() >= 0.999, same.mean()
+
+
+def test_parity_pixels(tmp_path):
+    env = envs.make("fake/pixels", seed=0)
+    agent = make_agent(env, ("size=1m", "obs=pixels"))
+    export(agent, env, tmp_path / "p.onnx")
+    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 100)
+    assert diff.max() <= 1e-4 and same.mean() >= 0.99
+
+
+def test_parity_discrete(tmp_path):
+    env = envs.make("fake/discrete", seed=0)
+    agent = make_agent(env)
+    export(agent, env, tmp_path / "p.onnx")
+    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 200)
+    assert diff.max() <= 1e-4 and same.mean() >= 0.99
+
+
+def test_deterministic_export_returns_the_mode(tmp_path):
+    env = envs.make("dmc/cartpole_swingup", seed=0)
+    agent = make_agent(env)
+    export(agent, env, tmp_path / "m.onnx", deterministic=True)
+    runtime = PolicyRuntime(tmp_path / "m.onnx")
+    obs = env.reset(seed=1)
+    state = agent.init_state(1)
+    for _ in range(50):
+        want, state = agent.policy({k: v[None] for k, v in obs.items()}, state, mode=True)
+        got = runtime.step(obs)  # the noise is ignored by the mode export
+        assert np.allclose(got, want[0].numpy(), atol=1e-5)
+        obs = env.step(got)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exp")
+    env = envs.make("fake/vector", seed=0)
+    agent = make_agent(env)
+    export(agent, env, tmp / "p.onnx")
+    return tmp
+
+
+def edited_sidecar(exported, tmp_path, edit):
+    shutil.copy(exported / "p.onnx", tmp_path / "p.onnx")
+    meta = json.loads((exported / "p.onnx.json").read_text())
+    edit(meta)
+    (tmp_path / "p.onnx.json").write_text(json.dumps(meta))
+    return tmp_path / "p.onnx"
+
+
+def test_sidecar_hash_mismatch_refused(exported, tmp_path):
+    path = edited_sidecar(exported, tmp_path, lambda m: m.update(sha256="0" * 64))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        PolicyRuntime(path)
+
+
+def test_sidecar_shape_dtype_and_missing_key_refused(exported, tmp_path):
+    def shape(m):
+        m["inputs"][0]["shape"] = [1, 99]
+
+    def dtype(m):
+        m["inputs"][0]["dtype"] = "uint8"
+
+    def missing(m):
+        m["inputs"] = m["inputs"][1:]
+
+    for edit, message in ((shape, "shape"), (dtype, "dtype"), (missing, "missing from the sidecar")):
+        with pytest.raises(ValueError, match=message):
+            PolicyRuntime(edited_sidecar(exported, tmp_path, edit))
+
+
+def test_corrupted_model_and_missing_sidecar_refused(exported, tmp_path):
+    shutil.copy(exported / "p.onnx.json", tmp_path / "p.onnx.json")
+    (tmp_path / "p.onnx").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="sha256"):
+        PolicyRuntime(tmp_path / "p.onnx")
+    (tmp_path / "q.onnx").write_bytes((exported / "p.onnx").read_bytes())
+    with pytest.raises(ValueError, match="sidecar .* is missing"):
+        PolicyRuntime(tmp_path / "q.onnx")
+
+
+def test_runtime_rejects_bad_observations(exported):
+    runtime = PolicyRuntime(exported / "p.onnx")
+    with pytest.raises(ValueError, match="missing"):
+        runtime.step({})
+    obs = {k: np.zeros(s["shape"][1:], np.float32) for k, s in zip(runtime.obs_keys, runtime.meta["inputs"])}
+    bad = dict(obs)
+    bad[runtime.obs_keys[0]] = np.zeros(7, np.float32)
+    with pytest.raises(ValueError, match="shape"):
+        runtime.step(bad)
+    assert np.all(np.isfinite(runtime.step(obs)))
+
+
+def test_cli_export_from_a_training_run(tiny_overrides, tmp_path):
+    assert main(["train", "env=fake/vector", "env.time_limit=10", "steps=40", *tiny_overrides]) == 0
+    assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "policy.onnx")]) == 0
+    meta = json.loads((tmp_path / "policy.onnx.json").read_text())
+    assert meta["algo"] == "dreamerv3" and meta["env"] == "fake/vector"
+    runtime = PolicyRuntime(tmp_path / "policy.onnx")
+    assert runtime.step({k: np.zeros(3, np.float32) if k != "progress" else np.zeros(1, np.float32) for k in runtime.obs_keys}).shape == (
+        3,
+    )
+    assert main(["export", str(tmp_path / "nowhere")]) == 2
