@@ -18,6 +18,8 @@ commands:
   train     synchronous training: act, replay, learn, evaluate, checkpoint
             (rerunning the same command into the same logdir resumes)
   export    the one-step policy of a checkpoint as ONNX + a JSON sidecar
+  eval      run an exported policy in the fixed-rate control loop: return,
+            latency percentiles, deadline misses, latency histogram
 
 Run `reverie <command> --help` for what can be set. Configuration is Hydra:
 `group=option` picks a preset, `key=value` sets a value, e.g.
@@ -155,7 +157,84 @@ def cmd_export(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export}
+EVAL_HELP = """\
+usage: reverie eval POLICY.onnx [key=value …]
+
+Runs the exported policy (checked against POLICY.onnx.json) with onnxruntime
+in the fixed-rate control loop: ticks at t0 + k·period, per-tick latency,
+deadline misses, and the safe action on a miss, an exception or a non-finite
+observation or action. Prints a JSON summary and writes OUT/eval.json and
+OUT/latency.png.
+
+keys:
+  env=NAME          environment [default: the env recorded in the sidecar]
+  rate_hz=50        control rate
+  episodes=10       episodes to run (also steps=N or seconds=S; first reached stops)
+  robot=false       true: a MuJoCo robot stand-in that advances physics in
+                    wall-clock time (a late action costs control quality)
+  safe_action=hold  hold | zero
+  threads=1         onnxruntime intra-op threads
+  seed=0            environment and noise seed
+  out=DIR           [default: POLICY's folder / eval]
+"""
+
+
+def _parse_keys(args: list[str], defaults: dict) -> dict:
+    values = dict(defaults)
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in defaults:
+            raise ValueError(f"unknown argument {arg!r}; valid keys: {', '.join(defaults)}")
+        values[key] = value
+    return values
+
+
+def cmd_eval(args: list[str]) -> int:
+    if not args or "--help" in args or "-h" in args:
+        print(EVAL_HELP)
+        return 0 if args else 2
+    import json
+    from pathlib import Path
+
+    defaults = {
+        "env": "",
+        "rate_hz": "50",
+        "episodes": "10",
+        "steps": "",
+        "seconds": "",
+        "robot": "false",
+        "safe_action": "hold",
+        "threads": "1",
+        "seed": "0",
+        "out": "",
+    }
+    try:
+        opts = _parse_keys(args[1:], defaults)
+        from reverie.realtime.evaluate import evaluate_policy
+
+        policy_path = Path(args[0])
+        out = Path(opts["out"]) if opts["out"] else policy_path.parent / "eval"
+        summary = evaluate_policy(
+            policy_path,
+            env=opts["env"] or None,
+            rate_hz=float(opts["rate_hz"]),
+            episodes=int(opts["episodes"]) if opts["episodes"] else None,
+            steps=int(opts["steps"]) if opts["steps"] else None,
+            seconds=float(opts["seconds"]) if opts["seconds"] else None,
+            robot=opts["robot"].lower() in ("1", "true", "yes"),
+            safe_action=opts["safe_action"],
+            threads=int(opts["threads"]),
+            seed=int(opts["seed"]),
+            out=out,
+        )
+    except ValueError as exc:
+        print(f"reverie eval: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,1 +1,4 @@
-"""Real-time half: ONNX policy step, fixed-rate control loop, ZeroMQ channels (coming with later issues)."""
+"""The real-time half: the ONNX policy step (export, runtime), the fixed-rate control loop.
+
+ZeroMQ experience and weight channels and the actor/learner processes come next.
+"""

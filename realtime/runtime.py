@@ -156,6 +156,10 @@ class PolicyRuntime:
         self.inputs["is_first"][...] = False
         return action
 
+    def action_sent(self, action: np.ndarray) -> None:
+        """The action actually sent (e.g. the loop's safe action) becomes the carry's previous action."""
+        self.inputs["prev_action"][0] = action
+
     def carry(self) -> dict[str, Any]:
         """Copies of the current carry (for tests and hand-over)."""
         return {k: self.inputs[k].copy() for k in ("deter", "stoch", "prev_action")}

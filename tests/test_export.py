@@ -168,3 +168,11 @@ def test_cli_export_from_a_training_run(tiny_overrides, tmp_path):
         3,
     )
     assert main(["export", str(tmp_path / "nowhere")]) == 2
+
+
+def test_runtime_takes_the_sent_action_as_previous_action(exported):
+    runtime = PolicyRuntime(exported / "p.onnx")
+    obs = {k: np.zeros(s["shape"][1:], np.float32) for k, s in zip(runtime.obs_keys, runtime.meta["inputs"])}
+    runtime.step(obs)
+    runtime.action_sent(np.full(3, 0.25, np.float32))
+    assert np.allclose(runtime.carry()["prev_action"], 0.25)

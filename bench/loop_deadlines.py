@@ -1,0 +1,70 @@
+"""Deadline misses and tick jitter of the fixed-rate loop driving an onnxruntime policy.
+
+Exports a policy of each preset (weights do not matter for timing), drives
+``dmc/cartpole_swingup`` (vector observations) for ``--seconds`` at the given
+rate, and prints one JSON line per run.
+
+    python bench/loop_deadlines.py --runs 1m:500 12m:100 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from common import emit, machine
+
+from reverie import envs
+from reverie.agent.builder import build_agent
+from reverie.cli.config import compose
+from reverie.realtime.export import export_policy
+from reverie.realtime.loop import ControlLoop
+from reverie.realtime.runtime import PolicyRuntime
+
+
+def run(preset: str, rate_hz: float, seconds: float, env_name: str, spin_us: float, out: Path | None) -> dict:
+    env = envs.make(env_name, seed=0)
+    torch.manual_seed(0)
+    agent = build_agent(compose([f"size={preset}"]), env.obs_space, env.act_space).eval()
+    keys = agent.wm.obs_keys
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "p.onnx"
+        export_policy(
+            agent, path, obs_shapes={k: env.obs_space[k].shape for k in keys}, obs_dtypes={k: env.obs_space[k].dtype.name for k in keys}
+        )
+        runtime = PolicyRuntime(path, threads=1)
+    loop = ControlLoop(env, runtime, rate_hz=rate_hz, spin_s=spin_us * 1e-6)
+    stats = loop.run(seconds=seconds)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        stats.histogram_png(out / f"latency_{preset}_{int(rate_hz)}hz.png")
+    return {
+        "name": "loop_deadlines",
+        "preset": preset,
+        "rate_hz": rate_hz,
+        "seconds": seconds,
+        "env": env_name,
+        "spin_us": spin_us,
+        **stats.summary(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="*", default=["1m:500", "12m:100"], help="preset:rate_hz pairs")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--env", default="dmc/cartpole_swingup")
+    parser.add_argument("--spin-us", type=float, default=200.0, help="busy-wait this long before each tick (lower jitter)")
+    parser.add_argument("--out", default=None, help="folder for latency histograms")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    info = machine()
+    for item in args.runs:
+        preset, rate = item.split(":")
+        emit({**run(preset, float(rate), args.seconds, args.env, args.spin_us, Path(args.out) if args.out else None), "machine": info})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,445 @@
+"""The robot interface, and ``MuJoCoRobot``: a simulator that keeps wall-clock time.
+
+A ``Robot`` is what a hardware driver implements for the control loop
+(``reverie.realtime.loop.ControlLoop`` drives one directly). Its observations
+and actions follow the env contract (``envs/base.py``): ``read_sensors``
+returns the sensor keys plus ``reward`` (float32), ``is_first``, ``is_last``,
+``is_terminal`` (bool), and commands are float32 ``(A,)`` in [-1, 1] (or a
+one-hot ``(n,)``); the driver maps them to its actuators' units.
+
+``MuJoCoRobot`` stands in for hardware: its physics advances with its clock,
+not with the calls. Each ``read_sensors``/``send_command`` first integrates the
+physics up to now, in whole physics timesteps, under the command that was
+active during that time (zero-order hold). A command that arrives late is
+applied late, so latency costs control quality as it would on a real robot.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .base import BASIC_KEYS, Space
+
+Obs = dict[str, np.ndarray]
+
+#: Slack (in timesteps) when converting elapsed seconds to whole timesteps, so
+#: that a clock advanced by exactly k timesteps gives k despite rounding.
+_STEP_EPS = 1e-6
+
+
+@runtime_checkable
+class Robot(Protocol):
+    """What a hardware driver offers the control loop.
+
+    Units: times in seconds (``clock`` is monotonic, its origin arbitrary);
+    commands in the normalized units of ``action_space`` ([-1, 1] per
+    dimension, the driver scales them to torques, velocities, ...);
+    observations follow the env contract.
+
+    Blocking: ``read_sensors``, ``send_command``, ``emergency_stop`` and
+    ``clock`` run inside a control tick and must return within a small fraction
+    of the period (read the latest sample from a buffer, queue the command; no
+    waiting for the bus). ``emergency_stop`` must also be callable from any
+    thread. ``reset`` and ``close`` run between episodes and may block (homing,
+    powering down).
+    """
+
+    @property
+    def obs_space(self) -> dict[str, Space]:
+        """Every key ``read_sensors`` returns, the basic keys included."""
+
+    @property
+    def action_space(self) -> Space:
+        """Commands: float32 ``(A,)`` in [-1, 1], or a one-hot ``(n,)``."""
+
+    def clock(self) -> float:
+        """The robot's monotonic clock, seconds."""
+
+    def reset(self) -> None:
+        """Brings the robot to a start state and clears an emergency stop.
+
+        The next ``read_sensors`` has ``is_first=True`` and ``reward=0``.
+        """
+
+    def read_sensors(self) -> Obs:
+        """The latest observation (the env contract's dict). Non-blocking."""
+
+    def send_command(self, action: np.ndarray) -> None:
+        """Applies ``action`` until the next command. Non-blocking.
+
+        Ignored while an emergency stop is latched.
+        """
+
+    def emergency_stop(self) -> None:
+        """Zeros the actuators and ignores commands until ``reset``. Any thread."""
+
+    def close(self) -> None:
+        """Stops the robot and frees the connection."""
+
+
+class _DMCSim:
+    """A dm_control suite task stepped one physics timestep at a time."""
+
+    def __init__(self, name: str, obs: str, seed: int, size: tuple[int, int], kwargs: dict[str, Any]) -> None:
+        from . import DMC_FALLBACK_STEPS
+        from .dmc import DMC
+
+        self.raw = DMC(name, obs=obs, size=size, seed=seed, **kwargs)
+        # The task is needed to apply controls and score single physics steps;
+        # DMC keeps the dm_control Environment private.
+        env = self.raw._env
+        self._task = env.task
+        self._physics = env.physics
+        self._obs_mode = obs
+        self.dt = float(self._physics.timestep())
+        control_dt = float(env.control_timestep())
+        # Suite rewards are per control step; scaled per physics step they sum
+        # to the same return per second.
+        self._reward_scale = self.dt / control_dt
+        steps = self.raw.max_steps if math.isfinite(self.raw.max_steps) else DMC_FALLBACK_STEPS
+        self.default_duration = steps * control_dt
+        self.obs_space = self.raw.obs_space
+        self.act_space = self.raw.act_space
+        self.bounds = self.raw.act_bounds
+
+    def reset(self, seed: int | None) -> None:
+        self.raw.reset(seed)
+
+    def advance(self, raw_action: np.ndarray) -> tuple[float, bool, bool]:
+        """One physics timestep; returns (reward, last, terminal)."""
+        self._task.before_step(raw_action, self._physics)
+        self._physics.step()
+        self._task.after_step(self._physics)
+        reward = float(self._task.get_reward(self._physics) or 0.0) * self._reward_scale
+        discount = self._task.get_termination(self._physics)
+        return reward, discount is not None, discount is not None and discount == 0
+
+    def sensors(self) -> Obs:
+        obs: Obs = {}
+        if self._obs_mode in ("vector", "both"):
+            for key, value in self._task.get_observation(self._physics).items():
+                obs[key] = np.asarray(value, np.float32).reshape(-1)
+        if self._obs_mode in ("pixels", "both"):
+            obs["image"] = self.raw.render()
+        return obs
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class _GymSim:
+    """A continuous gymnasium env stepped one env step (``unwrapped.dt``) at a time.
+
+    Gymnasium defines rewards and terminations per env step (``frame_skip``
+    physics steps for MuJoCo envs), so that is the integration unit here.
+    """
+
+    def __init__(self, name: str, obs: str, seed: int, size: tuple[int, int], kwargs: dict[str, Any]) -> None:
+        from .gym import Gym
+
+        self.raw = Gym(name, obs=obs, size=size, seed=seed, **kwargs)
+        if self.raw.act_space.discrete or self.raw.act_bounds is None:
+            self.raw.close()
+            raise ValueError(f"MuJoCoRobot needs continuous actions; gym/{name} has {self.raw.act_space}")
+        unwrapped = self.raw.gym_env.unwrapped
+        dt = getattr(unwrapped, "dt", None)
+        if dt is None:
+            self.raw.close()
+            raise ValueError(f"gym/{name} has no 'dt' (seconds per step); MuJoCoRobot cannot keep its time")
+        self.dt = float(dt)
+        spec = self.raw.gym_env.spec
+        limit = getattr(spec, "max_episode_steps", None)
+        self.default_duration = limit * self.dt if limit else math.inf
+        self.obs_space = self.raw.obs_space
+        self.act_space = self.raw.act_space
+        self.bounds = self.raw.act_bounds
+        self._sensors: Obs = {}
+
+    def reset(self, seed: int | None) -> None:
+        self._keep(self.raw.reset(seed))
+
+    def advance(self, raw_action: np.ndarray) -> tuple[float, bool, bool]:
+        """One env step; returns (reward, last, terminal)."""
+        obs = self.raw.step(raw_action)
+        self._keep(obs)
+        return float(obs["reward"]), bool(obs["is_last"]), bool(obs["is_terminal"])
+
+    def sensors(self) -> Obs:
+        return dict(self._sensors)
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def _keep(self, obs: Obs) -> None:
+        self._sensors = {k: v for k, v in obs.items() if k not in BASIC_KEYS}
+
+
+class MuJoCoRobot:
+    """A MuJoCo simulation behind the ``Robot`` interface, advancing in wall-clock time.
+
+    Time: the episode clock starts at the first ``read_sensors`` after
+    ``reset`` (until then the robot holds its start state, like a homed robot
+    on its brakes). From then on, every ``read_sensors``, ``send_command`` and
+    ``emergency_stop`` first integrates ``floor((clock() - start) / timestep)``
+    minus the steps already done, under the command active until that call
+    (zero-order hold); the remainder below one timestep carries over. So a
+    command sent ``x`` seconds into a tick takes effect at the first timestep
+    boundary after it, and a late read integrates more steps.
+
+    Rewards: ``read_sensors`` returns the sum over the steps integrated since
+    the previous read (0 on the ``is_first`` read). DMC rewards are per control
+    step, so each physics step adds ``reward · timestep / control_timestep``.
+
+    Episode end: ``is_last`` once ``duration_s`` of simulated time has passed
+    (whole timesteps) or the task terminates (``is_terminal``); the physics
+    then stops until ``reset``.
+
+    Integration unit (``timestep``): one physics timestep for ``dmc/`` tasks
+    (stepped through the suite task, so controls and rewards match
+    ``envs.make``), one env step (``unwrapped.dt``: ``frame_skip`` physics
+    steps) for ``gym/`` envs, which define rewards per env step.
+
+    Commands are in [-1, 1] (clipped) and rescaled to the actuator bounds as
+    ``NormalizeAction`` does, so a policy trained on ``envs.make(name)`` with
+    the same action repeat ≈ rate can drive it. An emergency stop applies a
+    raw command of zero (zero force/torque, clipped into the bounds) and
+    ignores commands until ``reset``.
+
+    All public methods hold one lock, so ``emergency_stop`` may come from any
+    thread.
+
+    Args:
+        name: ``dmc/<domain>_<task>`` or ``gym/<id>`` (continuous actions, an
+            ``unwrapped.dt``; e.g. ``gym/Hopper-v5``).
+        obs: ``vector``, ``pixels`` or ``both`` (pixels are rendered at each
+            read for dmc, at each integrated step for gym).
+        seed: seed of the task.
+        duration_s: episode length in simulated seconds; default the task's
+            own limit (DMC: 1000 control steps, e.g. 10 s for cartpole; gym:
+            ``max_episode_steps · dt``, unlimited when it has none).
+        clock: monotonic clock in seconds; inject a fake one in tests.
+        size: image (height, width) for pixels.
+        **kwargs: passed to ``envs.dmc.DMC`` or ``envs.gym.Gym``.
+
+    Raises:
+        ValueError: for an unknown family or name, or a gym env without
+            continuous actions or ``dt``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        obs: str = "vector",
+        seed: int = 0,
+        duration_s: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        size: tuple[int, int] = (64, 64),
+        **kwargs: Any,
+    ) -> None:
+        family, _, rest = name.partition("/")
+        if family == "dmc" and rest:
+            self._sim: _DMCSim | _GymSim = _DMCSim(rest, obs, seed, tuple(size), kwargs)
+        elif family == "gym" and rest:
+            self._sim = _GymSim(rest, obs, seed, tuple(size), kwargs)
+        else:
+            raise ValueError(f"MuJoCoRobot: expected 'dmc/<domain>_<task>' or 'gym/<id>', got {name!r}")
+        self.name = name
+        self._clock = clock
+        self._lock = threading.RLock()
+        duration = self._sim.default_duration if duration_s is None else float(duration_s)
+        if not duration > 0:
+            raise ValueError(f"duration_s must be positive, got {duration_s}")
+        self._duration = duration
+        self._max_steps: float = math.floor(duration / self._sim.dt + _STEP_EPS) if math.isfinite(duration) else math.inf
+        if self._max_steps < 1:
+            raise ValueError(f"duration_s={duration_s} is shorter than one timestep ({self._sim.dt} s)")
+
+        low, high = (np.asarray(b, np.float64) for b in self._sim.bounds)
+        finite = np.isfinite(low) & np.isfinite(high)
+        # Unbounded dimensions pass through, as in NormalizeAction.
+        self._low = np.where(finite, low, -1.0)
+        self._high = np.where(finite, high, 1.0)
+        self._raw_dtype = self._sim.act_space.dtype
+        self._stop_command = np.clip(np.zeros_like(low), low, high).astype(self._raw_dtype)
+        self._space = Space(np.float32, self._sim.act_space.shape, -1.0, 1.0)
+
+        self._needs_reset = True
+        self._estopped = False
+        self._command = np.zeros(self._space.shape, np.float32)
+        self._raw = self._stop_command.copy()
+        self._origin: float | None = None
+        self._steps = 0
+        self._reward = 0.0
+        self._last = False
+        self._terminal = False
+        self._first = True
+
+    # -- the Robot interface ---------------------------------------------------
+
+    @property
+    def obs_space(self) -> dict[str, Space]:
+        """The same keys, dtypes and shapes as ``envs.make(name, obs=obs)``."""
+        return self._sim.obs_space
+
+    @property
+    def action_space(self) -> Space:
+        """Float32 ``(A,)`` in [-1, 1]."""
+        return self._space
+
+    def clock(self) -> float:
+        """The injected clock, seconds."""
+        return self._clock()
+
+    def reset(self, seed: int | None = None) -> None:
+        """Starts an episode: resets the task, clears the stop latch, zeros the command.
+
+        Args:
+            seed: reseeds the task (None continues its random stream).
+        """
+        with self._lock:
+            self._sim.reset(seed)
+            self._needs_reset = False
+            self._estopped = False
+            self._command = np.zeros(self._space.shape, np.float32)
+            self._raw = self._to_raw(self._command)
+            self._origin = None
+            self._steps = 0
+            self._reward = 0.0
+            self._last = self._terminal = False
+            self._first = True
+
+    def read_sensors(self) -> Obs:
+        """Integrates up to now and returns the observation (see the class docstring).
+
+        Raises:
+            RuntimeError: before the first ``reset``.
+        """
+        with self._lock:
+            self._check_reset()
+            if self._origin is None:
+                self._origin = self._clock()
+            else:
+                self._catch_up()
+            obs = self._sim.sensors()
+            obs["reward"] = np.array(0.0 if self._first else self._reward, np.float32)
+            obs["is_first"] = np.array(self._first)
+            obs["is_last"] = np.array(self._last)
+            obs["is_terminal"] = np.array(self._terminal)
+            self._reward = 0.0
+            self._first = False
+            return obs
+
+    def send_command(self, action: np.ndarray) -> None:
+        """Integrates up to now under the old command, then applies ``action``.
+
+        Args:
+            action: float32 ``(A,)``; clipped to [-1, 1]. Ignored while an
+                emergency stop is latched or after ``is_last``.
+
+        Raises:
+            ValueError: for a wrong shape or non-finite values.
+            RuntimeError: before the first ``reset``.
+        """
+        command = np.asarray(action, np.float32)
+        if command.shape != self._space.shape or not np.isfinite(command).all():
+            raise ValueError(f"command: expected finite float32 {self._space.shape}, got {command!r}")
+        with self._lock:
+            self._check_reset()
+            self._catch_up()
+            if self._estopped:
+                return
+            self._command = np.clip(command, -1.0, 1.0)
+            self._raw = self._to_raw(self._command)
+
+    def emergency_stop(self) -> None:
+        """Integrates up to now, then zeros the raw command and latches until ``reset``."""
+        with self._lock:
+            if not self._needs_reset:
+                self._catch_up()
+            self._estopped = True
+            self._command = np.zeros(self._space.shape, np.float32)
+            self._raw = self._stop_command.copy()
+
+    def close(self) -> None:
+        """Frees the simulator."""
+        with self._lock:
+            self._needs_reset = True
+            self._sim.close()
+
+    # -- inspection --------------------------------------------------------------
+
+    @property
+    def timestep(self) -> float:
+        """Seconds per integrated step."""
+        return self._sim.dt
+
+    @property
+    def duration_s(self) -> float:
+        """Episode length in simulated seconds (inf when unlimited)."""
+        return self._duration
+
+    @property
+    def sim_steps(self) -> int:
+        """Steps integrated in this episode."""
+        return self._steps
+
+    @property
+    def sim_time(self) -> float:
+        """Simulated seconds in this episode (``sim_steps · timestep``)."""
+        return self._steps * self._sim.dt
+
+    @property
+    def command(self) -> np.ndarray:
+        """The command in effect, in [-1, 1] (zeros after an emergency stop)."""
+        return self._command.copy()
+
+    @property
+    def raw_command(self) -> np.ndarray:
+        """The command in effect in the simulator's units."""
+        return self._raw.copy()
+
+    @property
+    def estopped(self) -> bool:
+        """True while an emergency stop is latched."""
+        return self._estopped
+
+    @property
+    def sim(self) -> Any:
+        """The raw simulator (``envs.dmc.DMC`` or ``envs.gym.Gym``), for inspection."""
+        return self._sim.raw
+
+    # -- internals ---------------------------------------------------------------
+
+    def _check_reset(self) -> None:
+        if self._needs_reset:
+            raise RuntimeError("MuJoCoRobot: call reset() first")
+
+    def _to_raw(self, command: np.ndarray) -> np.ndarray:
+        action = command.astype(np.float64)
+        raw = 0.5 * (self._low * (1.0 - action) + self._high * (1.0 + action))
+        return raw.astype(self._raw_dtype)
+
+    def _catch_up(self) -> None:
+        """Integrates the timesteps due by now under the current raw command."""
+        if self._origin is None or self._last:
+            return
+        due = math.floor((self._clock() - self._origin) / self._sim.dt + _STEP_EPS)
+        due = min(due, self._max_steps)
+        while self._steps < due:
+            reward, last, terminal = self._sim.advance(self._raw)
+            self._steps += 1
+            self._reward += reward
+            if last or self._steps >= self._max_steps:
+                self._last = True
+                self._terminal = terminal
+                return
+
+
+__all__ = ["MuJoCoRobot", "Robot"]

@@ -1,0 +1,665 @@
+"""The fixed-rate control loop: one policy step per tick, on schedule.
+
+Ticks are scheduled at absolute times ``t0 + k·period`` (``t0`` is taken when
+``run`` starts and again after every episode reset), so the time a step takes
+never shifts later ticks. A tick that starts more than one period late skips
+the slots it missed (counted in ``LoopStats.skipped``) instead of running them
+in a burst.
+
+One tick:
+
+1. apply a policy queued by ``swap_policy`` (if any);
+2. wait until the scheduled time, note the start (jitter = start − scheduled);
+3. read the observation: ``robot.read_sensors()``, or for an environment the
+   observation its previous ``step`` returned;
+4. at ``is_last``: record the episode return, reset source and policy and
+   restart the schedule (no action is sent for that observation);
+5. otherwise run ``policy.step(obs)`` unless the observation has non-finite
+   values, check the action, and measure the latency (start → action ready);
+6. send the action: ``robot.send_command`` or ``env.step``. When the
+   observation or the action was bad, the policy raised, or the action was
+   ready after ``scheduled + deadline``, the safe action is sent instead and the
+   reason is counted.
+
+The safe action is ``'hold'`` (the last action sent in this episode; zeros
+before the first), ``'zero'`` (zeros; for a discrete space the one-hot of
+index 0, which is the no-op in Atari and most gymnasium discrete tasks), or a
+fixed array. Exceptions from the source (a simulator or a driver failing)
+end ``run``; for a robot ``emergency_stop()`` is called first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from reverie.envs.base import Space
+
+Obs = dict[str, np.ndarray]
+
+#: Reasons a tick sends the safe action (``TickRecord.reason``).
+DEADLINE = "deadline"
+EXCEPTION = "exception"
+NONFINITE_OBS = "nonfinite_obs"
+NONFINITE_ACTION = "nonfinite_action"
+BAD_ACTION = "bad_action"
+SAFE_REASONS = (DEADLINE, EXCEPTION, NONFINITE_OBS, NONFINITE_ACTION, BAD_ACTION)
+
+#: Tolerance (in periods) for comparing scheduled times with the end time.
+_EPS = 1e-9
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the loop drives: one control step per call.
+
+    The policy keeps its own recurrent state (the carry). It reads
+    ``obs['is_first']`` if it needs to know about episode starts, but the loop
+    also calls ``reset`` before every episode. A policy may also define
+    ``action_sent(action)``: the loop calls it after each send with the action
+    actually sent (which differs from the policy's output after a safe action).
+    """
+
+    def reset(self) -> None:
+        """Starts a new episode: clears the carry."""
+
+    def step(self, obs: Obs) -> np.ndarray:
+        """Maps one observation (the env contract's dict) to one action.
+
+        Args:
+            obs: sensor keys plus ``reward``, ``is_first``, ``is_last``,
+                ``is_terminal``; all finite.
+
+        Returns:
+            The action, shaped like the action space: float32 ``(A,)`` in
+            [-1, 1] or a one-hot ``(n,)``.
+        """
+
+
+def zero_action(space: Space) -> np.ndarray:
+    """The neutral action: zeros (clipped into the bounds), or one-hot index 0.
+
+    Args:
+        space: the action space.
+
+    Returns:
+        An array of ``space.dtype`` and ``space.shape``.
+    """
+    action = np.zeros(space.shape, space.dtype)
+    if space.discrete:
+        action.reshape(-1)[0] = 1
+        return action
+    low = -np.inf if space.low is None else space.low
+    high = np.inf if space.high is None else space.high
+    return np.clip(action, low, high).astype(space.dtype)
+
+
+class ZeroPolicy:
+    """Always the neutral action (``zero_action``); for tests and benchmarks.
+
+    Args:
+        act_space: the action space.
+    """
+
+    def __init__(self, act_space: Space) -> None:
+        self._action = zero_action(act_space)
+
+    def reset(self) -> None:
+        """Nothing to clear."""
+
+    def step(self, obs: Obs) -> np.ndarray:
+        """Returns a copy of the neutral action."""
+        return self._action.copy()
+
+
+class RandomPolicy:
+    """Uniform random actions; for tests and benchmarks.
+
+    Continuous: uniform in ``[low, high]`` (``[-1, 1]`` where a bound is
+    missing or infinite). Discrete: a uniformly drawn one-hot.
+
+    Args:
+        act_space: the action space.
+        seed: seed of the random stream (not reset by ``reset``).
+    """
+
+    def __init__(self, act_space: Space, seed: int = 0) -> None:
+        self._space = act_space
+        self._rng = np.random.default_rng(seed)
+        low, high = act_space.low, act_space.high
+        self._low = -1.0 if low is None or not math.isfinite(low) else float(low)
+        self._high = 1.0 if high is None or not math.isfinite(high) else float(high)
+
+    def reset(self) -> None:
+        """Nothing to clear."""
+
+    def step(self, obs: Obs) -> np.ndarray:
+        """Draws one action."""
+        space = self._space
+        if space.discrete:
+            action = np.zeros(space.shape, space.dtype)
+            action[self._rng.integers(space.shape[0])] = 1
+            return action
+        return self._rng.uniform(self._low, self._high, space.shape).astype(space.dtype)
+
+
+def _percentiles(values: array, prefix: str) -> dict[str, float]:
+    data = np.frombuffer(values, np.float64) if len(values) else np.zeros(0)
+    if data.size == 0:
+        nan = float("nan")
+        return {f"{prefix}_p50_us": nan, f"{prefix}_p99_us": nan, f"{prefix}_p999_us": nan, f"{prefix}_max_us": nan}
+    p50, p99, p999 = np.percentile(data, [50, 99, 99.9])
+    return {
+        f"{prefix}_p50_us": float(p50),
+        f"{prefix}_p99_us": float(p99),
+        f"{prefix}_p999_us": float(p999),
+        f"{prefix}_max_us": float(data.max()),
+    }
+
+
+@dataclasses.dataclass
+class LoopStats:
+    """What the loop measured; accumulated over every ``run`` call.
+
+    ``latency_us`` and ``jitter_us`` hold one float64 per tick that sent an
+    action (``array('d')``: 8 bytes a tick; ``np.frombuffer`` views it).
+
+    Attributes:
+        period_s: the tick period in seconds.
+        deadline_s: the deadline after the scheduled start, in seconds.
+        latency_us: per tick, start → action ready (observation read, checks,
+            policy step), µs.
+        jitter_us: per tick, actual start − scheduled start, µs.
+        ticks: ticks that sent an action.
+        skipped: schedule slots skipped because a tick started more than one
+            period late.
+        deadline_misses: ticks whose action was ready after the deadline.
+        exceptions: policy steps that raised.
+        nonfinite_obs: observations with NaN/inf (never passed to the policy).
+        nonfinite_actions: actions with NaN/inf.
+        bad_actions: actions of the wrong shape or not numeric.
+        safe_actions: ticks that sent the safe action (any reason).
+        swaps: policies swapped in by ``swap_policy``.
+        episode_returns: the return of each finished episode.
+        last_error: ``repr`` of the last exception a policy raised.
+    """
+
+    period_s: float
+    deadline_s: float
+    latency_us: array = dataclasses.field(default_factory=lambda: array("d"))
+    jitter_us: array = dataclasses.field(default_factory=lambda: array("d"))
+    ticks: int = 0
+    skipped: int = 0
+    deadline_misses: int = 0
+    exceptions: int = 0
+    nonfinite_obs: int = 0
+    nonfinite_actions: int = 0
+    bad_actions: int = 0
+    safe_actions: int = 0
+    swaps: int = 0
+    episode_returns: list[float] = dataclasses.field(default_factory=list)
+    last_error: str | None = None
+
+    @property
+    def episodes(self) -> int:
+        """Finished episodes."""
+        return len(self.episode_returns)
+
+    def summary(self) -> dict[str, float | int]:
+        """A flat, JSON-ready summary.
+
+        Returns:
+            Counts (``ticks``, ``skipped``, ``deadline_misses``, ``miss_rate``,
+            the fault counts, ``safe_actions``, ``swaps``, ``episodes``,
+            ``mean_return``), ``period_us``, ``deadline_us``, and
+            ``latency_{p50,p99,p999,max}_us`` / ``jitter_{...}_us`` (NaN when
+            no tick ran).
+        """
+        returns = self.episode_returns
+        out: dict[str, float | int] = {
+            "ticks": self.ticks,
+            "skipped": self.skipped,
+            "deadline_misses": self.deadline_misses,
+            "miss_rate": self.deadline_misses / self.ticks if self.ticks else 0.0,
+            "exceptions": self.exceptions,
+            "nonfinite_obs": self.nonfinite_obs,
+            "nonfinite_actions": self.nonfinite_actions,
+            "bad_actions": self.bad_actions,
+            "safe_actions": self.safe_actions,
+            "swaps": self.swaps,
+            "episodes": self.episodes,
+            "mean_return": float(np.mean(returns)) if returns else float("nan"),
+            "period_us": self.period_s * 1e6,
+            "deadline_us": self.deadline_s * 1e6,
+        }
+        out.update(_percentiles(self.latency_us, "latency"))
+        out.update(_percentiles(self.jitter_us, "jitter"))
+        return out
+
+    def histogram_png(self, path: str | Path, bins: int = 100) -> Path:
+        """Writes a histogram of the tick latencies as a PNG.
+
+        Linear latency axis, log-scaled count axis, vertical lines at p50, p99
+        and the deadline. Uses matplotlib's Agg canvas directly (no pyplot, no
+        global backend change).
+
+        Args:
+            path: the PNG file to write (parent folders are created).
+            bins: number of histogram bins.
+
+        Returns:
+            The path written.
+        """
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = np.frombuffer(self.latency_us, np.float64) if len(self.latency_us) else np.zeros(0)
+        deadline_us = self.deadline_s * 1e6
+        fig = Figure(figsize=(7, 4), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        top = max(float(data.max()) if data.size else 0.0, deadline_us) * 1.05
+        if data.size:
+            ax.hist(data, bins=np.linspace(0.0, top, bins + 1), color="tab:blue", alpha=0.8)
+            p50, p99 = np.percentile(data, [50, 99])
+            ax.axvline(p50, color="tab:green", linestyle="--", label=f"p50 {p50:.0f} µs")
+            ax.axvline(p99, color="tab:orange", linestyle="--", label=f"p99 {p99:.0f} µs")
+        ax.axvline(deadline_us, color="tab:red", label=f"deadline {deadline_us:.0f} µs")
+        ax.set_yscale("log")
+        ax.set_xlim(0.0, top)
+        ax.set_xlabel("tick latency (µs)")
+        ax.set_ylabel("ticks")
+        ax.set_title(f"{self.ticks} ticks at {1.0 / self.period_s:g} Hz: {self.deadline_misses} misses, {self.skipped} skipped")
+        ax.legend(loc="upper right")
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+        return path
+
+
+@dataclasses.dataclass(frozen=True)
+class TickRecord:
+    """The last tick that sent an action.
+
+    Attributes:
+        index: tick number (``LoopStats.ticks`` before this tick).
+        scheduled: scheduled start, loop clock seconds.
+        start: actual start, loop clock seconds.
+        latency_s: start → action ready, seconds.
+        action: the action sent.
+        reason: why the safe action was sent (one of ``SAFE_REASONS``), or
+            None when the policy's action was sent.
+    """
+
+    index: int
+    scheduled: float
+    start: float
+    latency_s: float
+    action: np.ndarray
+    reason: str | None
+
+
+class _EnvSource:
+    """An environment seen as a loop source: the last ``step`` result is read."""
+
+    def __init__(self, env: Any) -> None:
+        self.env = env
+        self.act_space: Space = env.act_space
+        self._obs: Obs | None = None
+
+    def reset(self) -> None:
+        self._obs = self.env.reset()
+
+    def observe(self) -> Obs:
+        assert self._obs is not None, "reset() first"
+        return self._obs
+
+    def act(self, action: np.ndarray) -> None:
+        self._obs = self.env.step(action)
+
+    def emergency_stop(self) -> None:
+        pass
+
+
+class _RobotSource:
+    """A robot seen as a loop source: sensors are read at every tick."""
+
+    def __init__(self, robot: Any) -> None:
+        self.robot = robot
+        self.act_space: Space = robot.action_space
+
+    def reset(self) -> None:
+        self.robot.reset()
+
+    def observe(self) -> Obs:
+        return self.robot.read_sensors()
+
+    def act(self, action: np.ndarray) -> None:
+        self.robot.send_command(action)
+
+    def emergency_stop(self) -> None:
+        self.robot.emergency_stop()
+
+
+def is_robot(source: Any) -> bool:
+    """True when ``source`` looks like a ``reverie.envs.robot.Robot``."""
+    return all(callable(getattr(source, name, None)) for name in ("read_sensors", "send_command", "emergency_stop"))
+
+
+def _finite(obs: Obs) -> bool:
+    """True when every floating array of ``obs`` (``log/`` keys aside) is finite."""
+    for key, value in obs.items():
+        if key.startswith("log/"):
+            continue
+        value = np.asarray(value)
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            return False
+    return True
+
+
+class ControlLoop:
+    """Runs a policy against an environment or a robot at a fixed rate.
+
+    The source is used directly: an object with ``read_sensors``,
+    ``send_command`` and ``emergency_stop`` is driven as a robot (sensors read
+    at each tick, ``action_space``), anything else as an environment
+    (``reset``/``step``/``act_space``; the observation of a tick is the one the
+    previous ``step`` returned, so the simulation runs inside the tick's send).
+
+    Args:
+        source: an ``Env`` (``reverie.envs.make``) or a ``Robot``.
+        policy: the ``Policy`` to drive.
+        rate_hz: ticks per second.
+        safe_action: ``'hold'``, ``'zero'`` or a fixed action array (see the
+            module docstring).
+        clock: monotonic clock in seconds; default the robot's ``clock`` for a
+            robot, else ``time.perf_counter``.
+        sleep: sleeps a number of seconds; default ``time.sleep``. A fake
+            clock needs a matching fake sleep (one that advances it).
+        deadline: seconds after the scheduled start by which the action must
+            be ready; default one period.
+        spin_s: the last ``spin_s`` seconds before a tick are busy-waited
+            instead of slept (lower jitter, one core busy); 0 sleeps only.
+
+    Raises:
+        ValueError: for a bad rate, deadline or safe action.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        policy: Policy,
+        *,
+        rate_hz: float,
+        safe_action: str | np.ndarray = "hold",
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], None] | None = None,
+        deadline: float | None = None,
+        spin_s: float = 0.0,
+    ) -> None:
+        if not rate_hz > 0 or not math.isfinite(rate_hz):
+            raise ValueError(f"rate_hz must be positive and finite, got {rate_hz}")
+        self._robot = is_robot(source)
+        self._source: _EnvSource | _RobotSource = _RobotSource(source) if self._robot else _EnvSource(source)
+        self.source = source
+        self.act_space: Space = self._source.act_space
+        self.period = 1.0 / float(rate_hz)
+        self.deadline = self.period if deadline is None else float(deadline)
+        if not self.deadline > 0:
+            raise ValueError(f"deadline must be positive, got {deadline}")
+        if clock is None:
+            clock = source.clock if self._robot and callable(getattr(source, "clock", None)) else time.perf_counter
+        self._clock = clock
+        self._sleep = time.sleep if sleep is None else sleep
+        self._spin = max(0.0, float(spin_s))
+        self._zero = zero_action(self.act_space)
+        self._safe_mode, self._safe_fixed = self._parse_safe(safe_action)
+        self._policy = policy
+        self._pending: Policy | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._running = False
+        self._needs_reset = True
+        self._t0 = 0.0
+        self._k = 0
+        self._return = 0.0
+        self._last_sent: np.ndarray | None = None
+        self.last_tick: TickRecord | None = None
+        self.stats = LoopStats(self.period, self.deadline)
+
+    def _parse_safe(self, safe_action: str | np.ndarray) -> tuple[str, np.ndarray | None]:
+        if isinstance(safe_action, str):
+            if safe_action not in ("hold", "zero"):
+                raise ValueError(f"safe_action must be 'hold', 'zero' or an array, got {safe_action!r}")
+            return safe_action, None
+        fixed = np.asarray(safe_action, self.act_space.dtype)
+        if fixed.shape != self.act_space.shape or not np.isfinite(fixed).all():
+            raise ValueError(f"safe_action array must be finite with shape {self.act_space.shape}, got {fixed}")
+        return "fixed", fixed
+
+    @property
+    def policy(self) -> Policy:
+        """The policy that runs the next tick (a pending swap not yet applied)."""
+        return self._policy
+
+    def swap_policy(self, policy: Policy) -> None:
+        """Queues ``policy`` to replace the current one at the start of the next tick.
+
+        Safe to call from any thread, including from inside ``policy.step``.
+        The tick in progress finishes with the old policy; a later call before
+        that tick replaces the queued one. The new policy is not reset: its
+        carry is its own business.
+
+        Args:
+            policy: the new policy.
+        """
+        with self._lock:
+            self._pending = policy
+
+    def stop(self) -> None:
+        """Asks ``run`` to return before its next tick (from any thread)."""
+        self._stop.set()
+
+    def safe_action(self) -> np.ndarray:
+        """The action sent when a tick fails: see ``safe_action`` in the constructor."""
+        if self._safe_mode == "hold" and self._last_sent is not None:
+            return self._last_sent.copy()
+        if self._safe_mode == "fixed":
+            assert self._safe_fixed is not None
+            return self._safe_fixed.copy()
+        return self._zero.copy()
+
+    def run(self, steps: int | None = None, seconds: float | None = None, episodes: int | None = None) -> LoopStats:
+        """Runs ticks until one of the limits is reached (or ``stop`` is called).
+
+        The source and the policy are reset before the first tick and after
+        every ``is_last``; a later call goes on with the current episode
+        (after the last episode ended, with a new one). Every call and every
+        reset start a new schedule.
+
+        Args:
+            steps: ticks that send an action.
+            seconds: loop-clock seconds from the first scheduled tick (after
+                the first reset, if any); no tick is scheduled at or after
+                ``start + seconds``.
+            episodes: finished episodes.
+
+        Returns:
+            ``self.stats`` (accumulated over all calls).
+
+        Raises:
+            RuntimeError: when called while already running.
+            Exception: whatever the source raised (a robot is emergency-stopped
+                first).
+        """
+        if self._running:
+            raise RuntimeError("ControlLoop.run is already running")
+        self._running = True
+        self._stop.clear()
+        stats = self.stats
+        try:
+            if self._needs_reset:
+                self._begin_episode()
+            start = self._clock()
+            self._t0, self._k = start, 0
+            end = math.inf if seconds is None else start + float(seconds)
+            ticks0, episodes0 = stats.ticks, stats.episodes
+            while not self._stop.is_set():
+                if steps is not None and stats.ticks - ticks0 >= steps:
+                    break
+                if episodes is not None and stats.episodes - episodes0 >= episodes:
+                    break
+                if self._needs_reset:
+                    # A reset may block (a robot homing): restart the schedule after it.
+                    self._begin_episode()
+                    self._t0, self._k = self._clock(), 0
+                target = self._t0 + self._k * self.period
+                if target >= end - _EPS * self.period:
+                    break
+                now = self._wait(target)
+                late = now - target
+                if late > self.period:
+                    missed = int(late // self.period)
+                    if seconds is not None:
+                        missed = min(missed, math.ceil((end - target) / self.period - _EPS))
+                    stats.skipped += missed
+                    self._k += missed
+                    target = self._t0 + self._k * self.period
+                    if target >= end - _EPS * self.period:
+                        break
+                if self._tick(target, now):
+                    self._k += 1
+        except BaseException:
+            if self._robot:
+                self._source.emergency_stop()
+            raise
+        finally:
+            self._running = False
+        return stats
+
+    def _wait(self, target: float) -> float:
+        """Sleeps (then spins, if configured) until ``target``; returns the clock."""
+        now = self._clock()
+        remaining = target - now
+        if remaining <= 0:
+            return now
+        if self._spin > 0:
+            if remaining > self._spin:
+                self._sleep(remaining - self._spin)
+            while (now := self._clock()) < target:
+                pass
+            return now
+        self._sleep(remaining)
+        return self._clock()
+
+    def _begin_episode(self) -> None:
+        self._needs_reset = False
+        self._source.reset()
+        self._policy.reset()
+        self._return = 0.0
+        self._last_sent = None
+
+    def _apply_swap(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self._policy = pending
+            self.stats.swaps += 1
+
+    def _tick(self, target: float, start: float) -> bool:
+        """Runs one tick; returns False when it ended an episode instead."""
+        stats = self.stats
+        self._apply_swap()
+        obs = self._source.observe()
+        finite = _finite(obs)
+        reward = float(np.asarray(obs.get("reward", 0.0)))
+        if math.isfinite(reward):
+            self._return += reward
+        if bool(np.asarray(obs.get("is_last", False))):
+            stats.episode_returns.append(self._return)
+            self._needs_reset = True
+            return False
+
+        reason: str | None = None
+        action: np.ndarray | None = None
+        if not finite:
+            stats.nonfinite_obs += 1
+            reason = NONFINITE_OBS
+        else:
+            try:
+                raw = self._policy.step(obs)
+            except Exception as err:  # any policy failure gives the safe action
+                stats.exceptions += 1
+                stats.last_error = repr(err)
+                reason = EXCEPTION
+            else:
+                action, reason = self._check(raw)
+        ready = self._clock()
+        if ready - target > self.deadline:
+            stats.deadline_misses += 1
+            reason = reason or DEADLINE
+        if reason is not None or action is None:
+            action = self.safe_action()
+            stats.safe_actions += 1
+        latency = ready - start
+        stats.latency_us.append(latency * 1e6)
+        stats.jitter_us.append((start - target) * 1e6)
+        self.last_tick = TickRecord(stats.ticks, target, start, latency, action, reason)
+        self._source.act(action)
+        self._last_sent = action
+        # A recurrent policy conditions on its previous action: tell it what
+        # was really sent (the safe action, after a miss). Optional hook.
+        notify = getattr(self._policy, "action_sent", None)
+        if notify is not None:
+            notify(action)
+        stats.ticks += 1
+        return True
+
+    def _check(self, raw: Any) -> tuple[np.ndarray | None, str | None]:
+        """Validates a policy output; returns (action, None) or (None, reason)."""
+        space = self.act_space
+        try:
+            values = np.asarray(raw)
+            if values.shape != space.shape or values.dtype.kind not in "biuf":
+                raise ValueError
+            action = values.astype(space.dtype)
+        except (ValueError, TypeError):
+            self.stats.bad_actions += 1
+            return None, BAD_ACTION
+        if not np.isfinite(action).all():
+            self.stats.nonfinite_actions += 1
+            return None, NONFINITE_ACTION
+        if space.discrete:
+            onehot = np.zeros(space.shape, space.dtype)
+            onehot[int(np.argmax(action))] = 1
+            return onehot, None
+        low = -np.inf if space.low is None else space.low
+        high = np.inf if space.high is None else space.high
+        return np.clip(action, low, high).astype(space.dtype, copy=False), None
+
+
+__all__ = [
+    "BAD_ACTION",
+    "DEADLINE",
+    "EXCEPTION",
+    "NONFINITE_ACTION",
+    "NONFINITE_OBS",
+    "SAFE_REASONS",
+    "ControlLoop",
+    "LoopStats",
+    "Policy",
+    "RandomPolicy",
+    "TickRecord",
+    "ZeroPolicy",
+    "is_robot",
+    "zero_action",
+]

@@ -1,0 +1,463 @@
+"""Tests for reverie.realtime.loop: schedule, safe actions, stats, swaps.
+
+Almost everything runs on a fake clock (time advances only when the loop
+sleeps or a fake policy/env "works"), so the tests are exact and immune to
+machine load. One short real-clock run checks the real path with loose bounds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from reverie import envs
+from reverie.envs.base import Space
+from reverie.realtime.loop import (
+    BAD_ACTION,
+    DEADLINE,
+    EXCEPTION,
+    NONFINITE_ACTION,
+    NONFINITE_OBS,
+    ControlLoop,
+    Policy,
+    RandomPolicy,
+    ZeroPolicy,
+    zero_action,
+)
+
+PERIOD = 0.01  # 100 Hz
+ACT = Space(np.float32, (2,), -1.0, 1.0)
+
+
+class FakeClock:
+    """A clock that moves only when told; ``sleep`` advances it."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeEnv:
+    """An env contract stand-in that records what it is sent.
+
+    Observations: ``x`` float32 (3,) = [step, 0, 0], reward 1 per step.
+
+    Args:
+        clock: the fake clock (to time-stamp actions).
+        act_space: the action space.
+        length: steps per episode.
+        nan_at: steps whose observation gets a NaN.
+    """
+
+    def __init__(self, clock: FakeClock, act_space: Space = ACT, length: int = 10_000, nan_at: tuple[int, ...] = ()) -> None:
+        self.clock = clock
+        self.act_space = act_space
+        self.length = length
+        self.nan_at = nan_at
+        self.t = 0
+        self.resets = 0
+        self.sent: list[tuple[float, np.ndarray]] = []
+
+    def reset(self) -> dict[str, np.ndarray]:
+        self.resets += 1
+        self.t = 0
+        return self._obs(first=True)
+
+    def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
+        assert isinstance(action, np.ndarray) and action.dtype == self.act_space.dtype
+        assert action.shape == self.act_space.shape
+        self.sent.append((self.clock(), action.copy()))
+        self.t += 1
+        return self._obs(first=False)
+
+    def close(self) -> None:
+        pass
+
+    def _obs(self, first: bool) -> dict[str, np.ndarray]:
+        x = np.array([self.t, 0, 0], np.float32)
+        if self.t in self.nan_at:
+            x[1] = np.nan
+        return {
+            "x": x,
+            "reward": np.array(0.0 if first else 1.0, np.float32),
+            "is_first": np.array(first),
+            "is_last": np.array(self.t >= self.length),
+            "is_terminal": np.array(False),
+        }
+
+
+class ScriptedPolicy:
+    """Returns ``value`` (float32 (2,)); ``cost`` advances the fake clock.
+
+    ``script`` maps a call number to a behaviour: a float (extra cost in
+    periods), an Exception (raised), or an array (returned instead).
+    """
+
+    def __init__(self, clock: FakeClock, value: float = 0.5, cost: float = 0.0, script: dict | None = None) -> None:
+        self.clock = clock
+        self.value = value
+        self.cost = cost
+        self.script = script or {}
+        self.calls = 0
+        self.resets = 0
+        self.starts: list[float] = []
+        self.seen: list[dict[str, np.ndarray]] = []
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def step(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        n = self.calls
+        self.calls += 1
+        self.starts.append(self.clock())
+        self.seen.append(obs)
+        self.clock.advance(self.cost * PERIOD)
+        todo = self.script.get(n)
+        if isinstance(todo, Exception):
+            raise todo
+        if isinstance(todo, (int, float)):
+            self.clock.advance(todo * PERIOD)
+        if isinstance(todo, np.ndarray):
+            return todo
+        return np.full(2, self.value, np.float32)
+
+
+def make_loop(policy: Policy, env: FakeEnv, clock: FakeClock, **kwargs) -> ControlLoop:
+    return ControlLoop(env, policy, rate_hz=1.0 / PERIOD, clock=clock, sleep=clock.sleep, **kwargs)
+
+
+def sent_actions(env: FakeEnv) -> np.ndarray:
+    return np.stack([a for _, a in env.sent])
+
+
+def test_policy_protocol_and_helpers() -> None:
+    assert isinstance(ZeroPolicy(ACT), Policy)
+    assert isinstance(RandomPolicy(ACT, seed=0), Policy)
+    np.testing.assert_array_equal(ZeroPolicy(ACT).step({}), np.zeros(2, np.float32))
+    disc = Space(np.float32, (4,), 0.0, 1.0, discrete=True)
+    np.testing.assert_array_equal(zero_action(disc), [1, 0, 0, 0])
+    a = RandomPolicy(ACT, seed=1).step({})
+    assert a.dtype == np.float32 and a.shape == (2,) and np.all(np.abs(a) <= 1)
+    onehot = RandomPolicy(disc, seed=1).step({})
+    assert onehot.sum() == 1 and set(np.unique(onehot)) <= {0.0, 1.0}
+
+
+def test_schedule_has_no_drift_with_slow_steps() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock)
+    policy = ScriptedPolicy(clock, cost=0.7)  # every step takes 0.7 periods
+    loop = make_loop(policy, env, clock)
+    t0 = clock()
+    stats = loop.run(steps=1000)
+    starts = np.array(policy.starts)
+    np.testing.assert_allclose(starts - t0, np.arange(1000) * PERIOD, rtol=0, atol=1e-9)
+    # Actions go out 0.7 periods into each tick, every tick.
+    sends = np.array([t for t, _ in env.sent])
+    np.testing.assert_allclose(sends - starts, 0.7 * PERIOD, rtol=0, atol=1e-9)
+    assert stats.ticks == 1000 and stats.skipped == 0 and stats.deadline_misses == 0 and stats.safe_actions == 0
+    np.testing.assert_allclose(np.frombuffer(stats.latency_us), 0.7 * PERIOD * 1e6, atol=1e-3)
+    np.testing.assert_allclose(np.frombuffer(stats.jitter_us), 0.0, atol=1e-3)
+
+
+def test_late_steps_are_counted_misses_with_the_safe_action() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock)
+    # Ticks 3 and 7 take 1.2 periods: past the deadline (one period).
+    policy = ScriptedPolicy(clock, value=0.5, cost=0.1, script={3: 1.1, 7: 1.1})
+    loop = make_loop(policy, env, clock, safe_action="zero")
+    stats = loop.run(steps=10)
+    actions = sent_actions(env)
+    late = [3, 7]
+    np.testing.assert_array_equal(actions[late], 0.0)
+    np.testing.assert_array_equal(np.delete(actions, late, axis=0), 0.5)
+    assert stats.deadline_misses == 2 and stats.safe_actions == 2 and stats.skipped == 0
+    assert stats.ticks == 10
+    # The tick after a late one starts late (0.2 periods) but stays on the grid after that.
+    starts = np.array(policy.starts) - policy.starts[0]
+    assert starts[4] == pytest.approx(4.2 * PERIOD) and starts[5] == pytest.approx(5 * PERIOD)
+    summary = stats.summary()
+    assert summary["deadline_misses"] == 2 and summary["miss_rate"] == pytest.approx(0.2)
+    assert summary["latency_max_us"] == pytest.approx(1.2 * PERIOD * 1e6)
+
+
+def test_custom_deadline() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock)
+    policy = ScriptedPolicy(clock, cost=0.6)
+    loop = make_loop(policy, env, clock, deadline=0.5 * PERIOD)
+    stats = loop.run(steps=5)
+    assert stats.deadline_misses == 5 and loop.last_tick is not None and loop.last_tick.reason == DEADLINE
+
+
+def test_far_behind_skips_ticks_instead_of_bursting() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock)
+    # Tick 2 takes 3.5 periods: slots 3 and 4 are missed, slot 5 runs 0.5 late.
+    policy = ScriptedPolicy(clock, script={2: 3.5})
+    loop = make_loop(policy, env, clock)
+    t0 = clock()
+    stats = loop.run(steps=6)
+    starts = (np.array(policy.starts) - t0) / PERIOD
+    np.testing.assert_allclose(starts, [0, 1, 2, 5.5, 6, 7], atol=1e-6)
+    # Only tick 2 itself missed its deadline: slot 5 ran 0.5 periods late, within it.
+    assert stats.skipped == 2 and stats.deadline_misses == 1 and stats.ticks == 6
+    jitter = np.frombuffer(stats.jitter_us) / (PERIOD * 1e6)
+    np.testing.assert_allclose(jitter, [0, 0, 0, 0.5, 0, 0], atol=1e-6)
+
+
+def test_seconds_limit_counts_slots() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock)
+    policy = ScriptedPolicy(clock, script={10: 4.5})
+    loop = make_loop(policy, env, clock)
+    stats = loop.run(seconds=50 * PERIOD)
+    # Tick 10 ends 4.5 periods after its slot: slots 11-13 are skipped.
+    assert stats.ticks + stats.skipped == 50 and stats.skipped == 3
+
+
+def test_policy_exception_gives_safe_action_and_count() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock)
+    policy = ScriptedPolicy(clock, value=0.25, script={2: RuntimeError("boom"), 5: RuntimeError("again")})
+    loop = make_loop(policy, env, clock, safe_action="hold")
+    stats = loop.run(steps=8)
+    actions = sent_actions(env)
+    np.testing.assert_array_equal(actions, 0.25)  # hold repeats the last action sent
+    assert stats.exceptions == 2 and stats.safe_actions == 2 and stats.ticks == 8
+    assert "again" in (stats.last_error or "")
+
+
+def test_hold_before_any_action_is_zero_and_fixed_safe_action() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock)
+    policy = ScriptedPolicy(clock, script={0: ValueError("first")})
+    stats = make_loop(policy, env, clock, safe_action="hold").run(steps=2)
+    np.testing.assert_array_equal(sent_actions(env)[0], [0, 0])
+    assert stats.exceptions == 1
+    env2 = FakeEnv(clock)
+    fixed = np.array([0.1, -0.2], np.float32)
+    make_loop(ScriptedPolicy(clock, script={1: ValueError()}), env2, clock, safe_action=fixed).run(steps=3)
+    np.testing.assert_array_equal(sent_actions(env2)[1], fixed)
+    with pytest.raises(ValueError):
+        make_loop(policy, env, clock, safe_action="brake")
+    with pytest.raises(ValueError):
+        make_loop(policy, env, clock, safe_action=np.zeros(3))
+
+
+def test_bad_actions_are_replaced() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock)
+    script = {
+        1: np.array([np.nan, 0.0], np.float32),
+        2: np.zeros(3, np.float32),
+        3: np.array(["a", "b"]),
+        4: np.array([5.0, -5.0]),  # float64 out of range: cast and clipped
+    }
+    policy = ScriptedPolicy(clock, value=0.5, script=script)
+    loop = make_loop(policy, env, clock, safe_action="zero")
+    stats = loop.run(steps=6)
+    actions = sent_actions(env)
+    np.testing.assert_array_equal(actions[1:4], 0.0)
+    np.testing.assert_array_equal(actions[4], [1.0, -1.0])
+    assert actions.dtype == np.float32
+    assert stats.nonfinite_actions == 1 and stats.bad_actions == 2 and stats.safe_actions == 3
+
+
+def test_discrete_zero_safe_action_is_onehot_noop() -> None:
+    clock = FakeClock()
+    space = Space(np.float32, (3,), 0.0, 1.0, discrete=True)
+    env = FakeEnv(clock, act_space=space)
+
+    class Crashing:
+        def reset(self) -> None:
+            pass
+
+        def step(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+            if obs["x"][0] == 1:
+                raise RuntimeError
+            return np.array([0.1, 0.7, 0.2], np.float32)  # soft output: sent as one-hot
+
+    stats = make_loop(Crashing(), env, clock, safe_action="zero").run(steps=3)
+    np.testing.assert_array_equal(sent_actions(env), [[0, 1, 0], [1, 0, 0], [0, 1, 0]])
+    assert stats.exceptions == 1
+
+
+def test_nonfinite_observation_never_reaches_policy() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock, nan_at=(3, 4))
+    policy = ScriptedPolicy(clock, value=0.5)
+    loop = make_loop(policy, env, clock, safe_action="zero")
+    stats = loop.run(steps=8)
+    assert all(np.isfinite(obs["x"]).all() for obs in policy.seen)
+    assert [int(obs["x"][0]) for obs in policy.seen] == [0, 1, 2, 5, 6, 7]
+    actions = sent_actions(env)
+    np.testing.assert_array_equal(actions[[3, 4]], 0.0)
+    assert stats.nonfinite_obs == 2 and stats.safe_actions == 2 and stats.exceptions == 0
+
+
+def test_nonfinite_observation_flag_on_last_tick() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock, nan_at=(2,))
+    loop = make_loop(ScriptedPolicy(clock), env, clock)
+    loop.run(steps=3)
+    assert loop.last_tick is not None and loop.last_tick.reason == NONFINITE_OBS and loop.last_tick.index == 2
+
+
+def test_episodes_reset_source_and_policy_and_record_returns() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock, length=5)
+    policy = ScriptedPolicy(clock)
+    loop = make_loop(policy, env, clock)
+    stats = loop.run(episodes=3)
+    assert stats.episodes == 3 and stats.episode_returns == [5.0, 5.0, 5.0]
+    assert stats.ticks == 15 and env.resets == 3 and policy.resets == 3
+    # The next run starts a fresh episode.
+    loop.run(steps=1)
+    assert env.resets == 4 and policy.resets == 4
+    assert bool(policy.seen[-1]["is_first"])
+
+
+def test_swap_policy_takes_effect_at_the_next_tick() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock)
+    new = ScriptedPolicy(clock, value=-0.5)
+    loop: ControlLoop | None = None
+
+    class Swapper(ScriptedPolicy):
+        def step(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+            if self.calls == 3:
+                assert loop is not None
+                loop.swap_policy(new)  # mid-tick: this tick still uses the old policy
+            return super().step(obs)
+
+    old = Swapper(clock, value=0.5)
+    loop = make_loop(old, env, clock)
+    stats = loop.run(steps=7)
+    np.testing.assert_array_equal(sent_actions(env)[:, 0], [0.5] * 4 + [-0.5] * 3)
+    assert stats.swaps == 1 and loop.policy is new and new.resets == 0 and old.calls == 4
+
+
+def test_swap_policy_from_another_thread_real_clock() -> None:
+    env = envs.make("fake/vector", length=10_000)
+    used: list[float] = []
+    ten_steps = threading.Event()
+    loop: ControlLoop | None = None
+
+    class Const:
+        def __init__(self, value: float) -> None:
+            self.value = value
+            self.calls = 0
+
+        def reset(self) -> None:
+            pass
+
+        def step(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+            used.append(self.value)
+            self.calls += 1
+            if self.calls == 10:
+                ten_steps.set()
+                if self.value < 0:
+                    assert loop is not None
+                    loop.stop()
+            return np.full(3, self.value, np.float32)
+
+    def swap_later() -> None:
+        ten_steps.wait(timeout=10)
+        assert loop is not None
+        loop.swap_policy(Const(-0.5))
+
+    loop = ControlLoop(env, Const(0.5), rate_hz=500)
+    thread = threading.Thread(target=swap_later)
+    thread.start()
+    stats = loop.run(seconds=10)  # the new policy stops the loop after 10 steps
+    thread.join()
+    assert stats.swaps == 1
+    switches = int(np.count_nonzero(np.diff(used)))
+    assert used[0] == 0.5 and used[-10:] == [-0.5] * 10 and switches == 1
+
+
+def test_stop_from_another_thread() -> None:
+    env = envs.make("fake/vector", length=10_000)
+    loop = ControlLoop(env, ZeroPolicy(env.act_space), rate_hz=500)
+    timer = threading.Timer(0.05, loop.stop)
+    timer.start()
+    started = time.perf_counter()
+    loop.run()
+    assert time.perf_counter() - started < 5.0
+    timer.join()
+
+
+def test_histogram_png(tmp_path) -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock)
+    rng = np.random.default_rng(0)
+    script = {i: float(c) for i, c in enumerate(rng.exponential(0.2, 300))}
+    stats = make_loop(ScriptedPolicy(clock, script=script), env, clock).run(steps=300)
+    path = stats.histogram_png(tmp_path / "plots" / "latency.png")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    # An empty run still plots (just the deadline).
+    empty = make_loop(ScriptedPolicy(clock), FakeEnv(clock), clock).stats
+    assert empty.histogram_png(tmp_path / "empty.png").stat().st_size > 0
+
+
+def test_real_clock_short_run() -> None:
+    """0.5 s at 200 Hz on the real clock: 100 slots, each either run or skipped."""
+    env = envs.make("fake/vector", length=10_000)
+    loop = ControlLoop(env, RandomPolicy(env.act_space, seed=0), rate_hz=200)
+    started = time.perf_counter()
+    stats = loop.run(seconds=0.5)
+    elapsed = time.perf_counter() - started
+    assert stats.ticks + stats.skipped == 100
+    assert stats.ticks >= 10  # a loaded machine may skip some, never most
+    assert 0.45 < elapsed < 5.0
+    summary = stats.summary()
+    for key in ("latency_p50_us", "latency_p99_us", "latency_p999_us", "jitter_p50_us", "jitter_p99_us", "jitter_p999_us"):
+        assert np.isfinite(summary[key]), key
+    assert summary["latency_p50_us"] > 0 and summary["jitter_p50_us"] >= 0
+    assert len(stats.latency_us) == len(stats.jitter_us) == stats.ticks
+
+
+def test_source_failure_propagates() -> None:
+    clock = FakeClock()
+
+    class Broken(FakeEnv):
+        def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
+            if self.t == 2:
+                raise OSError("bus down")
+            return super().step(action)
+
+    loop = make_loop(ScriptedPolicy(clock), Broken(clock), clock)
+    with pytest.raises(OSError):
+        loop.run(steps=5)
+    assert loop.stats.ticks == 2
+
+
+def test_bad_arguments() -> None:
+    clock = FakeClock()
+    env = FakeEnv(clock)
+    with pytest.raises(ValueError):
+        ControlLoop(env, ZeroPolicy(ACT), rate_hz=0)
+    with pytest.raises(ValueError):
+        ControlLoop(env, ZeroPolicy(ACT), rate_hz=100, deadline=0)
+
+
+def test_reasons_are_named() -> None:
+    assert {DEADLINE, EXCEPTION, NONFINITE_OBS, NONFINITE_ACTION, BAD_ACTION} == {
+        "deadline",
+        "exception",
+        "nonfinite_obs",
+        "nonfinite_action",
+        "bad_action",
+    }
