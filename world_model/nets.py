@@ -140,7 +140,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.float()
-        y = y * torch.rsqrt(y.square().mean(-1, keepdim=True) + self.eps) * self.weight
+        # Written as Pow → ReduceMean → Add → Sqrt → Div → Mul, the pattern
+        # onnxruntime fuses into one SimplifiedLayerNormalization kernel.
+        y = y / torch.sqrt(y.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
         return y.to(x.dtype)
 
 
