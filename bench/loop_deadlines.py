@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--runs", nargs="*", default=["1m:500", "12m:100"], help="preset:rate_hz pairs")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--env", default="dmc/cartpole_swingup")
-    parser.add_argument("--spin-us", type=float, default=200.0, help="busy-wait this long before each tick (lower jitter)")
+    parser.add_argument("--spin-us", type=float, default=1500.0, help="busy-wait this long before each tick (lower jitter)")
     parser.add_argument("--out", default=None, help="folder for latency histograms")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -31,6 +31,7 @@ end ``run``; for a robot ``emergency_stop()`` is called first.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import threading
 import time
@@ -389,6 +390,8 @@ class ControlLoop:
             be ready; default one period.
         spin_s: the last ``spin_s`` seconds before a tick are busy-waited
             instead of slept (lower jitter, one core busy); 0 sleeps only.
+        pause_gc: keep Python's cyclic garbage collector off while running and
+            collect between episodes instead (its pauses cause misses).
 
     Raises:
         ValueError: for a bad rate, deadline or safe action.
@@ -405,6 +408,7 @@ class ControlLoop:
         sleep: Callable[[float], None] | None = None,
         deadline: float | None = None,
         spin_s: float = 0.0,
+        pause_gc: bool = True,
     ) -> None:
         if not rate_hz > 0 or not math.isfinite(rate_hz):
             raise ValueError(f"rate_hz must be positive and finite, got {rate_hz}")
@@ -421,6 +425,7 @@ class ControlLoop:
         self._clock = clock
         self._sleep = time.sleep if sleep is None else sleep
         self._spin = max(0.0, float(spin_s))
+        self.pause_gc = pause_gc
         self._zero = zero_action(self.act_space)
         self._safe_mode, self._safe_fixed = self._parse_safe(safe_action)
         self._policy = policy
@@ -506,6 +511,12 @@ class ControlLoop:
         self._running = True
         self._stop.clear()
         stats = self.stats
+        # Python's cyclic garbage collector can pause for milliseconds at any
+        # allocation; with pause_gc it runs only between episodes (where the
+        # schedule restarts anyway), reference counting frees the rest.
+        gc_was_enabled = gc.isenabled()
+        if self.pause_gc:
+            gc.disable()
         try:
             if self._needs_reset:
                 self._begin_episode()
@@ -544,6 +555,8 @@ class ControlLoop:
             raise
         finally:
             self._running = False
+            if gc_was_enabled:
+                gc.enable()
         return stats
 
     def _wait(self, target: float) -> float:
@@ -563,6 +576,8 @@ class ControlLoop:
 
     def _begin_episode(self) -> None:
         self._needs_reset = False
+        if self.pause_gc:
+            gc.collect(1)
         self._source.reset()
         self._policy.reset()
         self._return = 0.0
