@@ -258,12 +258,37 @@ class Trainer:
             self.logdir / "curve.png",
             title=f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} seed {cfg.seed}",
         )
+        self.export()
         return {
             "env_steps": self.env_steps,
             "updates": self.counters["updates"],
             "episodes": self.counters["episodes"],
             "wall_s": self.wall_s(),
         }
+
+    def export(self) -> Path:
+        """Writes the deterministic policy step to ``logdir/policy.onnx`` (+ sidecar)."""
+        from reverie.realtime.export import export_policy
+
+        keys = self.agent.wm.obs_keys
+        space = self.env.obs_space
+        path = self.logdir / "policy.onnx"
+        meta = {
+            "algo": self.cfg.algo.name,
+            "size": self.cfg.size.name,
+            "env": self.cfg.env.name,
+            "obs": self.cfg.obs,
+            "env_steps": self.env_steps,
+        }
+        export_policy(
+            self.agent,
+            path,
+            obs_shapes={k: space[k].shape for k in keys},
+            obs_dtypes={k: space[k].dtype.name for k in keys},
+            deterministic=True,
+            metadata=meta,
+        )
+        return path
 
     def _maybe_evaluate(self, logger: MetricsLogger, force: bool = False) -> None:
         if not self.cfg.eval_episodes:

@@ -18,7 +18,7 @@ def test_smoke_fake_env_writes_all_outputs(tiny_overrides, tmp_path):
     code = main(["train", "env=fake/vector", "env.time_limit=20", "steps=130", "eval_every=60", *tiny_overrides])
     assert code == 0
     logdir = tmp_path / "run"
-    for name in ("metrics.jsonl", "config.yaml", "checkpoint.pt", "curve.png", "replay/replay.json"):
+    for name in ("metrics.jsonl", "config.yaml", "checkpoint.pt", "curve.png", "replay/replay.json", "policy.onnx", "policy.onnx.json"):
         assert (logdir / name).exists(), name
     assert list((logdir / "tensorboard").iterdir())
     lines = read_lines(logdir / "metrics.jsonl")
