@@ -9,6 +9,7 @@ from torch import nn
 
 from reverie.envs.base import Space
 
+from . import dists
 from .decoder import Decoder
 from .encoder import Encoder
 from .heads import BinaryHead, TwoHotHead
@@ -100,8 +101,6 @@ class WorldModel(nn.Module):
         cont_target = (~obs["is_terminal"]).float() * (1.0 - 1.0 / self.horizon)
         losses["con"] = self.cont.loss(self.cont.logit(feat), cont_target)
         with torch.no_grad():
-            from . import dists
-
             metrics = {
                 "wm/prior_ent": dists.categorical_entropy(self.rssm.dist_logits(prior_logits)).sum(-1).mean(),
                 "wm/post_ent": dists.categorical_entropy(self.rssm.dist_logits(post["logits"])).sum(-1).mean(),
