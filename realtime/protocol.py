@@ -1,0 +1,254 @@
+"""Wire format of the experience and weight channels, and its validation.
+
+An experience message is multipart: frame 0 is a small msgpack header
+``{v, kind, actor, episode, seq, policy, keys, dtypes, shapes}`` and frames
+1…n are the raw buffers of the arrays, in ``keys`` order, sent without
+copying. Arrays carry a leading time axis (a chunk of steps). A weight
+message is ``{v, kind, version, sha256, sidecar}`` followed by the ONNX bytes.
+
+Every decode validates everything it reads and raises :class:`ProtocolError`
+with a short reason code, so a receiver can count refusals per reason; no
+other exception escapes for malformed input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+
+PROTOCOL_VERSION = 1
+#: dtypes an experience array may have.
+DTYPES = frozenset({"float32", "float16", "float64", "uint8", "int32", "int64", "bool"})
+
+
+class ProtocolError(ValueError):
+    """A message that is refused; ``reason`` is a short code for counting."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """What a receiver accepts.
+
+    Attributes:
+        max_header_bytes: size of the msgpack header frame.
+        max_message_bytes: total size of all buffers.
+        max_frames: number of frames.
+        max_steps: length of the leading time axis.
+    """
+
+    max_header_bytes: int = 64 * 1024
+    max_message_bytes: int = 256 * 2**20
+    max_frames: int = 64
+    max_steps: int = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Experience:
+    """A decoded experience chunk."""
+
+    actor: str
+    episode: int
+    seq: int
+    policy: int
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def steps(self) -> int:
+        return next(iter(self.arrays.values())).shape[0]
+
+
+def encode_experience(*, actor: str, episode: int, seq: int, policy: int, arrays: dict[str, np.ndarray]) -> list[Any]:
+    """Frames of one experience message (array buffers are not copied when contiguous).
+
+    Args:
+        actor: the sending actor's id.
+        episode: episode counter of that actor.
+        seq: per-actor message sequence number (0, 1, 2, …), for gap counting.
+        policy: version of the policy that produced the data.
+        arrays: ``{key: [T, ...]}`` with the same T for every key.
+    """
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    header = {
+        "v": PROTOCOL_VERSION,
+        "kind": "exp",
+        "actor": actor,
+        "episode": int(episode),
+        "seq": int(seq),
+        "policy": int(policy),
+        "keys": list(arrays),
+        "dtypes": [a.dtype.name for a in arrays.values()],
+        "shapes": [list(a.shape) for a in arrays.values()],
+    }
+    return [msgpack.packb(header), *(memoryview(a).cast("B") for a in arrays.values())]
+
+
+def _buffer(frame: Any) -> memoryview:
+    # zmq.Frame exposes .buffer; bytes and memoryviews are used as they are.
+    return memoryview(getattr(frame, "buffer", frame)).cast("B")
+
+
+def _header(frames: Sequence[Any], limits: Limits, kind: str) -> dict[str, Any]:
+    if not frames:
+        raise ProtocolError("frames", "empty message")
+    if len(frames) > limits.max_frames:
+        raise ProtocolError("frames", f"{len(frames)} frames, at most {limits.max_frames}")
+    raw = _buffer(frames[0])
+    if raw.nbytes > limits.max_header_bytes:
+        raise ProtocolError("header_size", f"{raw.nbytes} bytes, at most {limits.max_header_bytes}")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)  # size already bounded above
+    except Exception as exc:  # msgpack raises many types for garbage
+        raise ProtocolError("msgpack", str(exc)[:200]) from None
+    if not isinstance(header, dict):
+        raise ProtocolError("schema", f"header is {type(header).__name__}, not a map")
+    if header.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError("version", f"protocol version {header.get('v')!r}, expected {PROTOCOL_VERSION}")
+    if header.get("kind") != kind:
+        raise ProtocolError("schema", f"message kind {header.get('kind')!r}, expected {kind!r}")
+    return header
+
+
+def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = header.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        raise ProtocolError("schema", f"header field {name!r} is {value!r}")
+    return value
+
+
+def decode_experience(
+    frames: Sequence[Any], *, limits: Limits = Limits(), schema: dict[str, tuple[str, tuple[int, ...]]] | None = None
+) -> Experience:
+    """Validates and decodes one experience message.
+
+    Args:
+        frames: the received frames.
+        limits: size limits.
+        schema: ``{key: (dtype, shape without the time axis)}`` the receiver
+            expects; every key must be present with exactly that dtype and
+            shape (extra keys are refused).
+
+    Raises:
+        ProtocolError: with reason ``frames``, ``header_size``, ``msgpack``,
+            ``version``, ``schema``, ``dtype``, ``shape``, ``size`` or ``nonfinite``.
+    """
+    header = _header(frames, limits, "exp")
+    actor = _field(header, "actor", str)
+    if not 0 < len(actor) <= 128:
+        raise ProtocolError("schema", "actor id must be 1–128 characters")
+    episode, seq, policy = (_field(header, n, int) for n in ("episode", "seq", "policy"))
+    if min(episode, seq, policy) < 0:
+        raise ProtocolError("schema", "episode, seq and policy must be non-negative")
+    keys, dtypes, shapes = (_field(header, n, list) for n in ("keys", "dtypes", "shapes"))
+    if not keys or not len(keys) == len(dtypes) == len(shapes) == len(frames) - 1:
+        raise ProtocolError("frames", f"{len(keys)} keys, {len(dtypes)} dtypes, {len(shapes)} shapes for {len(frames) - 1} buffers")
+    if len(set(map(str, keys))) != len(keys) or not all(isinstance(k, str) for k in keys):
+        raise ProtocolError("schema", "keys must be distinct strings")
+    if schema is not None and set(keys) != set(schema):
+        raise ProtocolError("schema", f"keys {sorted(keys)} differ from the expected {sorted(schema)}")
+    total, arrays, steps = 0, {}, None
+    for key, dtype, shape, frame in zip(keys, dtypes, shapes, frames[1:]):
+        if dtype not in DTYPES:
+            raise ProtocolError("dtype", f"{key!r}: dtype {dtype!r} not allowed")
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 2**31 for d in shape)
+        ):
+            raise ProtocolError("shape", f"{key!r}: bad shape {shape!r}")
+        if steps is None:
+            steps = shape[0]
+        if shape[0] != steps or not 0 < steps <= limits.max_steps:
+            raise ProtocolError("shape", f"{key!r}: time axis {shape[0]} (expected {steps}, at most {limits.max_steps})")
+        if schema is not None and (dtype, tuple(shape[1:])) != (schema[key][0], tuple(schema[key][1])):
+            raise ProtocolError(
+                "dtype" if dtype != schema[key][0] else "shape",
+                f"{key!r}: got {dtype} {shape[1:]}, expected {schema[key][0]} {list(schema[key][1])}",
+            )
+        itemsize = np.dtype(dtype).itemsize
+        expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+        total += expected
+        if total > limits.max_message_bytes:
+            raise ProtocolError("size", f"message larger than {limits.max_message_bytes} bytes")
+        buffer = _buffer(frame)
+        if buffer.nbytes != expected:
+            raise ProtocolError("size", f"{key!r}: {buffer.nbytes} bytes for {dtype} {shape} ({expected} expected)")
+        array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ProtocolError("nonfinite", f"{key!r} has non-finite values")
+        arrays[key] = array
+    return Experience(actor=actor, episode=episode, seq=seq, policy=policy, arrays=arrays)
+
+
+def encode_weights(*, version: int, onnx_bytes: bytes, sidecar: dict[str, Any]) -> list[Any]:
+    """Frames of one weight message: header (version, sha256, sidecar) and the ONNX bytes."""
+    header = {
+        "v": PROTOCOL_VERSION,
+        "kind": "weights",
+        "version": int(version),
+        "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "sidecar": json.dumps(sidecar),
+    }
+    return [msgpack.packb(header), onnx_bytes]
+
+
+def decode_weights(frames: Sequence[Any], *, limits: Limits = Limits()) -> tuple[int, bytes, dict[str, Any]]:
+    """Validates a weight message; returns ``(version, onnx_bytes, sidecar)``.
+
+    Raises:
+        ProtocolError: for a malformed message or a sha256 that does not match
+            the bytes (reason ``hash``) or the sidecar's own hash.
+    """
+    header = _header(frames, limits, "weights")
+    if len(frames) != 2:
+        raise ProtocolError("frames", f"{len(frames)} frames, expected 2")
+    version = _field(header, "version", int)
+    digest = _field(header, "sha256", str)
+    payload = bytes(_buffer(frames[1]))
+    if len(payload) > limits.max_message_bytes:
+        raise ProtocolError("size", f"model larger than {limits.max_message_bytes} bytes")
+    if hashlib.sha256(payload).hexdigest() != digest:
+        raise ProtocolError("hash", "sha256 of the model bytes does not match the header")
+    try:
+        sidecar = json.loads(_field(header, "sidecar", str))
+    except json.JSONDecodeError as exc:
+        raise ProtocolError("schema", f"sidecar is not JSON: {exc}") from None
+    if not isinstance(sidecar, dict) or sidecar.get("sha256") != digest:
+        raise ProtocolError("hash", "the sidecar's sha256 does not match the model")
+    return version, payload, sidecar
+
+
+class SequenceTracker:
+    """Per-actor accounting of what arrived, what was refused and what is missing.
+
+    Sequence numbers of one actor start at 0 and increase by one per message;
+    a jump counts the numbers in between as missing, a number at or below the
+    last one is a duplicate (refused).
+    """
+
+    def __init__(self) -> None:
+        self.actors: dict[str, dict[str, Any]] = {}
+
+    def _entry(self, actor: str) -> dict[str, Any]:
+        return self.actors.setdefault(actor, {"messages": 0, "steps": 0, "missing": 0, "duplicates": 0, "next": 0})
+
+    def accept(self, exp: Experience) -> bool:
+        """Records an arrival; False (and counted) for a duplicate."""
+        entry = self._entry(exp.actor)
+        if exp.seq < entry["next"]:
+            entry["duplicates"] += 1
+            return False
+        entry["missing"] += exp.seq - entry["next"]
+        entry["next"] = exp.seq + 1
+        entry["messages"] += 1
+        entry["steps"] += exp.steps
+        return True
