@@ -20,6 +20,7 @@ commands:
   export    the one-step policy of a checkpoint as ONNX + a JSON sidecar
   eval      run an exported policy in the fixed-rate control loop: return,
             latency percentiles, deadline misses, latency histogram
+  keys      generate ZeroMQ CURVE key pairs (learner and actors)
 
 Run `reverie <command> --help` for what can be set. Configuration is Hydra:
 `group=option` picks a preset, `key=value` sets a value, e.g.
@@ -234,7 +235,27 @@ def cmd_eval(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval}
+KEYS_HELP = """\
+usage: reverie keys DIR [NAME …]
+
+Writes a CURVE key pair per NAME (default: learner actor) into DIR:
+NAME.key (public; give it to the peers) and NAME.key_secret (private, mode 600).
+"""
+
+
+def cmd_keys(args: list[str]) -> int:
+    if not args or "--help" in args or "-h" in args:
+        print(KEYS_HELP)
+        return 0 if args else 2
+    from reverie.realtime.security import generate_keys
+
+    names = tuple(args[1:]) or ("learner", "actor")
+    for name, path in generate_keys(args[0], names).items():
+        print(f"{name}: {path} and {path}_secret")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "keys": cmd_keys}
 
 
 def main(argv: list[str] | None = None) -> int:

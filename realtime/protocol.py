@@ -52,6 +52,9 @@ class Limits:
     max_steps: int = 4096
 
 
+DEFAULT_LIMITS = Limits()
+
+
 @dataclasses.dataclass(frozen=True)
 class Experience:
     """A decoded experience chunk."""
@@ -126,7 +129,7 @@ def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> 
 
 
 def decode_experience(
-    frames: Sequence[Any], *, limits: Limits = Limits(), schema: dict[str, tuple[str, tuple[int, ...]]] | None = None
+    frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS, schema: dict[str, tuple[str, tuple[int, ...]]] | None = None
 ) -> Experience:
     """Validates and decodes one experience message.
 
@@ -201,7 +204,7 @@ def encode_weights(*, version: int, onnx_bytes: bytes, sidecar: dict[str, Any]) 
     return [msgpack.packb(header), onnx_bytes]
 
 
-def decode_weights(frames: Sequence[Any], *, limits: Limits = Limits()) -> tuple[int, bytes, dict[str, Any]]:
+def decode_weights(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) -> tuple[int, bytes, dict[str, Any]]:
     """Validates a weight message; returns ``(version, onnx_bytes, sidecar)``.
 
     Raises:

@@ -160,6 +160,13 @@ class PolicyRuntime:
         """The action actually sent (e.g. the loop's safe action) becomes the carry's previous action."""
         self.inputs["prev_action"][0] = action
 
+    def load_carry(self, other: PolicyRuntime) -> None:
+        """Continues another runtime's episode (hot swap): copies its carry and first-step flag."""
+        for name in ("deter", "stoch", "prev_action", "is_first"):
+            if self.inputs[name].shape != other.inputs[name].shape:
+                raise ValueError(f"cannot carry {name!r} over: shapes {other.inputs[name].shape} and {self.inputs[name].shape} differ")
+            self.inputs[name][...] = other.inputs[name]
+
     def carry(self) -> dict[str, Any]:
         """Copies of the current carry (for tests and hand-over)."""
         return {k: self.inputs[k].copy() for k in ("deter", "stoch", "prev_action")}

@@ -1,0 +1,286 @@
+"""ZeroMQ experience (actor → learner) and weight (learner → actors) channels.
+
+Experience: the actor's :class:`ExperienceSender` queues chunks in a bounded
+deque drained by its own thread, so networking never delays a control tick;
+while the learner is away it keeps up to ``queue_size`` messages and then drops
+the oldest, counting each drop. The learner's :class:`ExperienceReceiver`
+validates every message (:mod:`reverie.realtime.protocol`) and accounts per
+actor for what arrived, what was refused (by reason) and what is missing.
+
+Weights: the learner's :class:`WeightPublisher` publishes (version, sha256,
+ONNX bytes + sidecar); the actor's :class:`WeightSubscriber` checks them,
+builds the new onnxruntime session on its own thread and offers it to the
+control loop, which swaps it in between two ticks.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .protocol import (
+    DEFAULT_LIMITS,
+    Experience,
+    Limits,
+    ProtocolError,
+    SequenceTracker,
+    decode_experience,
+    decode_weights,
+    encode_experience,
+    encode_weights,
+)
+
+
+class ExperienceSender:
+    """Actor side of the experience channel.
+
+    Args:
+        address: the learner's address, e.g. ``tcp://127.0.0.1:5555`` or ``ipc:///tmp/x``.
+        actor: this actor's id.
+        queue_size: messages kept while the learner is unreachable; the
+            oldest are dropped beyond it (counted in ``dropped``).
+        context: ZeroMQ context (a new one by default).
+        secure: optional callable that configures CURVE on the socket.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        actor: str,
+        *,
+        queue_size: int = 1000,
+        context: zmq.Context | None = None,
+        secure: Callable[[zmq.Socket], None] | None = None,
+    ) -> None:
+        self.actor = actor
+        self.context = context or zmq.Context.instance()
+        self._queue: collections.deque = collections.deque()
+        self._queue_size = queue_size
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self.seq = 0
+        self.enqueued = self.sent = self.dropped = 0
+        self._socket = self.context.socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.SNDHWM, 16)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        # Queue only to a completed connection: while the learner is away the
+        # messages stay in our deque, where drops are counted.
+        self._socket.setsockopt(zmq.IMMEDIATE, 1)
+        if secure is not None:
+            secure(self._socket)
+        self._socket.connect(address)
+        self._thread = threading.Thread(target=self._drain, name=f"exp-sender-{actor}", daemon=True)
+        self._thread.start()
+
+    def send(self, arrays: dict[str, np.ndarray], *, episode: int, policy: int) -> None:
+        """Queues one chunk ``{key: [T, ...]}``; never blocks on the network."""
+        frames = encode_experience(
+            actor=self.actor, episode=episode, seq=self.seq, policy=policy, arrays={k: np.array(v) for k, v in arrays.items()}
+        )
+        self.seq += 1
+        with self._lock:
+            if len(self._queue) >= self._queue_size:
+                self._queue.popleft()
+                self.dropped += 1
+            self._queue.append(frames)
+            self.enqueued += 1
+            self._lock.notify()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                while not self._queue and not self._stop.is_set():
+                    self._lock.wait(0.1)
+                if self._stop.is_set():
+                    return
+                frames = self._queue[0]
+            try:
+                self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # the learner is away or slow: keep the message, retry
+                time.sleep(0.002)
+                continue
+            except zmq.ZMQError:
+                return
+            with self._lock:
+                if self._queue and self._queue[0] is frames:
+                    self._queue.popleft()
+                    self.sent += 1
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Waits until the queue is empty; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._queue and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return not self._queue
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._lock.notify()
+        self._thread.join(timeout=2)
+        self._socket.close(0)
+
+    def stats(self) -> dict[str, int]:
+        return {"seq": self.seq, "enqueued": self.enqueued, "sent": self.sent, "dropped": self.dropped, "queue_depth": self.depth}
+
+
+class ExperienceReceiver:
+    """Learner side of the experience channel: validates and accounts for every message.
+
+    Args:
+        address: where to bind, e.g. ``tcp://127.0.0.1:5555``.
+        schema: ``{key: (dtype, shape)}`` every chunk must match.
+        limits: message size limits.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        schema: dict[str, tuple[str, tuple[int, ...]]] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+        context: zmq.Context | None = None,
+        secure: Callable[[zmq.Socket], None] | None = None,
+    ) -> None:
+        self.context = context or zmq.Context.instance()
+        self.schema, self.limits = schema, limits
+        self.tracker = SequenceTracker()
+        self.refused: collections.Counter = collections.Counter()
+        self._socket = self.context.socket(zmq.PULL)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes + limits.max_header_bytes)
+        if secure is not None:
+            secure(self._socket)
+        self._socket.bind(address)
+        self.address = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    def receive(self, timeout: float = 0.0, max_messages: int = 1000) -> list[Experience]:
+        """Valid chunks that arrived within ``timeout`` seconds (refused ones are counted)."""
+        out: list[Experience] = []
+        if not self._socket.poll(int(timeout * 1000)):
+            return out
+        while len(out) < max_messages:
+            try:
+                frames = self._socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            try:
+                exp = decode_experience(frames, limits=self.limits, schema=self.schema)
+            except ProtocolError as exc:
+                self.refused[exc.reason] += 1
+                continue
+            if self.tracker.accept(exp):
+                out.append(exp)
+            else:
+                self.refused["duplicate"] += 1
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {"actors": {k: dict(v) for k, v in self.tracker.actors.items()}, "refused": dict(self.refused)}
+
+    def close(self) -> None:
+        self._socket.close(0)
+
+
+class WeightPublisher:
+    """Learner side of the weight channel (PUB; slow actors get only the newest)."""
+
+    def __init__(self, address: str, *, context: zmq.Context | None = None, secure: Callable[[zmq.Socket], None] | None = None) -> None:
+        self.context = context or zmq.Context.instance()
+        self._socket = self.context.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.SNDHWM, 2)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        if secure is not None:
+            secure(self._socket)
+        self._socket.bind(address)
+        self.address = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    def publish(self, version: int, onnx_path: str | Path) -> None:
+        """Publishes an exported policy (the ONNX file and its sidecar)."""
+        import json
+
+        onnx_bytes = Path(onnx_path).read_bytes()
+        sidecar = json.loads(Path(f"{onnx_path}.json").read_text())
+        self._socket.send_multipart(encode_weights(version=version, onnx_bytes=onnx_bytes, sidecar=sidecar))
+
+    def close(self) -> None:
+        self._socket.close(0)
+
+
+class WeightSubscriber:
+    """Actor side of the weight channel: verifies and prepares new policies off the control thread.
+
+    Args:
+        address: the learner's weight address.
+        on_policy: called (on the subscriber's thread) with ``(version,
+            runtime)`` for each model that passed every check — typically
+            ``loop.swap_policy`` after carrying the state over.
+        build: makes a runtime from ``(onnx_bytes, sidecar)``; raising refuses it.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        on_policy: Callable[[int, Any], None],
+        *,
+        build: Callable[[bytes, dict], Any],
+        context: zmq.Context | None = None,
+        secure: Callable[[zmq.Socket], None] | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self.context = context or zmq.Context.instance()
+        self.on_policy, self.build, self.limits = on_policy, build, limits
+        self.version = -1
+        self.accepted = 0
+        self.refused: collections.Counter = collections.Counter()
+        self.last_error: str | None = None
+        self._socket = self.context.socket(zmq.SUB)
+        self._socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self._socket.setsockopt(zmq.LINGER, 0)
+        if secure is not None:
+            secure(self._socket)
+        self._socket.connect(address)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="weight-subscriber", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if not self._socket.poll(100):
+                continue
+            try:
+                frames = self._socket.recv_multipart(copy=False)
+            except zmq.ZMQError:
+                return
+            try:
+                version, payload, sidecar = decode_weights(frames, limits=self.limits)
+                if version <= self.version:
+                    raise ProtocolError("stale", f"version {version} is not newer than {self.version}")
+                runtime = self.build(payload, sidecar)
+            except ProtocolError as exc:
+                self.refused[exc.reason] += 1
+                self.last_error = str(exc)
+                continue
+            except Exception as exc:  # a model onnxruntime or the signature check refuses
+                self.refused["model"] += 1
+                self.last_error = str(exc)
+                continue
+            self.version = version
+            self.accepted += 1
+            self.on_policy(version, runtime)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._socket.close(0)

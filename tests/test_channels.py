@@ -1,0 +1,168 @@
+"""ZeroMQ channels on loopback: experience accounting, malformed floods, weights, CURVE."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from reverie import envs
+from reverie.agent.builder import build_agent
+from reverie.cli.config import compose
+from reverie.realtime.channels import ExperienceReceiver, ExperienceSender, WeightPublisher, WeightSubscriber
+from reverie.realtime.export import export_policy
+from reverie.realtime.runtime import PolicyRuntime
+from reverie.realtime.security import CurveServer, generate_keys, protect_client
+
+SCHEMA = {"position": ("float32", (5,)), "image": ("uint8", (64, 64, 3)), "reward": ("float32", ()), "is_last": ("bool", ())}
+
+
+def chunk(T=4):
+    rng = np.random.default_rng(0)
+    return {
+        "position": rng.normal(size=(T, 5)).astype(np.float32),
+        "image": rng.integers(0, 255, (T, 64, 64, 3), dtype=np.uint8),
+        "reward": np.ones(T, np.float32),
+        "is_last": np.zeros(T, bool),
+    }
+
+
+def collect(receiver, count, timeout=5.0):
+    got, deadline = [], time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        got += receiver.receive(timeout=0.05)
+    return got
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_round_trip_and_gap_accounting():
+    ctx = zmq.Context()
+    receiver = ExperienceReceiver("tcp://127.0.0.1:*", schema=SCHEMA, context=ctx)
+    sender = ExperienceSender(receiver.address, "actor-1", context=ctx)
+    for i in range(5):
+        if i == 3:
+            sender.seq += 2  # two messages lost on the way
+        sender.send(chunk(), episode=0, policy=1)
+    got = collect(receiver, 5)
+    assert len(got) == 5 and np.array_equal(got[0].arrays["image"], chunk()["image"])
+    stats = receiver.stats()["actors"]["actor-1"]
+    assert stats["messages"] == 5 and stats["steps"] == 20 and stats["missing"] == 2
+    sender.close(), receiver.close(), ctx.term()
+
+
+def test_malformed_flood_is_refused_counted_and_the_receiver_stays_up():
+    ctx = zmq.Context()
+    receiver = ExperienceReceiver("tcp://127.0.0.1:*", schema=SCHEMA, context=ctx)
+    raw = ctx.socket(zmq.PUSH)
+    raw.connect(receiver.address)
+    rng = np.random.default_rng(0)
+    for _ in range(1000):
+        frames = [rng.bytes(int(rng.integers(1, 64))) for _ in range(int(rng.integers(1, 6)))]
+        raw.send_multipart(frames)
+    sender = ExperienceSender(receiver.address, "good", context=ctx)
+    sender.send(chunk(), episode=0, policy=0)
+    got, deadline = [], time.monotonic() + 10
+    while (sum(receiver.refused.values()) < 1000 or not got) and time.monotonic() < deadline:
+        got += receiver.receive(timeout=0.05)
+    assert sum(receiver.refused.values()) == 1000
+    assert len(got) == 1 and got[0].actor == "good"
+    raw.close(0), sender.close(), receiver.close(), ctx.term()
+
+
+def test_learner_away_buffers_then_drops_oldest_with_a_count(tmp_path):
+    ctx = zmq.Context()
+    address = f"ipc://{tmp_path}/learner"  # nobody listens yet
+    sender = ExperienceSender(address, "a", queue_size=5, context=ctx)
+    for _ in range(20):
+        sender.send(chunk(1), episode=0, policy=0)
+    assert wait_for(lambda: sender.depth == 5)
+    assert (sender.sent, sender.dropped) == (0, 15)  # nothing left while the learner was away
+    receiver = ExperienceReceiver(address, schema=SCHEMA, context=ctx)
+    got = []
+    assert wait_for(lambda: (got.extend(receiver.receive(timeout=0.02)), len(got) >= 5)[1])
+    assert sender.flush() and sender.sent == len(got) == 5  # sent = received; + 15 counted drops = 20
+    assert [e.seq for e in got] == [15, 16, 17, 18, 19]  # the oldest were dropped
+    assert receiver.stats()["actors"]["a"]["missing"] == 15
+    sender.close(), receiver.close(), ctx.term()
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("w")
+    env = envs.make("fake/vector")
+    agent = build_agent(compose(["size=1m"]), env.obs_space, env.act_space).eval()
+    keys = agent.wm.obs_keys
+    export_policy(
+        agent,
+        tmp / "p.onnx",
+        obs_shapes={k: env.obs_space[k].shape for k in keys},
+        obs_dtypes={k: env.obs_space[k].dtype.name for k in keys},
+    )
+    return tmp / "p.onnx"
+
+
+def test_weights_accepted_refused_and_old_policy_kept(policy_file, tmp_path):
+    ctx = zmq.Context()
+    publisher = WeightPublisher("tcp://127.0.0.1:*", context=ctx)
+    received = []
+    subscriber = WeightSubscriber(
+        publisher.address, lambda v, rt: received.append(v), build=lambda b, s: PolicyRuntime(None, sidecar=s, model_bytes=b), context=ctx
+    )
+    assert wait_for(lambda: (publisher.publish(1, policy_file), bool(received))[1])
+    # Corrupted bytes: the header hash no longer matches.
+    data, side = policy_file.read_bytes(), json.loads(policy_file.with_name("p.onnx.json").read_text())
+    from reverie.realtime.protocol import encode_weights
+
+    frames = encode_weights(version=2, onnx_bytes=data, sidecar=side)
+    frames[1] = data[:-10] + b"0123456789"
+    publisher._socket.send_multipart(frames)
+    # A sidecar whose signature does not match the model (wrong input shape), correctly hashed.
+    bad = dict(side)
+    bad["inputs"] = [dict(side["inputs"][0], shape=[1, 99])] + side["inputs"][1:]
+    publisher._socket.send_multipart(encode_weights(version=3, onnx_bytes=data, sidecar=bad))
+    assert wait_for(lambda: subscriber.refused["hash"] >= 1 and subscriber.refused["model"] >= 1)
+    assert received == [1] and subscriber.refused["hash"] == 1 and subscriber.refused["model"] == 1
+    subscriber.close(), publisher.close(), ctx.term()
+
+
+def test_curve_wrong_key_gets_nothing_through(tmp_path):
+    keys = generate_keys(tmp_path / "keys", ("learner", "actor"))
+    generate_keys(tmp_path / "intruder", ("actor",))
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "actor.key").write_bytes(keys["actor"].read_bytes())
+    ctx = zmq.Context()
+    server = CurveServer(ctx, tmp_path / "keys" / "learner.key_secret", allowed)
+    receiver = ExperienceReceiver("tcp://127.0.0.1:*", schema=SCHEMA, context=ctx, secure=server.protect)
+    good = ExperienceSender(
+        receiver.address, "good", context=ctx, secure=lambda s: protect_client(s, tmp_path / "keys" / "actor.key_secret", keys["learner"])
+    )
+    evil = ExperienceSender(
+        receiver.address,
+        "evil",
+        context=ctx,
+        secure=lambda s: protect_client(s, tmp_path / "intruder" / "actor.key_secret", keys["learner"]),
+    )
+    plain = ExperienceSender(receiver.address, "plain", context=ctx)
+    for s in (good, evil, plain):
+        s.send(chunk(), episode=0, policy=0)
+    got = collect(receiver, 1, timeout=3)
+    got += collect(receiver, 5, timeout=1)
+    assert [e.actor for e in got] == ["good"]
+    for s in (good, evil, plain):
+        s.close()
+    receiver.close(), server.stop(), ctx.term()
+
+
+def test_cli_keys(tmp_path, capsys):
+    from reverie.cli.main import main
+
+    assert main(["keys", str(tmp_path / "k"), "learner", "robot1"]) == 0
+    assert (tmp_path / "k" / "robot1.key").exists() and (tmp_path / "k" / "robot1.key_secret").stat().st_mode & 0o077 == 0
