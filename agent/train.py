@@ -270,7 +270,6 @@ class Trainer:
         """Writes the deterministic policy step to ``logdir/policy.onnx`` (+ sidecar)."""
         from reverie.realtime.export import export_policy
 
-        keys = self.agent.wm.obs_keys
         space = self.env.obs_space
         path = self.logdir / "policy.onnx"
         meta = {
@@ -283,8 +282,7 @@ class Trainer:
         export_policy(
             self.agent,
             path,
-            obs_shapes={k: space[k].shape for k in keys},
-            obs_dtypes={k: space[k].dtype.name for k in keys},
+            obs_space=space,
             deterministic=True,
             metadata=meta,
         )

@@ -28,12 +28,9 @@ def run(preset: str, rate_hz: float, seconds: float, env_name: str, spin_us: flo
     env = envs.make(env_name, seed=0)
     torch.manual_seed(0)
     agent = build_agent(compose([f"size={preset}"]), env.obs_space, env.act_space).eval()
-    keys = agent.wm.obs_keys
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "p.onnx"
-        export_policy(
-            agent, path, obs_shapes={k: env.obs_space[k].shape for k in keys}, obs_dtypes={k: env.obs_space[k].dtype.name for k in keys}
-        )
+        export_policy(agent, path, obs_space=env.obs_space)
         runtime = PolicyRuntime(path, threads=1)
     loop = ControlLoop(env, runtime, rate_hz=rate_hz, spin_s=spin_us * 1e-6)
     stats = loop.run(seconds=seconds)

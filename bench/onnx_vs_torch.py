@@ -56,12 +56,10 @@ def main() -> None:
     torch_returns = episode_returns(env, torch_act, args.episodes, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "policy.onnx"
-        keys = agent.wm.obs_keys
         export_policy(
             agent,
             path,
-            obs_shapes={k: obs_space[k].shape for k in keys},
-            obs_dtypes={k: obs_space[k].dtype.name for k in keys},
+            obs_space=obs_space,
             deterministic=True,
         )
         runtime = PolicyRuntime(path)

@@ -94,9 +94,7 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float) -> list[di
     # onnxruntime
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "p.onnx"
-        export_policy(
-            agent, path, obs_shapes={k: env.obs_space[k].shape for k in keys}, obs_dtypes={k: env.obs_space[k].dtype.name for k in keys}
-        )
+        export_policy(agent, path, obs_space=env.obs_space)
         runtime = PolicyRuntime(path, threads=1)
         times = []
         for i in range(steps + 100):

@@ -145,12 +145,10 @@ def cmd_export(args: list[str]) -> int:
         return 2
     source = Path(opts.checkpoint)
     output = Path(opts.output) if opts.output else (source if source.is_dir() else source.parent) / "policy.onnx"
-    keys = agent.wm.obs_keys
     sidecar = export_policy(
         agent,
         output,
-        obs_shapes={k: obs_space[k].shape for k in keys},
-        obs_dtypes={k: obs_space[k].dtype.name for k in keys},
+        obs_space=obs_space,
         deterministic=opts.deterministic,
         metadata={"algo": cfg.algo.name, "size": cfg.size.name, "env": cfg.env.name, "obs": cfg.obs, "checkpoint": str(source)},
     )

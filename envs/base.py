@@ -77,6 +77,16 @@ class Env(Protocol):
         """Frees the simulator."""
 
 
+def basic_spaces() -> dict[str, Space]:
+    """Spaces of the keys every observation has: reward, is_first, is_last, is_terminal."""
+    return {
+        "reward": Space(np.float32, ()),
+        "is_first": Space(bool, ()),
+        "is_last": Space(bool, ()),
+        "is_terminal": Space(bool, ()),
+    }
+
+
 def model_keys(obs_space: dict[str, Space]) -> list[str]:
     """Sensor keys the model sees: all but the basic keys and ``log/`` keys."""
     return [k for k in obs_space if k not in BASIC_KEYS and not k.startswith("log/")]

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._gl import close_at_exit, ensure_headless_gl
-from .base import BASIC_KEYS, Space
+from .base import BASIC_KEYS, Space, basic_spaces
 
 ensure_headless_gl()
 
@@ -183,10 +183,7 @@ class DMC:
                 space[key] = Space(np.float32, (max(1, int(np.prod(value.shape))),))
         if obs in ("pixels", "both"):
             space["image"] = Space(np.uint8, (*self._size, 3), 0, 255)
-        space["reward"] = Space(np.float32, ())
-        space["is_first"] = Space(bool, ())
-        space["is_last"] = Space(bool, ())
-        space["is_terminal"] = Space(bool, ())
+        space.update(basic_spaces())
         self._obs_space = space
 
     @property

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Space
+from .base import Space, basic_spaces
 
 #: Faults ``FakeEnv`` can inject into an observation.
 FAULTS = ("nan", "dtype", "shape", "missing", "extra")
@@ -86,10 +86,7 @@ class FakeEnv:
             space["progress"] = Space(np.float32, (1,), 0, 1)
         else:
             space["image"] = Space(np.uint8, (*self._size, 3), 0, 255)
-        space["reward"] = Space(np.float32, ())
-        space["is_first"] = Space(bool, ())
-        space["is_last"] = Space(bool, ())
-        space["is_terminal"] = Space(bool, ())
+        space.update(basic_spaces())
         self._obs_space = space
 
     @property

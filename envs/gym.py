@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._gl import close_at_exit, ensure_headless_gl
-from .base import BASIC_KEYS, Space
+from .base import BASIC_KEYS, Space, basic_spaces
 
 ensure_headless_gl()
 
@@ -97,10 +97,7 @@ class Gym:
             if "image" in space:
                 raise ValueError(f"{env_id} already observes an image; use obs='vector'")
             space["image"] = Space(np.uint8, (*self._size, 3), 0, 255)
-        space["reward"] = Space(np.float32, ())
-        space["is_first"] = Space(bool, ())
-        space["is_last"] = Space(bool, ())
-        space["is_terminal"] = Space(bool, ())
+        space.update(basic_spaces())
         self._obs_space = space
 
     def _make(self, gymnasium: Any, env_id: str, kwargs: dict[str, Any]) -> Any:

@@ -55,8 +55,7 @@ def export_policy(
     agent: Dreamer,
     path: str | Path,
     *,
-    obs_shapes: dict[str, tuple[int, ...]],
-    obs_dtypes: dict[str, str],
+    obs_space: dict[str, Any],
     deterministic: bool = False,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -65,8 +64,8 @@ def export_policy(
     Args:
         agent: the trained agent (on any device; exported from a CPU copy).
         path: output ONNX file.
-        obs_shapes, obs_dtypes: shape (without batch) and torch dtype name
-            (``float32``, ``uint8``) of each observation key the model uses.
+        obs_space: the environment's observation spaces (the model's keys are
+            taken from it).
         deterministic: export the mode policy (deployment) instead of sampling.
         metadata: extra sidecar fields (algo, size, env, checkpoint …).
     """
@@ -74,7 +73,8 @@ def export_policy(
 
     path = Path(path)
     step = PolicyStep(agent, deterministic=deterministic).cpu().eval()
-    args = example_inputs(step, obs_shapes, obs_dtypes)
+    keys = step.obs_keys
+    args = example_inputs(step, {k: tuple(obs_space[k].shape) for k in keys}, {k: obs_space[k].dtype.name for k in keys})
     names = [*(obs_input(k) for k in step.obs_keys), *CARRY_INPUTS]
     buffer = io.BytesIO()
     with torch.no_grad():

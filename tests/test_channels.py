@@ -98,12 +98,10 @@ def policy_file(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("w")
     env = envs.make("fake/vector")
     agent = build_agent(compose(["size=1m"]), env.obs_space, env.act_space).eval()
-    keys = agent.wm.obs_keys
     export_policy(
         agent,
         tmp / "p.onnx",
-        obs_shapes={k: env.obs_space[k].shape for k in keys},
-        obs_dtypes={k: env.obs_space[k].dtype.name for k in keys},
+        obs_space=env.obs_space,
     )
     return tmp / "p.onnx"
 

@@ -39,12 +39,10 @@ def test_eval_on_mujoco_robot_stand_in(tmp_path):
 
     env = envs.make("dmc/cartpole_swingup")
     agent = build_agent(compose(["size=1m"]), env.obs_space, env.act_space).eval()
-    keys = agent.wm.obs_keys
     export_policy(
         agent,
         tmp_path / "p.onnx",
-        obs_shapes={k: env.obs_space[k].shape for k in keys},
-        obs_dtypes={k: env.obs_space[k].dtype.name for k in keys},
+        obs_space=env.obs_space,
         metadata={"env": "dmc/cartpole_swingup", "obs": "vector"},
     )
     summary = evaluate_policy(tmp_path / "p.onnx", robot=True, rate_hz=50, seconds=1.0, episodes=None, out=tmp_path / "ev")

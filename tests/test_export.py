@@ -23,12 +23,10 @@ def make_agent(env, overrides=("size=1m",)):
 
 
 def export(agent, env, path, deterministic=False):
-    keys = agent.wm.obs_keys
     return export_policy(
         agent,
         path,
-        obs_shapes={k: env.obs_space[k].shape for k in keys},
-        obs_dtypes={k: env.obs_space[k].dtype.name for k in keys},
+        obs_space=env.obs_space,
         deterministic=deterministic,
     )
 
