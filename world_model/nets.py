@@ -41,6 +41,29 @@ class LatentFeat(NamedTuple):
         return torch.cat([self.deter, onehot.flatten(-2)], -1)
 
 
+class _GatherSum(torch.autograd.Function):
+    """``out[n] = Σ_s table[bags[n, s]]`` with a backward that scatters per slot.
+
+    ``F.embedding_bag`` computes the same forward, but its dense backward is
+    ~2.4× slower on CPU than one ``index_add_`` per slot (measured for
+    16384 × 32 bags of 256 columns).
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, bags: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(bags)
+        ctx.rows = table.shape[0]
+        return F.embedding_bag(bags, table, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        (bags,) = ctx.saved_tensors
+        grad_table = grad.new_zeros(ctx.rows, grad.shape[-1])
+        for slot in range(bags.shape[1]):
+            grad_table.index_add_(0, bags[:, slot], grad)
+        return grad_table, None
+
+
 def onehot_matmul(weight: torch.Tensor, index: torch.Tensor, classes: int, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``flatten(onehot(index)) @ weight.T`` as a sum of gathered columns.
 
@@ -59,6 +82,8 @@ def onehot_matmul(weight: torch.Tensor, index: torch.Tensor, classes: int, dtype
         table = table.to(dtype)
     offsets = torch.arange(stoch, device=index.device) * classes
     bags = (index + offsets).reshape(-1, stoch)  # [N, S]: rows of the table to sum
+    if torch.is_grad_enabled() and table.requires_grad:
+        return _GatherSum.apply(table, bags).reshape(*index.shape[:-1], -1)
     return F.embedding_bag(bags, table, mode="sum").reshape(*index.shape[:-1], -1)
 
 
