@@ -73,6 +73,7 @@ def summarize(logdirs: list[Path], env: str, runs: dict[int, dict] | None = None
     for logdir in logdirs:
         lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines() if x.strip()]
         evals = [(m["step"], m["eval/return"], m.get("time/wall_s")) for m in lines if m.get("eval/return") is not None]
+        episodes = [(m["step"], m["episode/return"]) for m in lines if m.get("episode/return") is not None]
         rss = [m["train/max_rss_mb"] for m in lines if "train/max_rss_mb" in m]
         nonfinite = sum(1 for m in lines for k, v in m.items() if k.startswith("loss/") and v is None)
         ref = REFERENCE.get(env)
@@ -80,6 +81,7 @@ def summarize(logdirs: list[Path], env: str, runs: dict[int, dict] | None = None
         entry = {
             "logdir": str(logdir),
             "evals": evals,
+            "episodes": episodes,
             "final_eval": evals[-1][1] if evals else None,
             "best_eval": max((r for _, r, _ in evals), default=None),
             "steps": max((m["step"] for m in lines), default=0),
@@ -107,16 +109,20 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=120)
-    for run in summary["runs"]:
+    for i, run in enumerate(summary["runs"]):
+        color = f"C{i}"
+        if run["episodes"]:
+            xs, ys = zip(*run["episodes"])
+            ax.plot(xs, ys, color=color, alpha=0.3, lw=1)
         if run["evals"]:
             xs, ys, _ = zip(*run["evals"])
-            ax.plot(xs, ys, marker="o", ms=3, label=Path(run["logdir"]).name)
+            ax.plot(xs, ys, color=color, marker="o", ms=3, label=f"{Path(run['logdir']).name} (eval; faint: training episodes)")
     if summary["reference_at_100k"] is not None:
         ax.axhline(
             summary["reference_at_100k"], color="gray", ls="--", label=f"official DreamerV3 at 100K ({summary['reference_at_100k']})"
         )
     ax.set_xlabel("environment steps")
-    ax.set_ylabel("eval return (deterministic policy)")
+    ax.set_ylabel("return")
     ax.set_title(summary["env"])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
