@@ -253,6 +253,20 @@ def cmd_keys(args: list[str]) -> int:
     return 0
 
 
+#: import name → distribution name, for the missing-dependency message.
+PACKAGES = {
+    "dm_control": "dm-control",
+    "onnxruntime": "onnxruntime",
+    "onnx": "onnx",
+    "zmq": "pyzmq",
+    "msgpack": "msgpack",
+    "hydra": "hydra-core",
+    "gymnasium": "gymnasium",
+    "mujoco": "mujoco",
+    "tensorboard": "tensorboard",
+    "matplotlib": "matplotlib",
+}
+
 COMMANDS = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "keys": cmd_keys}
 
 
@@ -267,7 +281,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reverie: unknown command {command!r}; valid: {', '.join(COMMANDS)}\n", file=sys.stderr)
         print(USAGE, file=sys.stderr)
         return 2
-    return COMMANDS[command](rest)
+    try:
+        return COMMANDS[command](rest)
+    except ModuleNotFoundError as exc:
+        # A dependency is missing from this environment: say which, and how to get it.
+        package = PACKAGES.get((exc.name or "").split(".")[0], exc.name)
+        print(
+            f"reverie {command}: the Python package {package!r} is not installed ({exc}); "
+            f"install the project with `make test` or `pip install -e .`, or `pip install {package}`",
+            file=sys.stderr,
+        )
+        return 3
 
 
 if __name__ == "__main__":

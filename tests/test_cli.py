@@ -65,3 +65,15 @@ def test_exp_ref_sheeprl_xs():
     assert (cfg.size.deter, cfg.size.hidden, cfg.algo.rssm.stoch, cfg.size.classes) == (256, 256, 32, 32)
     assert cfg.algo.encoder.layers == 1 and cfg.threads == 1 and cfg.precision == "fp32"
     assert (cfg.batch_size, cfg.batch_length, cfg.algo.imag_horizon) == (16, 64, 15)
+
+
+def test_missing_dependency_is_a_clear_message(monkeypatch, capsys):
+    import sys
+
+    from reverie.cli import main as cli
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    monkeypatch.setitem(cli.COMMANDS, "export", lambda args: __import__("onnxruntime"))
+    assert main(["export", "x"]) == 3
+    err = capsys.readouterr().err
+    assert "'onnxruntime' is not installed" in err and "pip install onnxruntime" in err
