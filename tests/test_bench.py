@@ -1,0 +1,48 @@
+"""The benchmark scripts still run (tiny arguments), so they cannot rot unnoticed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run(script, *args, timeout=300):
+    out = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=timeout, cwd=BENCH.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_train_throughput():
+    (row,) = run("train_throughput.py", "--presets", "1m", "--threads", "1", "--updates", "1", "--warmup", "0", "--compile", "false")
+    assert row["updates_per_s"] > 0 and row["preset"] == "1m" and row["batch"] == [16, 64]
+
+
+@pytest.mark.slow
+def test_policy_latency():
+    rows = run("policy_latency.py", "--presets", "1m", "--obs", "vector", "--steps", "50")
+    assert {r["runtime"] for r in rows} == {"torch", "onnxruntime"}
+    assert all(r["p99_us"] > 0 and r["floor_us"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_loop_deadlines(tmp_path):
+    (row,) = run("loop_deadlines.py", "--runs", "1m:100", "--seconds", "0.5", "--out", str(tmp_path))
+    assert row["ticks"] + row["skipped"] >= 45 and (tmp_path / "latency_1m_100hz.png").exists()
+
+
+@pytest.mark.slow
+def test_learning_summary_and_onnx_vs_torch(tiny_overrides, tmp_path):
+    from reverie.cli.main import main
+
+    assert main(["train", "env=fake/vector", "env.time_limit=10", "steps=40", "eval_every=20", *tiny_overrides]) == 0
+    (summary,) = run(
+        "learning.py", "--summarize-only", "--env", "fake/vector", "--out", str(tmp_path / "out"), "--logdirs", str(tmp_path / "run")
+    )
+    assert summary["runs"][0]["evals"] and (tmp_path / "out" / "curve.png").exists()
+    (cmp,) = run("onnx_vs_torch.py", str(tmp_path / "run"), "--episodes", "2")
+    assert cmp["torch_returns"] == pytest.approx(cmp["onnx_returns"], abs=1e-3)
