@@ -174,3 +174,18 @@ def test_runtime_takes_the_sent_action_as_previous_action(exported):
     runtime.step(obs)
     runtime.action_sent(np.full(3, 0.25, np.float32))
     assert np.allclose(runtime.carry()["prev_action"], 0.25)
+
+
+def test_hot_swapped_runtime_continues_the_carry(exported):
+    env = envs.make("fake/vector", seed=0)
+    old, new, straight = (PolicyRuntime(exported / "p.onnx") for _ in range(3))
+    rng = np.random.default_rng(0)
+    obs = env.reset(seed=0)
+    for step in range(20):
+        noise = rng.random(old.noise_dim, dtype=np.float32)
+        if step == 10:
+            new.load_carry(old)  # swap between two ticks
+        runtime = old if step < 10 else new
+        action = runtime.step(obs, noise)
+        assert np.allclose(action, straight.step(obs, noise), atol=1e-6)
+        obs = env.step(action)
