@@ -88,3 +88,12 @@ def test_smoke_dmc_cartpole_swingup(tiny_overrides, tmp_path):
     assert any("loss/dyn" in m for m in lines)
     assert any("eval/return" in m for m in lines)
     assert torch.isfinite(torch.tensor([v for m in lines for k, v in m.items() if k.startswith("loss/") and v is not None])).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", ["gym/Pendulum-v1", "gym/CartPole-v1"])
+def test_smoke_gym_continuous_and_discrete(env, tiny_overrides, tmp_path):
+    assert main(["train", f"env={env}", "env.time_limit=30", "steps=70", "eval_every=60", *tiny_overrides]) == 0
+    lines = read_lines(tmp_path / "run" / "metrics.jsonl")
+    assert any("loss/vector" in m for m in lines) and any("eval/return" in m for m in lines)
+    assert (tmp_path / "run" / "policy.onnx").exists()
