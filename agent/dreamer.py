@@ -108,6 +108,7 @@ class Dreamer(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the agent's parameters live."""
         return next(self.parameters()).device
 
     # -------------------------------------------------------------- acting

@@ -36,6 +36,7 @@ class MetricsLogger:
                     self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
+        """Flushes and closes the outputs."""
         self._file.close()
         if self._tb is not None:
             self._tb.close()

@@ -37,6 +37,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seeds Python's, numpy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -134,6 +135,7 @@ class Trainer:
 
     @property
     def env_steps(self) -> int:
+        """Simulator steps so far (agent steps × action repeat)."""
         return self.counters["agent_steps"] * self.repeat
 
     def _precision(self):

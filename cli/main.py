@@ -32,6 +32,7 @@ Run `reverie <command> --help` for what can be set. Configuration is Hydra:
 
 
 def train_help() -> str:
+    """The text of ``reverie train --help``."""
     from .config import describe_fields, group_options
 
     groups = {g: group_options(g) for g in ("algo", "size", "exp")}
@@ -65,6 +66,7 @@ def train_help() -> str:
 
 
 def cmd_train(args: list[str]) -> int:
+    """``reverie train``."""
     if "--help" in args or "-h" in args:
         print(train_help())
         return 0
@@ -120,6 +122,7 @@ bounds, noise layout, algo, size, sha256).
 
 
 def cmd_export(args: list[str]) -> int:
+    """``reverie export``."""
     import argparse
 
     if not args or "--help" in args or "-h" in args:
@@ -189,6 +192,7 @@ def _parse_keys(args: list[str], defaults: dict) -> dict:
 
 
 def cmd_eval(args: list[str]) -> int:
+    """``reverie eval``."""
     if not args or "--help" in args or "-h" in args:
         print(EVAL_HELP)
         return 0 if args else 2
@@ -242,6 +246,7 @@ NAME.key (public; give it to the peers) and NAME.key_secret (private, mode 600).
 
 
 def cmd_keys(args: list[str]) -> int:
+    """``reverie keys``."""
     if not args or "--help" in args or "-h" in args:
         print(KEYS_HELP)
         return 0 if args else 2

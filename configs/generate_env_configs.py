@@ -30,12 +30,14 @@ FAKES = ["vector", "pixels", "discrete"]
 
 
 def write(root: Path, family: str, task: str) -> None:
+    """Writes ``env/FAMILY/TASK.yaml``."""
     path = root / "env" / family / f"{task}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"name: {family}/{task}\n")
 
 
 def main() -> None:
+    """Writes every env preset."""
     from dm_control import suite
 
     root = Path(__file__).parent

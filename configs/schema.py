@@ -20,6 +20,8 @@ def doc(default: Any, text: str) -> Any:
 
 @dataclass
 class RSSMConfig:
+    """RSSM options shared by the size presets (``algo.rssm``)."""
+
     stoch: int = doc(32, "number of categorical latents S")
     blocks: int = doc(8, "diagonal blocks of the recurrent GRU")
     unimix: float = doc(0.01, "uniform mixture of the latent distributions")
@@ -32,6 +34,8 @@ class RSSMConfig:
 
 @dataclass
 class NetConfig:
+    """Encoder or decoder structure (``algo.encoder``, ``algo.decoder``)."""
+
     layers: int = doc(3, "MLP layers")
     mults: list = doc([2, 3, 4, 4], "CNN channel multipliers of depth per stage")
     kernel: int = doc(5, "CNN kernel size")
@@ -41,6 +45,8 @@ class NetConfig:
 
 @dataclass
 class HeadConfig:
+    """An output head: reward, continuation or critic."""
+
     layers: int = doc(1, "MLP layers")
     bins: int = doc(255, "two-hot bins (reward and critic heads)")
     outscale: float = doc(0.0, "initial scale of the output layer (0: predicts exactly 0)")
@@ -50,6 +56,8 @@ class HeadConfig:
 
 @dataclass
 class ActorConfig:
+    """The actor head (``algo.actor``)."""
+
     layers: int = doc(3, "MLP layers")
     min_std: float = doc(0.1, "lower bound of the action standard deviation")
     max_std: float = doc(1.0, "upper bound of the action standard deviation")
@@ -60,6 +68,8 @@ class ActorConfig:
 
 @dataclass
 class OptimizerConfig:
+    """LaProp with adaptive gradient clipping (``algo.optimizer``)."""
+
     lr: float = doc(4e-5, "learning rate (LaProp)")
     beta1: float = doc(0.9, "momentum")
     beta2: float = doc(0.999, "squared-gradient EMA rate")
@@ -70,6 +80,8 @@ class OptimizerConfig:
 
 @dataclass
 class RetNormConfig:
+    """The percentile return normaliser (``algo.retnorm``)."""
+
     rate: float = doc(0.01, "EMA rate of the percentiles")
     limit: float = doc(1.0, "floor of the return scale")
     low: float = doc(5.0, "lower percentile")
@@ -78,6 +90,8 @@ class RetNormConfig:
 
 @dataclass
 class AlgoConfig:
+    """An algorithm preset (``algo=``): every constant of the recipe."""
+
     name: str = doc("dreamerv3", "algorithm preset: dreamerv3")
     rssm: RSSMConfig = field(default_factory=RSSMConfig)
     encoder: NetConfig = field(default_factory=NetConfig)
@@ -104,6 +118,8 @@ class AlgoConfig:
 
 @dataclass
 class SizeConfig:
+    """A model size preset (``size=``), after the official size1m … size400m."""
+
     name: str = doc("1m", "preset name (after the official size1m … size400m)")
     deter: int = doc(512, "recurrent state size")
     hidden: int = doc(64, "RSSM hidden width")
@@ -114,6 +130,8 @@ class SizeConfig:
 
 @dataclass
 class EnvConfig:
+    """The environment (``env=``)."""
+
     name: str = doc("dmc/cartpole_swingup", "environment: dmc/<domain>_<task>, gym/<id> or fake/<variant>")
     action_repeat: int | None = doc(None, "actions repeated per agent step (default: 2 for dmc, 1 otherwise)")
     time_limit: int | None = doc(None, "agent steps per episode (default: the environment's own)")
@@ -122,12 +140,16 @@ class EnvConfig:
 
 @dataclass
 class ReplayConfig:
+    """The disk-backed replay (``replay.*``)."""
+
     capacity: int = doc(1_000_000, "steps kept in replay")
     chunk_size: int = doc(1024, "steps per chunk file on disk")
 
 
 @dataclass
 class Config:
+    """The root config of ``reverie train``."""
+
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     size: SizeConfig = field(default_factory=SizeConfig)
     env: EnvConfig = field(default_factory=EnvConfig)

@@ -95,6 +95,7 @@ class ExperienceSender:
 
     @property
     def depth(self) -> int:
+        """Messages waiting to be sent."""
         return len(self._queue)
 
     def _drain(self) -> None:
@@ -125,6 +126,7 @@ class ExperienceSender:
         return not self._queue
 
     def close(self) -> None:
+        """Stops the sender thread and closes the socket (queued messages are dropped)."""
         self._stop.set()
         with self._lock:
             self._lock.notify()
@@ -132,6 +134,7 @@ class ExperienceSender:
         self._socket.close(0)
 
     def stats(self) -> dict[str, int]:
+        """Counters: sequence number, enqueued, sent, dropped, queue depth."""
         return {"seq": self.seq, "enqueued": self.enqueued, "sent": self.sent, "dropped": self.dropped, "queue_depth": self.depth}
 
 
@@ -187,9 +190,11 @@ class ExperienceReceiver:
         return out
 
     def stats(self) -> dict[str, Any]:
+        """Per-actor arrivals, missing and duplicates, and refusals by reason."""
         return {"actors": {k: dict(v) for k, v in self.tracker.actors.items()}, "refused": dict(self.refused)}
 
     def close(self) -> None:
+        """Closes the socket."""
         self._socket.close(0)
 
 
@@ -215,6 +220,7 @@ class WeightPublisher:
         self._socket.send_multipart(encode_weights(version=version, onnx_bytes=onnx_bytes, sidecar=sidecar))
 
     def close(self) -> None:
+        """Closes the socket."""
         self._socket.close(0)
 
 
@@ -281,6 +287,7 @@ class WeightSubscriber:
             self.on_policy(version, runtime)
 
     def close(self) -> None:
+        """Stops the subscriber thread and closes the socket."""
         self._stop.set()
         self._thread.join(timeout=2)
         self._socket.close(0)

@@ -67,6 +67,7 @@ class Experience:
 
     @property
     def steps(self) -> int:
+        """Length of the chunk's time axis."""
         return next(iter(self.arrays.values())).shape[0]
 
 

@@ -114,6 +114,7 @@ class PolicyRuntime:
 
     @property
     def noise_dim(self) -> int:
+        """Width of the ``noise`` input."""
         return int(self.meta["noise"]["dim"])
 
     def reset(self) -> None:

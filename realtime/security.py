@@ -68,11 +68,13 @@ class CurveServer:
         self.auth.configure_curve(domain="*", location=str(clients_dir))
 
     def protect(self, socket: zmq.Socket) -> None:
+        """Makes ``socket`` a CURVE server with this key pair (call before bind)."""
         socket.curve_secretkey = self.secret
         socket.curve_publickey = self.public
         socket.curve_server = True
 
     def stop(self) -> None:
+        """Stops the authenticator thread."""
         self.auth.stop()
 
 

@@ -19,6 +19,7 @@ class ChannelNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(channels)) if kind == "layer" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalises ``[N, C, H, W]`` over C."""
         if self.kind == "none":
             return x
         if self.kind == "layer":

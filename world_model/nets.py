@@ -145,6 +145,7 @@ class BlockLinear(nn.Module):
         trunc_normal_init_(self.weight, in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., in] → [..., out]``."""
         lead = x.shape[:-1]
         x = x.reshape(-1, self.blocks, x.shape[-1] // self.blocks)  # [N, G, in/G]
         x = torch.bmm(x.transpose(0, 1), self.weight).transpose(0, 1)  # [N, G, out/G]
@@ -164,6 +165,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalises over the last axis."""
         y = x.float()
         # Written as Pow → ReduceMean → Add → Sqrt → Div → Mul, the pattern
         # onnxruntime fuses into one SimplifiedLayerNormalization kernel.
