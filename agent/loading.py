@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint
-from .builder import build_agent
+from .builder import build_agent, make_env
 from .dreamer import Dreamer
 
 
@@ -40,16 +40,7 @@ def load_trained(path: str | Path, *, device: str = "cpu") -> tuple[Dreamer, Dic
     if isinstance(payload, dict) and "spaces" in payload:
         obs_space, act_space = checkpoint.spaces_from_dict(payload["spaces"])
     else:  # older checkpoints: ask the environment
-        from reverie import envs
-
-        env = envs.make(
-            cfg.env.name,
-            obs=cfg.obs,
-            seed=0,
-            action_repeat=cfg.env.action_repeat,
-            time_limit=cfg.env.time_limit,
-            size=(cfg.env.size, cfg.env.size),
-        )
+        env = make_env(cfg, seed=0)
         obs_space, act_space = env.obs_space, env.act_space
         env.close()
     agent = build_agent(cfg, obs_space, act_space).to(device)

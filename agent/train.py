@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from reverie import envs
 
 from . import checkpoint
-from .builder import build_agent
+from .builder import build_agent, make_env
 from .logger import MetricsLogger, plot_curve
 from .replay import Replay
 
@@ -89,8 +89,8 @@ class Trainer:
         seed_everything(cfg.seed)
         family = cfg.env.name.split("/", 1)[0]
         self.repeat = int(cfg.env.action_repeat or envs.DEFAULT_REPEAT.get(family, 1))
-        self.env = self._make_env(cfg.seed)
-        self.eval_env = self._make_env(cfg.seed + 1_000_000)
+        self.env = make_env(cfg, cfg.seed)
+        self.eval_env = make_env(cfg, cfg.seed + 1_000_000)
         self.agent = build_agent(cfg, self.env.obs_space, self.env.act_space).to(self.device)
         self.replay = Replay(
             capacity=cfg.replay.capacity,
@@ -124,10 +124,6 @@ class Trainer:
         self.autocast = self.cfg.precision == "bf16"
         if self.cfg.precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision {self.cfg.precision!r}; valid: fp32, bf16")
-
-    def _make_env(self, seed: int) -> envs.Env:
-        e = self.cfg.env
-        return envs.make(e.name, obs=self.cfg.obs, seed=seed, action_repeat=self.repeat, time_limit=e.time_limit, size=(e.size, e.size))
 
     def wall_s(self) -> float:
         """Training wall clock, summed over resumed runs."""
