@@ -38,6 +38,24 @@ def symexp_bins(num_bins: int = 255, limit: float = 20.0) -> torch.Tensor:
     return torch.cat([half, -half.flip(0)])
 
 
+def _twohot_neighbours(target: torch.Tensor, bins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two bins around each target and the weight of the upper one.
+
+    Returns:
+        ``below`` (last bin ≤ target) and ``above`` (the next bin) as indices
+        ``[...]``, clipped to the range, and ``weight_above`` in [0, 1];
+        ``below`` gets ``1 − weight_above``.
+    """
+    num = bins.shape[0]
+    target = target.detach().to(bins.dtype).contiguous()
+    below = (torch.bucketize(target, bins, right=True) - 1).clamp(0, num - 1)
+    above = (below + 1).clamp(max=num - 1)
+    lo, hi = bins[below], bins[above]
+    span = hi - lo
+    weight_above = torch.where(span > 0, (target - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span))
+    return below, above, weight_above.clamp(0.0, 1.0)
+
+
 def twohot_encode(target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     """Spreads each target over its two neighbouring bins.
 
@@ -50,18 +68,9 @@ def twohot_encode(target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
         for targets inside the bin range (clipped to the range otherwise).
     """
     num = bins.shape[0]
-    target = target.detach().contiguous()
-    # Index of the last bin <= target, and of the first bin > target.
-    below = (torch.bucketize(target, bins, right=True) - 1).clamp(0, num - 1)
-    above = (below + 1).clamp(0, num - 1)
-    lo, hi = bins[below], bins[above]
-    span = hi - lo
-    equal = span == 0
-    weight_above = torch.where(equal, torch.zeros_like(target), (target - lo) / torch.where(equal, torch.ones_like(span), span))
-    weight_above = weight_above.clamp(0.0, 1.0)
-    weights = F.one_hot(below, num).to(target.dtype) * (1 - weight_above)[..., None]
-    weights = weights + F.one_hot(above, num).to(target.dtype) * weight_above[..., None]
-    return weights
+    below, above, weight_above = _twohot_neighbours(target, bins)
+    weights = F.one_hot(below, num).to(bins.dtype) * (1 - weight_above)[..., None]
+    return weights + F.one_hot(above, num).to(bins.dtype) * weight_above[..., None]
 
 
 def twohot_mean(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
@@ -83,15 +92,7 @@ def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) 
     Equals ``−Σ_k twohot_encode(target)_k · log_softmax(logits)_k`` but gathers
     the two non-zero bins instead of building the dense weights.
     """
-    num = bins.shape[0]
-    target = target.detach().to(bins.dtype).contiguous()
-    below = (torch.bucketize(target, bins, right=True) - 1).clamp(0, num - 1)
-    above = (below + 1).clamp(max=num - 1)
-    lo, hi = bins[below], bins[above]
-    span = hi - lo
-    weight_above = torch.where(span > 0, (target - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(span)).clamp(
-        0, 1
-    )
+    below, above, weight_above = _twohot_neighbours(target, bins)
     logp = torch.log_softmax(logits.float(), -1)
     lp_below = logp.gather(-1, below.unsqueeze(-1)).squeeze(-1)
     lp_above = logp.gather(-1, above.unsqueeze(-1)).squeeze(-1)
