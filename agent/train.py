@@ -49,7 +49,7 @@ def check_config(logdir: Path, cfg: DictConfig) -> None:
     current = OmegaConf.to_container(cfg, resolve=True)
     if path.exists():
         before = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        diff = sorted(_diff(before, current) - {k for k in _diff(before, current) if k.split(".")[0] in RESUMABLE_KEYS})
+        diff = sorted(k for k in _diff(before, current) if k.split(".")[0] not in RESUMABLE_KEYS)
         if diff:
             raise ValueError(
                 f"logdir {logdir} holds a run with another config (differs in: {', '.join(diff)}); "
