@@ -195,3 +195,29 @@ class FakeEnv:
 
 def _phases(seed: int, n: int) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0, 2 * np.pi, n)
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told, for deterministic timing tests.
+
+    Pass the instance as ``clock`` and its ``sleep`` as ``sleep`` (to a
+    ``ControlLoop`` or a ``MuJoCoRobot``): sleeping advances the clock.
+
+    Args:
+        start: the initial reading in seconds.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        """The current reading in seconds."""
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        """Advances the clock by ``seconds`` (negative values do nothing)."""
+        self.now += max(0.0, seconds)
+
+    def advance(self, seconds: float) -> None:
+        """Moves the clock forward by ``seconds``, as time passing in the world would."""
+        self.now += seconds

@@ -15,6 +15,7 @@ import pytest
 
 from reverie import envs
 from reverie.envs.base import Space
+from reverie.envs.fake import FakeClock
 from reverie.realtime.loop import (
     BAD_ACTION,
     DEADLINE,
@@ -30,22 +31,6 @@ from reverie.realtime.loop import (
 
 PERIOD = 0.01  # 100 Hz
 ACT = Space(np.float32, (2,), -1.0, 1.0)
-
-
-class FakeClock:
-    """A clock that moves only when told; ``sleep`` advances it."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeEnv:

@@ -9,6 +9,7 @@ import pytest
 
 from reverie import envs
 from reverie.envs.dmc import DMC
+from reverie.envs.fake import FakeClock
 from reverie.envs.robot import MuJoCoRobot, Robot
 from reverie.realtime.loop import ControlLoop, RandomPolicy, ZeroPolicy
 
@@ -16,25 +17,9 @@ TASK = "dmc/cartpole_swingup"
 DT = 0.01  # cartpole's physics timestep (= its control timestep)
 
 
-class FakeClock:
-    """A clock that moves only when told; ``sleep`` advances it."""
-
-    def __init__(self, start: float = 500.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += max(0.0, seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(500.0)
 
 
 @pytest.fixture
