@@ -32,3 +32,14 @@ TINY = [
 def tiny_overrides(tmp_path):
     """Overrides for a tiny run that writes into a temporary logdir."""
     return [*TINY, f"logdir={tmp_path / 'run'}"]
+
+
+def make_agent(env, overrides=("size=1m",)):
+    """A freshly initialised (seeded, untrained) agent for ``env``: enough for export and timing tests."""
+    import torch
+
+    from reverie.agent.builder import build_agent
+    from reverie.cli.config import compose
+
+    torch.manual_seed(0)
+    return build_agent(compose(list(overrides)), env.obs_space, env.act_space).eval()

@@ -6,10 +6,9 @@ import time
 import numpy as np
 import pytest
 import zmq
+from conftest import make_agent
 
 from reverie import envs
-from reverie.agent.builder import build_agent
-from reverie.cli.config import compose
 from reverie.realtime.channels import ExperienceReceiver, ExperienceSender, WeightPublisher, WeightSubscriber
 from reverie.realtime.export import export_policy
 from reverie.realtime.runtime import PolicyRuntime
@@ -97,12 +96,7 @@ def test_learner_away_buffers_then_drops_oldest_with_a_count(tmp_path):
 def policy_file(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("w")
     env = envs.make("fake/vector")
-    agent = build_agent(compose(["size=1m"]), env.obs_space, env.act_space).eval()
-    export_policy(
-        agent,
-        tmp / "p.onnx",
-        obs_space=env.obs_space,
-    )
+    export_policy(make_agent(env), tmp / "p.onnx", obs_space=env.obs_space)
     return tmp / "p.onnx"
 
 

@@ -31,16 +31,15 @@ def test_eval_bad_arguments(exported_policy, capsys):
 
 
 def test_eval_on_mujoco_robot_stand_in(tmp_path):
+    from conftest import make_agent
+
     from reverie import envs
-    from reverie.agent.builder import build_agent
-    from reverie.cli.config import compose
     from reverie.realtime.evaluate import evaluate_policy
     from reverie.realtime.export import export_policy
 
     env = envs.make("dmc/cartpole_swingup")
-    agent = build_agent(compose(["size=1m"]), env.obs_space, env.act_space).eval()
     export_policy(
-        agent,
+        make_agent(env),
         tmp_path / "p.onnx",
         obs_space=env.obs_space,
         metadata={"env": "dmc/cartpole_swingup", "obs": "vector"},

@@ -6,20 +6,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import make_agent
 
 from reverie import envs
-from reverie.agent.builder import build_agent
-from reverie.cli.config import compose
 from reverie.cli.main import main
 from reverie.realtime.export import export_policy
 from reverie.realtime.policy_step import PolicyStep
 from reverie.realtime.runtime import PolicyRuntime
-
-
-def make_agent(env, overrides=("size=1m",)):
-    torch.manual_seed(0)
-    cfg = compose(list(overrides))
-    return build_agent(cfg, env.obs_space, env.act_space).eval()
 
 
 def export(agent, env, path, deterministic=False):
