@@ -8,6 +8,8 @@ recurrent is stored on the agent.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -104,7 +106,21 @@ class Dreamer(nn.Module):
         hot = [self.critic.mlp, self.slow_critic.net.mlp, self.wm.reward.mlp, self.wm.cont.mlp, self.actor.mlp, self.wm.rssm.prior_net]
         for module in hot:
             module.forward = torch.compile(module.forward, dynamic=False)
+        self._compiled = hot
         self.wm.rssm.core = torch.compile(self.wm.rssm.core, dynamic=False)
+
+    @contextlib.contextmanager
+    def eager(self) -> Iterator[None]:
+        """Runs the uncompiled modules inside the block (tracing and ONNX export
+        cannot go through ``torch.compile``); compiled ones are restored after."""
+        # compile() set instance attributes over the class's methods: hide them.
+        compiled = [(m, "forward") for m in getattr(self, "_compiled", [])] + [(self.wm.rssm, "core")]
+        saved = [(m, name, m.__dict__.pop(name)) for m, name in compiled if name in m.__dict__]
+        try:
+            yield
+        finally:
+            for module, name, fn in saved:
+                setattr(module, name, fn)
 
     @property
     def device(self) -> torch.device:

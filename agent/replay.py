@@ -65,6 +65,26 @@ class Replay:
         if self.directory and self.total % self.chunk_size == 0:
             self._write_chunk(self.total // self.chunk_size - 1)
 
+    def extend(self, steps: dict[str, np.ndarray]) -> None:
+        """Appends consecutive steps ``{key: [T, ...]}`` at once (same result as T ``add`` calls)."""
+        steps = {k: np.asarray(v) for k, v in steps.items() if not k.startswith("log/")}
+        count = len(next(iter(steps.values())))
+        if count == 0:
+            return
+        if not self.data:
+            self._allocate({k: v[0] for k, v in steps.items()})
+        if steps.keys() != self.data.keys():
+            raise ValueError(f"replay step keys {sorted(steps)} differ from stored keys {sorted(self.data)}")
+        if count > self.capacity:
+            raise ValueError(f"{count} steps do not fit a replay of capacity {self.capacity}")
+        pos = self._positions(self.total, self.total + count)
+        for k, v in steps.items():
+            self.data[k][pos] = v
+        before, self.total = self.total, self.total + count
+        if self.directory:
+            for index in range(before // self.chunk_size, self.total // self.chunk_size):
+                self._write_chunk(index)
+
     def _chunk_path(self, index: int) -> Path:
         return self.directory / f"chunk_{index:08d}.npz"
 

@@ -21,8 +21,20 @@ from .builder import build_agent, make_env
 from .logger import MetricsLogger, plot_curve
 from .replay import Replay
 
-#: Keys whose change does not alter a run, so a resumed run may differ in them.
-RESUMABLE_KEYS = {"steps", "progress", "log_every", "eval_every", "eval_episodes", "checkpoint_every", "device", "threads", "compile"}
+#: Keys whose change does not alter a run, so a resumed run may differ in them
+#: (``realtime``: transport and actor settings, outside the learner's maths).
+RESUMABLE_KEYS = {
+    "steps",
+    "progress",
+    "log_every",
+    "eval_every",
+    "eval_episodes",
+    "checkpoint_every",
+    "device",
+    "threads",
+    "compile",
+    "realtime",
+}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,6 +78,11 @@ def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
             out |= _diff(a.get(k), b.get(k), f"{prefix}{k}.") if k in a and k in b else {f"{prefix}{k}"}
         return out
     return set() if a == b else {prefix.rstrip(".")}
+
+
+def window_summary(window: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each metric over the updates of a logging window (empty for none)."""
+    return {k: float(np.mean([m[k] for m in window])) for k in window[0]} if window else {}
 
 
 def _batch(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -121,6 +138,7 @@ class Trainer:
             self.resumed = True
         if cfg.compile:
             self.agent.compile()
+        self._start_time, self._wall_base = time.time(), self.counters["wall_s"]
         self.autocast = self.cfg.precision == "bf16"
         if self.cfg.precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision {self.cfg.precision!r}; valid: fp32, bf16")
@@ -148,13 +166,17 @@ class Trainer:
         self.counters["train_credit"] += cfg.train_ratio / (cfg.batch_size * cfg.batch_length)
         metrics = []
         while self.counters["train_credit"] >= 1.0:
-            self.counters["train_credit"] -= 1.0
-            batch, pos = self.replay.sample(cfg.batch_size)
-            with self._precision():
-                m, latents = self.agent.train_step(batch)
-            self.replay.update_latents(pos[:, 1:], latents)
-            self.counters["updates"] += 1
-            metrics.append(m)
+            metrics.append(self.update())
+        return metrics
+
+    def update(self) -> dict[str, float]:
+        """One update on a sampled batch (spends one unit of train credit); returns its metrics."""
+        self.counters["train_credit"] -= 1.0
+        batch, pos = self.replay.sample(self.cfg.batch_size)
+        with self._precision():
+            metrics, latents = self.agent.train_step(batch)
+        self.replay.update_latents(pos[:, 1:], latents)
+        self.counters["updates"] += 1
         return metrics
 
     def evaluate(self) -> list[float]:
@@ -232,7 +254,7 @@ class Trainer:
                 if self.env_steps - self.counters["last_log"] >= cfg.log_every and window:
                     self.counters["last_log"] = self.env_steps
                     now = time.time()
-                    summary = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                    summary = window_summary(window)
                     summary["train/updates_per_s"] = (self.counters["updates"] - window_updates) / max(now - window_time, 1e-9)
                     summary["train/env_steps_per_s"] = cfg.log_every / max(now - window_time, 1e-9)
                     window_time, window_updates = now, self.counters["updates"]

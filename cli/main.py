@@ -15,6 +15,12 @@ usage: reverie <command> [overrides…] [--help]
 Dreamer world-model reinforcement learning for real-time control.
 
 commands:
+  run       asynchronous training on this machine: a learner process and
+            realtime.actors actor processes (control loop + ONNX policy)
+            streaming over ZeroMQ, weights hot-swapped into the loop
+  learner   the learner alone (receives experience, trains, publishes weights)
+  actor     one actor alone (control loop next to an env or robot)
+  status    counters of a running learner and its actors
   train     synchronous training: act, replay, learn, evaluate, checkpoint
             (rerunning the same command into the same logdir resumes)
   export    the one-step policy of a checkpoint as ONNX + a JSON sidecar
@@ -25,6 +31,7 @@ commands:
 Run `reverie <command> --help` for what can be set. Configuration is Hydra:
 `group=option` picks a preset, `key=value` sets a value, e.g.
 
+  reverie run env=dmc/cartpole_swingup realtime.rate_hz=50
   reverie train env=dmc/walker_walk size=12m steps=200000
   reverie train env=gym/Pendulum-v1 obs=vector seed=1
   reverie train exp=ref_sheeprl_xs
@@ -105,6 +112,118 @@ def _compose(overrides: list[str]):
     except HydraException as exc:
         print(f"reverie: {textwrap.shorten(str(exc), 600)}", file=sys.stderr)
     return None
+
+
+ASYNC_HELP = """\
+usage: reverie run|learner|actor [overrides…]
+
+Asynchronous training: the actor runs the exported one-step policy with
+onnxruntime in a fixed-rate control loop next to the environment (or the
+MuJoCo robot stand-in) and streams experience over ZeroMQ; the learner trains
+the same agent as `reverie train` from it, enforcing the train ratio, and
+publishes new weights every realtime.publish_every updates, which the actor
+swaps in between two ticks. `run` starts both on this machine, shows
+progress, restarts a process that dies, and writes logdir/curve.png and
+logdir/latency.png. Rerunning into the same logdir resumes the learner.
+
+On two machines: `reverie learner realtime.transport=tcp` on the trainer and
+`reverie actor realtime.transport=tcp realtime.host=TRAINER realtime.actor_id=robot1`
+next to the robot (same env/algo/size overrides on both). With
+realtime.curve=true every socket is authenticated and encrypted with the keys
+from `reverie keys DIR` (realtime.keys=DIR).
+
+realtime keys (realtime.<key>=value):
+{keys}
+
+All `reverie train` settings apply too; see `reverie train --help`.
+"""
+
+
+def _async_help() -> str:
+    from reverie.configs.schema import RealtimeConfig
+
+    from .config import describe_fields
+
+    rows = [f"  {key:<16} {text} [default {default}]" for key, default, text in describe_fields(RealtimeConfig)]
+    return ASYNC_HELP.format(keys="\n".join(rows))
+
+
+def _async_command(name: str, args: list[str]) -> int:
+    """``reverie run``, ``reverie learner`` and ``reverie actor``."""
+    if "--help" in args or "-h" in args:
+        print(_async_help())
+        return 0
+    cfg = _compose(args)
+    if cfg is None:
+        return 2
+    try:
+        if name == "run":
+            from reverie.realtime.launcher import launch
+
+            status = launch(cfg, args)
+            print(
+                f"done: {status.get('env_steps', 0)} env steps, {status.get('updates', 0)} updates, "
+                f"policy version {status.get('policy_version', 0)}; curve {cfg.logdir}/curve.png, latency {cfg.logdir}/latency.png"
+            )
+        elif name == "learner":
+            from reverie.realtime.learner import run_learner
+
+            summary = run_learner(cfg)
+            print(f"learner done: {summary['env_steps']} env steps, {summary['updates']} updates, version {summary['version']}")
+        else:
+            from reverie.realtime.actor import run_actor
+
+            status = run_actor(cfg)
+            print(f"actor {status['actor']} stopped: {status['ticks']} ticks, {status['deadline_misses']} missed deadlines")
+    except (ValueError, RuntimeError) as exc:
+        print(f"reverie {name}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+STATUS_HELP = """\
+usage: reverie status [LOGDIR | address=tcp://HOST:PORT] [overrides…]
+
+Prints the counters of a learner and of each actor as it last reported:
+env steps, updates, policy version, transitions received / refused / missing
+per actor, queue depths, deadline misses, latency p99, last swap. With an
+address (the learner's status port, realtime.port+2 for tcp) the running
+learner is asked; otherwise LOGDIR/status.json is read (default: the logdir
+the overrides compose to).
+"""
+
+
+def cmd_status(args: list[str]) -> int:
+    """``reverie status``."""
+    import json
+    from pathlib import Path
+
+    if "--help" in args or "-h" in args:
+        print(STATUS_HELP)
+        return 0
+    address = next((a.split("=", 1)[1] for a in args if a.startswith("address=")), None)
+    rest = [a for a in args if not a.startswith("address=")]
+    try:
+        if address:
+            from reverie.realtime.learner import query_status
+
+            status = query_status(address)
+        else:
+            if rest and "=" not in rest[0]:
+                path = Path(rest[0]) / "status.json"
+            else:
+                cfg = _compose(rest)
+                if cfg is None:
+                    return 2
+                path = Path(cfg.logdir) / "status.json"
+            if not path.exists():
+                raise ValueError(f"{path} does not exist: no learner has run there (or pass address=…)")
+            status = json.loads(path.read_text())
+    except (ValueError, TimeoutError) as exc:
+        print(f"reverie status: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(status, indent=1, default=str))
+    return 0
 
 
 EXPORT_HELP = """\
@@ -272,7 +391,16 @@ PACKAGES = {
     "matplotlib": "matplotlib",
 }
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "eval": cmd_eval, "keys": cmd_keys}
+COMMANDS = {
+    "run": lambda args: _async_command("run", args),
+    "learner": lambda args: _async_command("learner", args),
+    "actor": lambda args: _async_command("actor", args),
+    "status": cmd_status,
+    "train": cmd_train,
+    "export": cmd_export,
+    "eval": cmd_eval,
+    "keys": cmd_keys,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -147,6 +147,28 @@ class ReplayConfig:
 
 
 @dataclass
+class RealtimeConfig:
+    """The asynchronous actor/learner (``realtime.*``): ``reverie run | learner | actor``."""
+
+    transport: str = doc("ipc", "ipc (one machine) | tcp (across machines)")
+    host: str = doc("127.0.0.1", "tcp: the learner's host (actors connect to it)")
+    bind: str = doc("*", "tcp: the interface the learner binds")
+    port: int = doc(5555, "tcp: experience port; weights use port+1, status port+2")
+    ipc_dir: str = doc("", "ipc: folder of the socket files (default: one per logdir under /tmp)")
+    actors: int = doc(1, "reverie run: number of actor processes")
+    actor_id: str = doc("actor0", "reverie actor: this actor's id (distinct per actor)")
+    rate_hz: float = doc(50.0, "actor control rate (ticks per second)")
+    robot: bool = doc(False, "actor drives the MuJoCo robot stand-in paced in wall-clock time")
+    safe_action: str = doc("hold", "action on a missed deadline or a bad observation: hold | zero")
+    chunk: int = doc(64, "steps per experience message")
+    queue_size: int = doc(4096, "experience messages an actor keeps while the learner is away (then drops the oldest)")
+    publish_every: int = doc(100, "learner updates between weight publications")
+    status_every_s: float = doc(1.0, "seconds between status reports")
+    curve: bool = doc(False, "authenticate and encrypt every socket with ZeroMQ CURVE")
+    keys: str = doc("keys", "CURVE key folder from `reverie keys` (learner.key*, actor.key*)")
+
+
+@dataclass
 class Config:
     """The root config of ``reverie train``."""
 
@@ -154,6 +176,7 @@ class Config:
     size: SizeConfig = field(default_factory=SizeConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    realtime: RealtimeConfig = field(default_factory=RealtimeConfig)
     exp: Any = doc(None, "experiment preset applied on top (exp=<name>)")
     obs: str = doc("vector", "observations: vector | pixels")
     steps: int = doc(100_000, "environment steps to train for (simulator steps, action repeat included)")

@@ -32,8 +32,10 @@ from .protocol import (
     ProtocolError,
     SequenceTracker,
     decode_experience,
+    decode_status,
     decode_weights,
     encode_experience,
+    encode_status,
     encode_weights,
 )
 
@@ -48,6 +50,8 @@ class ExperienceSender:
             oldest are dropped beyond it (counted in ``dropped``).
         context: ZeroMQ context (a new one by default).
         secure: optional callable that configures CURVE on the socket.
+        session: identifies this run of the actor (default: the start time in
+            µs, so a restarted actor has a larger one).
     """
 
     def __init__(
@@ -58,10 +62,13 @@ class ExperienceSender:
         queue_size: int = 1000,
         context: zmq.Context | None = None,
         secure: Callable[[zmq.Socket], None] | None = None,
+        session: int | None = None,
     ) -> None:
         self.actor = actor
+        self.session = time.time_ns() // 1000 if session is None else int(session)
         self.context = context or zmq.Context.instance()
         self._queue: collections.deque = collections.deque()
+        self._status: list[Any] | None = None
         self._queue_size = queue_size
         self._lock = threading.Condition()
         self._stop = threading.Event()
@@ -82,7 +89,12 @@ class ExperienceSender:
     def send(self, arrays: dict[str, np.ndarray], *, episode: int, policy: int) -> None:
         """Queues one chunk ``{key: [T, ...]}``; never blocks on the network."""
         frames = encode_experience(
-            actor=self.actor, episode=episode, seq=self.seq, policy=policy, arrays={k: np.array(v) for k, v in arrays.items()}
+            actor=self.actor,
+            session=self.session,
+            episode=episode,
+            seq=self.seq,
+            policy=policy,
+            arrays={k: np.array(v) for k, v in arrays.items()},
         )
         self.seq += 1
         with self._lock:
@@ -93,6 +105,13 @@ class ExperienceSender:
             self.enqueued += 1
             self._lock.notify()
 
+    def send_status(self, stats: dict[str, Any]) -> None:
+        """Offers the actor's counters to the learner; only the newest unsent one is kept."""
+        frames = encode_status(actor=self.actor, stats=stats)
+        with self._lock:
+            self._status = frames
+            self._lock.notify()
+
     @property
     def depth(self) -> int:
         """Messages waiting to be sent."""
@@ -101,11 +120,19 @@ class ExperienceSender:
     def _drain(self) -> None:
         while not self._stop.is_set():
             with self._lock:
-                while not self._queue and not self._stop.is_set():
+                while not self._queue and self._status is None and not self._stop.is_set():
                     self._lock.wait(0.1)
                 if self._stop.is_set():
                     return
-                frames = self._queue[0]
+                status, self._status = self._status, None
+                frames = self._queue[0] if self._queue else None
+            if status is not None:
+                try:  # a snapshot: when it cannot go now, a newer one follows
+                    self._socket.send_multipart(status, flags=zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+            if frames is None:
+                continue
             try:
                 self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:  # the learner is away or slow: keep the message, retry
@@ -160,6 +187,8 @@ class ExperienceReceiver:
         self.schema, self.limits = schema, limits
         self.tracker = SequenceTracker()
         self.refused: collections.Counter = collections.Counter()
+        #: the newest status map of each actor, with ``received_at`` (wall clock) added.
+        self.actor_status: dict[str, dict[str, Any]] = {}
         self._socket = self.context.socket(zmq.PULL)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes + limits.max_header_bytes)
@@ -179,6 +208,10 @@ class ExperienceReceiver:
             except zmq.Again:
                 break
             try:
+                if len(frames) == 1:  # status messages are one frame, experience at least two
+                    actor, stats = decode_status(frames, limits=self.limits)
+                    self.actor_status[actor] = {**stats, "received_at": time.time()}
+                    continue
                 exp = decode_experience(frames, limits=self.limits, schema=self.schema)
             except ProtocolError as exc:
                 self.refused[exc.reason] += 1
@@ -186,12 +219,12 @@ class ExperienceReceiver:
             if self.tracker.accept(exp):
                 out.append(exp)
             else:
-                self.refused["duplicate"] += 1
+                self.refused["duplicate_or_stale"] += 1
         return out
 
     def stats(self) -> dict[str, Any]:
         """Per-actor arrivals, missing and duplicates, and refusals by reason."""
-        return {"actors": {k: dict(v) for k, v in self.tracker.actors.items()}, "refused": dict(self.refused)}
+        return {"actors": self.tracker.state(), "refused": dict(self.refused), "actor_status": dict(self.actor_status)}
 
     def close(self) -> None:
         """Closes the socket."""
@@ -210,6 +243,8 @@ class WeightPublisher:
             secure(self._socket)
         self._socket.bind(address)
         self.address = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.version = -1
+        self._last: tuple[int, bytes, dict] | None = None
 
     def publish(self, version: int, onnx_path: str | Path) -> None:
         """Publishes an exported policy (the ONNX file and its sidecar)."""
@@ -217,7 +252,15 @@ class WeightPublisher:
 
         onnx_bytes = Path(onnx_path).read_bytes()
         sidecar = json.loads(Path(f"{onnx_path}.json").read_text())
-        self._socket.send_multipart(encode_weights(version=version, onnx_bytes=onnx_bytes, sidecar=sidecar))
+        self._last = (int(version), onnx_bytes, sidecar)
+        self.version = int(version)
+        self.republish()
+
+    def republish(self) -> None:
+        """Sends the newest policy again (for actors that joined after it was published)."""
+        if self._last is not None:
+            version, onnx_bytes, sidecar = self._last
+            self._socket.send_multipart(encode_weights(version=version, onnx_bytes=onnx_bytes, sidecar=sidecar))
 
     def close(self) -> None:
         """Closes the socket."""
@@ -248,7 +291,7 @@ class WeightSubscriber:
         self.context = context or zmq.Context.instance()
         self.on_policy, self.build, self.limits = on_policy, build, limits
         self.version = -1
-        self.accepted = 0
+        self.accepted = self.repeats = 0
         self.refused: collections.Counter = collections.Counter()
         self.last_error: str | None = None
         self._socket = self.context.socket(zmq.SUB)
@@ -271,7 +314,10 @@ class WeightSubscriber:
                 return
             try:
                 version, payload, sidecar = decode_weights(frames, limits=self.limits)
-                if version <= self.version:
+                if version == self.version:  # a republication of the policy we run
+                    self.repeats += 1
+                    continue
+                if version < self.version:
                     raise ProtocolError("stale", f"version {version} is not newer than {self.version}")
                 runtime = self.build(payload, sidecar)
             except ProtocolError as exc:

@@ -9,6 +9,7 @@ refuses a model that does not match its sidecar.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -73,7 +74,10 @@ def export_policy(
     import onnxruntime
 
     path = Path(path)
-    step = PolicyStep(agent, deterministic=deterministic).cpu().eval()
+    # A CPU copy of the plain (uncompiled) modules: the tracer cannot go
+    # through torch.compile, and the agent itself may live on a GPU.
+    with agent.eager():
+        step = copy.deepcopy(PolicyStep(agent, deterministic=deterministic)).cpu().eval()
     keys = step.obs_keys
     args = example_inputs(step, {k: tuple(obs_space[k].shape) for k in keys}, {k: obs_space[k].dtype.name for k in keys})
     names = [*(obs_input(k) for k in step.obs_keys), *CARRY_INPUTS]

@@ -19,7 +19,9 @@ One tick:
 6. send the action: ``robot.send_command`` or ``env.step``. When the
    observation or the action was bad, the policy raised, or the action was
    ready after ``scheduled + deadline``, the safe action is sent instead and the
-   reason is counted.
+   reason is counted;
+7. hand ``(obs, action sent, policy)`` to the optional recorder (at
+   ``is_last``: ``(obs, None, policy)``), which streams experience.
 
 The safe action is ``'hold'`` (the last action sent in this episode; zeros
 before the first), ``'zero'`` (zeros; for a discrete space the one-hot of
@@ -189,6 +191,7 @@ class LoopStats:
         bad_actions: actions of the wrong shape or not numeric.
         safe_actions: ticks that sent the safe action (any reason).
         swaps: policies swapped in by ``swap_policy``.
+        recorder_errors: recorder calls that raised (the tick went on).
         episode_returns: the return of each finished episode.
         last_error: ``repr`` of the last exception a policy raised.
     """
@@ -206,6 +209,7 @@ class LoopStats:
     bad_actions: int = 0
     safe_actions: int = 0
     swaps: int = 0
+    recorder_errors: int = 0
     episode_returns: list[float] = dataclasses.field(default_factory=list)
     last_error: str | None = None
 
@@ -236,6 +240,7 @@ class LoopStats:
             "bad_actions": self.bad_actions,
             "safe_actions": self.safe_actions,
             "swaps": self.swaps,
+            "recorder_errors": self.recorder_errors,
             "episodes": self.episodes,
             "mean_return": float(np.mean(returns)) if returns else float("nan"),
             "period_us": self.period_s * 1e6,
@@ -392,6 +397,10 @@ class ControlLoop:
             instead of slept (lower jitter, one core busy); 0 sleeps only.
         pause_gc: keep Python's cyclic garbage collector off while running and
             collect between episodes instead (its pauses cause misses).
+        recorder: optional object with ``record(obs, action, policy)``, called
+            after each tick's action is sent and with ``action=None`` for the
+            ``is_last`` observation; an exception it raises is counted, never
+            fatal.
 
     Raises:
         ValueError: for a bad rate, deadline or safe action.
@@ -409,6 +418,7 @@ class ControlLoop:
         deadline: float | None = None,
         spin_s: float = 0.0,
         pause_gc: bool = True,
+        recorder: Any = None,
     ) -> None:
         if not rate_hz > 0 or not math.isfinite(rate_hz):
             raise ValueError(f"rate_hz must be positive and finite, got {rate_hz}")
@@ -426,6 +436,7 @@ class ControlLoop:
         self._sleep = time.sleep if sleep is None else sleep
         self._spin = max(0.0, float(spin_s))
         self.pause_gc = pause_gc
+        self.recorder = recorder
         self._zero = zero_action(self.act_space)
         self._safe_mode, self._safe_fixed = self._parse_safe(safe_action)
         self._policy = policy
@@ -461,8 +472,11 @@ class ControlLoop:
 
         Safe to call from any thread, including from inside ``policy.step``.
         The tick in progress finishes with the old policy; a later call before
-        that tick replaces the queued one. The new policy is not reset: its
-        carry is its own business.
+        that tick replaces the queued one. The new policy is not reset: when
+        it has ``load_carry`` and is of the old policy's type, it continues
+        the old one's episode (``new.load_carry(old)`` at the swap; a
+        ``ValueError`` from it leaves the new policy's own state); otherwise
+        its carry is its own business.
 
         Args:
             policy: the new policy.
@@ -587,6 +601,12 @@ class ControlLoop:
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
+            carry = getattr(pending, "load_carry", None)
+            if carry is not None and type(pending) is type(self._policy):
+                try:
+                    carry(self._policy)  # the recurrent state carries over
+                except ValueError:
+                    pass
             self._policy = pending
             self.stats.swaps += 1
 
@@ -602,6 +622,7 @@ class ControlLoop:
         if bool(np.asarray(obs.get("is_last", False))):
             stats.episode_returns.append(self._return)
             self._needs_reset = True
+            self._record(obs, None)
             return False
 
         reason: str | None = None
@@ -637,7 +658,17 @@ class ControlLoop:
         if notify is not None:
             notify(action)
         stats.ticks += 1
+        self._record(obs, action)
         return True
+
+    def _record(self, obs: Obs, action: np.ndarray | None) -> None:
+        if self.recorder is None:
+            return
+        try:
+            self.recorder.record(obs, action, self._policy)
+        except Exception as err:  # streaming must never stop the loop
+            self.stats.recorder_errors += 1
+            self.stats.last_error = repr(err)
 
     def _check(self, raw: Any) -> tuple[np.ndarray | None, str | None]:
         """Validates a policy output; returns (action, None) or (None, reason)."""

@@ -1,10 +1,14 @@
 """Wire format of the experience and weight channels, and its validation.
 
 An experience message is multipart: frame 0 is a small msgpack header
-``{v, kind, actor, episode, seq, policy, keys, dtypes, shapes}`` and frames
-1…n are the raw buffers of the arrays, in ``keys`` order, sent without
-copying. Arrays carry a leading time axis (a chunk of steps). A weight
-message is ``{v, kind, version, sha256, sidecar}`` followed by the ONNX bytes.
+``{v, kind, actor, session, episode, seq, policy, keys, dtypes, shapes}`` and
+frames 1…n are the raw buffers of the arrays, in ``keys`` order, sent without
+copying. Arrays carry a leading time axis (a chunk of steps). ``session``
+identifies one run of an actor process: a restarted actor numbers its
+messages from 0 again under a new session. A weight message is
+``{v, kind, version, sha256, sidecar, time}`` followed by the ONNX bytes
+(``time``: publication wall clock, for measuring swap latency). A status
+message is one frame ``{v, kind, actor, stats}`` with a flat map of counters.
 
 Every decode validates everything it reads and raises :class:`ProtocolError`
 with a short reason code, so a receiver can count refusals per reason; no
@@ -16,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,6 +69,7 @@ class Experience:
     seq: int
     policy: int
     arrays: dict[str, np.ndarray]
+    session: int = 0
 
     @property
     def steps(self) -> int:
@@ -71,7 +77,7 @@ class Experience:
         return next(iter(self.arrays.values())).shape[0]
 
 
-def encode_experience(*, actor: str, episode: int, seq: int, policy: int, arrays: dict[str, np.ndarray]) -> list[Any]:
+def encode_experience(*, actor: str, episode: int, seq: int, policy: int, arrays: dict[str, np.ndarray], session: int = 0) -> list[Any]:
     """Frames of one experience message (array buffers are not copied when contiguous).
 
     Args:
@@ -80,12 +86,14 @@ def encode_experience(*, actor: str, episode: int, seq: int, policy: int, arrays
         seq: per-actor message sequence number (0, 1, 2, …), for gap counting.
         policy: version of the policy that produced the data.
         arrays: ``{key: [T, ...]}`` with the same T for every key.
+        session: identifies this run of the actor process (see the module docstring).
     """
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     header = {
         "v": PROTOCOL_VERSION,
         "kind": "exp",
         "actor": actor,
+        "session": int(session),
         "episode": int(episode),
         "seq": int(seq),
         "policy": int(policy),
@@ -149,9 +157,9 @@ def decode_experience(
     actor = _field(header, "actor", str)
     if not 0 < len(actor) <= 128:
         raise ProtocolError("schema", "actor id must be 1–128 characters")
-    episode, seq, policy = (_field(header, n, int) for n in ("episode", "seq", "policy"))
-    if min(episode, seq, policy) < 0:
-        raise ProtocolError("schema", "episode, seq and policy must be non-negative")
+    session, episode, seq, policy = (_field(header, n, int) for n in ("session", "episode", "seq", "policy"))
+    if min(session, episode, seq, policy) < 0:
+        raise ProtocolError("schema", "session, episode, seq and policy must be non-negative")
     keys, dtypes, shapes = (_field(header, n, list) for n in ("keys", "dtypes", "shapes"))
     if not keys or not len(keys) == len(dtypes) == len(shapes) == len(frames) - 1:
         raise ProtocolError("frames", f"{len(keys)} keys, {len(dtypes)} dtypes, {len(shapes)} shapes for {len(frames) - 1} buffers")
@@ -190,23 +198,26 @@ def decode_experience(
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ProtocolError("nonfinite", f"{key!r} has non-finite values")
         arrays[key] = array
-    return Experience(actor=actor, episode=episode, seq=seq, policy=policy, arrays=arrays)
+    return Experience(actor=actor, episode=episode, seq=seq, policy=policy, arrays=arrays, session=session)
 
 
-def encode_weights(*, version: int, onnx_bytes: bytes, sidecar: dict[str, Any]) -> list[Any]:
-    """Frames of one weight message: header (version, sha256, sidecar) and the ONNX bytes."""
+def encode_weights(*, version: int, onnx_bytes: bytes, sidecar: dict[str, Any], sent_at: float | None = None) -> list[Any]:
+    """Frames of one weight message: header (version, sha256, sidecar, time) and the ONNX bytes."""
     header = {
         "v": PROTOCOL_VERSION,
         "kind": "weights",
         "version": int(version),
         "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         "sidecar": json.dumps(sidecar),
+        "time": float(time.time() if sent_at is None else sent_at),
     }
     return [msgpack.packb(header), onnx_bytes]
 
 
 def decode_weights(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) -> tuple[int, bytes, dict[str, Any]]:
     """Validates a weight message; returns ``(version, onnx_bytes, sidecar)``.
+
+    The publication time is returned in the sidecar as ``published_at``.
 
     Raises:
         ProtocolError: for a malformed message or a sha256 that does not match
@@ -228,26 +239,69 @@ def decode_weights(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) ->
         raise ProtocolError("schema", f"sidecar is not JSON: {exc}") from None
     if not isinstance(sidecar, dict) or sidecar.get("sha256") != digest:
         raise ProtocolError("hash", "the sidecar's sha256 does not match the model")
+    sent_at = header.get("time", 0.0)
+    sidecar["published_at"] = float(sent_at) if isinstance(sent_at, (int, float)) and not isinstance(sent_at, bool) else 0.0
     return version, payload, sidecar
+
+
+#: Largest status map a receiver accepts (entries).
+MAX_STATUS_ENTRIES = 256
+
+
+def encode_status(*, actor: str, stats: dict[str, Any]) -> list[Any]:
+    """One-frame status message: an actor's counters (flat map of numbers and short strings)."""
+    return [msgpack.packb({"v": PROTOCOL_VERSION, "kind": "status", "actor": actor, "stats": stats})]
+
+
+def decode_status(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) -> tuple[str, dict[str, Any]]:
+    """Validates a status message; returns ``(actor, stats)``.
+
+    Raises:
+        ProtocolError: for a malformed message (reasons as for experience).
+    """
+    header = _header(frames, limits, "status")
+    if len(frames) != 1:
+        raise ProtocolError("frames", f"{len(frames)} frames, expected 1")
+    actor = _field(header, "actor", str)
+    if not 0 < len(actor) <= 128:
+        raise ProtocolError("schema", "actor id must be 1–128 characters")
+    stats = _field(header, "stats", dict)
+    if len(stats) > MAX_STATUS_ENTRIES:
+        raise ProtocolError("schema", f"{len(stats)} status entries, at most {MAX_STATUS_ENTRIES}")
+    for key, value in stats.items():
+        ok_value = value is None or isinstance(value, (int, float, bool)) or isinstance(value, str) and len(value) <= 256
+        if not isinstance(key, str) or not ok_value:
+            raise ProtocolError("schema", f"status entry {key!r} is not a number or short string")
+    return actor, stats
 
 
 class SequenceTracker:
     """Per-actor accounting of what arrived, what was refused and what is missing.
 
-    Sequence numbers of one actor start at 0 and increase by one per message;
-    a jump counts the numbers in between as missing, a number at or below the
-    last one is a duplicate (refused).
+    Sequence numbers of one actor session start at 0 and increase by one per
+    message; a jump counts the numbers in between as missing, a number at or
+    below the last one is a duplicate (refused). A larger ``session`` is a
+    restarted actor: its numbering starts again (the counts accumulate); a
+    message of an older session is refused as stale.
     """
 
     def __init__(self) -> None:
         self.actors: dict[str, dict[str, Any]] = {}
 
     def _entry(self, actor: str) -> dict[str, Any]:
-        return self.actors.setdefault(actor, {"messages": 0, "steps": 0, "missing": 0, "duplicates": 0, "next": 0})
+        return self.actors.setdefault(
+            actor, {"session": -1, "sessions": 0, "messages": 0, "steps": 0, "missing": 0, "duplicates": 0, "stale": 0, "next": 0}
+        )
 
     def accept(self, exp: Experience) -> bool:
-        """Records an arrival; False (and counted) for a duplicate."""
+        """Records an arrival; False (and counted) for a duplicate or a stale session."""
         entry = self._entry(exp.actor)
+        if exp.session < entry["session"]:
+            entry["stale"] += 1
+            return False
+        if exp.session > entry["session"]:
+            entry["session"], entry["next"] = exp.session, 0
+            entry["sessions"] += 1
         if exp.seq < entry["next"]:
             entry["duplicates"] += 1
             return False
@@ -256,3 +310,11 @@ class SequenceTracker:
         entry["messages"] += 1
         entry["steps"] += exp.steps
         return True
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """A copy of the counters (for checkpoints)."""
+        return {actor: dict(entry) for actor, entry in self.actors.items()}
+
+    def load_state(self, state: dict[str, dict[str, Any]]) -> None:
+        """Restores :meth:`state`."""
+        self.actors = {actor: dict(entry) for actor, entry in state.items()}

@@ -182,3 +182,16 @@ def test_hot_swapped_runtime_continues_the_carry(exported):
         action = runtime.step(obs, noise)
         assert np.allclose(action, straight.step(obs, noise), atol=1e-6)
         obs = env.step(action)
+
+
+def test_export_of_a_compiled_agent_traces_the_plain_modules(tmp_path):
+    # The tracer cannot go through torch.compile; export must use the eager modules and leave the agent compiled.
+    env = envs.make("fake/vector")
+    agent = make_agent(env)
+    agent.compile()
+    compiled_forward = agent.critic.mlp.__dict__["forward"]
+    export_policy(agent, tmp_path / "p.onnx", obs_space=env.obs_space)
+    assert PolicyRuntime(tmp_path / "p.onnx").step(
+        {k: np.zeros(env.obs_space[k].shape, np.float32) for k in ("target", "prev_action", "progress")}
+    ).shape == (3,)
+    assert agent.critic.mlp.__dict__["forward"] is compiled_forward and "core" in agent.wm.rssm.__dict__

@@ -148,9 +148,9 @@ def test_sequence_gaps_and_duplicates_are_counted():
 def test_weights_round_trip_and_tampering():
     model = b"onnx-bytes" * 100
     sidecar = {"sha256": hashlib.sha256(model).hexdigest(), "format": "x"}
-    frames = encode_weights(version=4, onnx_bytes=model, sidecar=sidecar)
+    frames = encode_weights(version=4, onnx_bytes=model, sidecar=sidecar, sent_at=123.5)
     version, payload, side = decode_weights(frames)
-    assert version == 4 and payload == model and side == sidecar
+    assert version == 4 and payload == model and side.pop("published_at") == 123.5 and side == sidecar
     with pytest.raises(ProtocolError) as err:
         decode_weights([frames[0], model + b"!"])
     assert err.value.reason == "hash"

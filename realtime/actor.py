@@ -1,0 +1,205 @@
+"""``reverie actor``: the control loop next to an environment or robot, streaming to a learner.
+
+The loop runs on the main thread at ``realtime.rate_hz``. Around it:
+
+* an :class:`ExperienceRecorder` turns ticks into replay steps, and an
+  :class:`ExperienceSender` thread streams them (bounded queue, drops counted);
+* a :class:`WeightSubscriber` thread verifies each published policy, builds
+  and warms up its onnxruntime session, and queues it for the loop, which
+  swaps it in between two ticks with the recurrent state carried over;
+* a status thread sends the actor's counters to the learner every
+  ``realtime.status_every_s`` and writes them to ``logdir/actors/<id>/status.json``.
+
+Until the first weights arrive the actor explores with uniform random actions
+(policy version 0).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+from omegaconf import DictConfig
+
+from reverie.agent.builder import make_env
+
+from .channels import ExperienceSender, WeightSubscriber
+from .endpoints import Endpoints, Security, endpoints
+from .loop import ControlLoop, RandomPolicy
+from .recorder import ExperienceRecorder, experience_schema
+from .runtime import PolicyRuntime
+
+
+def actor_seed(cfg: DictConfig, actor_id: str) -> int:
+    """A seed per actor id, so distinct actors see distinct episodes."""
+    return int(cfg.seed) + 1 + zlib.crc32(actor_id.encode()) % 100_000
+
+
+class Actor:
+    """One actor process.
+
+    Args:
+        cfg: the composed config (``realtime.*`` for the loop and the channels).
+        actor_id: overrides ``realtime.actor_id``.
+        addresses: the learner's endpoints (default from the config).
+    """
+
+    def __init__(self, cfg: DictConfig, *, actor_id: str | None = None, addresses: Endpoints | None = None) -> None:
+        rt = cfg.realtime
+        self.cfg = cfg
+        self.id = actor_id or rt.actor_id
+        self.seed = actor_seed(cfg, self.id)
+        self.dir = Path(cfg.logdir) / "actors" / self.id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if rt.robot:
+            from reverie.envs.robot import MuJoCoRobot
+
+            self.source: Any = MuJoCoRobot(cfg.env.name, obs=cfg.obs, seed=self.seed)
+            obs_space, act_space = self.source.obs_space, self.source.action_space
+        else:
+            self.source = make_env(cfg, self.seed)
+            obs_space, act_space = self.source.obs_space, self.source.act_space
+        self.obs_space, self.act_space = obs_space, act_space
+        self.model_keys = [k for k in obs_space if k not in ("reward", "is_first", "is_last", "is_terminal") and not k.startswith("log/")]
+        addresses = addresses or endpoints(cfg, bind=False)
+        self.context = zmq.Context()
+        self.security = Security(cfg, self.context, server=False, name=self.id)
+        self.sender = ExperienceSender(
+            addresses.experience, self.id, queue_size=rt.queue_size, context=self.context, secure=self.security()
+        )
+        schema = experience_schema(obs_space, act_space, deter=cfg.size.deter, stoch=cfg.algo.rssm.stoch)
+        self.recorder = ExperienceRecorder(self.sender.send, schema, chunk=rt.chunk, on_new_policy=self._first_use)
+        initial = RandomPolicy(act_space, seed=self.seed)
+        spin_s = min(1.5e-3, 0.75 / rt.rate_hz)  # busy-wait the last stretch (sleep wake-ups can be late)
+        self.loop = ControlLoop(self.source, initial, rate_hz=rt.rate_hz, safe_action=rt.safe_action, spin_s=spin_s, recorder=self.recorder)
+        self.swap_latency_ms: list[float] = []
+        self._builds = 0
+        self.last_swap_wall: float | None = None
+        self.subscriber = WeightSubscriber(addresses.weights, self._offer, build=self._build, context=self.context, secure=self.security())
+        self._stop = threading.Event()
+        self._status_thread = threading.Thread(target=self._report, name="actor-status", daemon=True)
+
+    # ------------------------------------------------------------- weights
+    def _build(self, payload: bytes, sidecar: dict) -> PolicyRuntime:
+        """Checks a published policy against this actor's spaces and prepares its session."""
+        if list(sidecar.get("obs_keys", [])) != self.model_keys:
+            raise ValueError(f"policy observes {sidecar.get('obs_keys')}, this actor has {self.model_keys}")
+        action = sidecar.get("action", {})
+        if action.get("dim") != int(np.prod(self.act_space.shape)) or bool(action.get("discrete")) != bool(self.act_space.discrete):
+            raise ValueError(f"policy action {action} does not fit this actor's action space {self.act_space}")
+        self._builds += 1
+        runtime = PolicyRuntime(None, sidecar=sidecar, model_bytes=payload, threads=1, seed=self.seed + self._builds)
+        # The first run of a session allocates; do it here, off the control thread.
+        zeros = {k: np.zeros(self.obs_space[k].shape, self.obs_space[k].dtype) for k in self.model_keys}
+        runtime.step(zeros)
+        runtime.reset()
+        runtime.published_at = float(sidecar.get("published_at", 0.0))
+        return runtime
+
+    def _offer(self, version: int, runtime: PolicyRuntime) -> None:
+        runtime.version = version
+        self.loop.swap_policy(runtime)
+
+    def _first_use(self, version: int, policy: Any) -> None:
+        published = getattr(policy, "published_at", 0.0)
+        self.last_swap_wall = time.time()
+        if published:
+            self.swap_latency_ms.append((self.last_swap_wall - published) * 1e3)
+
+    # -------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        """The actor's counters: loop timing and faults, streaming and weights."""
+        stats = self.loop.stats
+        recent = np.frombuffer(stats.latency_us[-5000:], np.float64)  # a copy: the loop keeps appending
+        swaps = self.swap_latency_ms
+        return {
+            "actor": self.id,
+            "ticks": stats.ticks,
+            "episodes": stats.episodes,
+            "last_return": stats.episode_returns[-1] if stats.episode_returns else None,
+            "deadline_misses": stats.deadline_misses,
+            "skipped": stats.skipped,
+            "safe_actions": stats.safe_actions,
+            "nonfinite_obs": stats.nonfinite_obs,
+            "exceptions": stats.exceptions,
+            "latency_p99_us": float(np.percentile(recent, 99)) if recent.size else None,
+            "policy_version": int(getattr(self.loop.policy, "version", 0)),
+            "swaps": stats.swaps,
+            "swap_latency_ms_last": swaps[-1] if swaps else None,
+            "swap_latency_ms_max": max(swaps) if swaps else None,
+            "last_swap_time": self.last_swap_wall,
+            "weights_accepted": self.subscriber.accepted,
+            "weights_refused": sum(self.subscriber.refused.values()),
+            "weights_last_error": (self.subscriber.last_error or "")[:200],
+            "steps_recorded": self.recorder.steps,
+            "steps_skipped": self.recorder.skipped,
+            **{f"sender_{k}": v for k, v in self.sender.stats().items()},
+            "session": self.sender.session,
+            "time": time.time(),
+        }
+
+    def _report(self) -> None:
+        period = float(self.cfg.realtime.status_every_s)
+        while not self._stop.wait(period):
+            self._publish_status()
+
+    def _publish_status(self) -> None:
+        status = self.status()
+        self.sender.send_status(status)
+        _write_json(self.dir / "status.json", status)
+
+    # ----------------------------------------------------------------- run
+    def run(self, *, seconds: float | None = None, steps: int | None = None, handle_signals: bool = True) -> dict[str, Any]:
+        """Runs the loop until ``seconds``/``steps``, ``stop()`` or SIGINT/SIGTERM; returns the final status."""
+        if handle_signals:
+            self._install_signals()
+        self._status_thread.start()
+        try:
+            self.loop.run(seconds=seconds, steps=steps)
+        finally:
+            self.close()
+        return self.status()
+
+    def stop(self) -> None:
+        """Ends ``run`` before the next tick (from any thread)."""
+        self.loop.stop()
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.loop.stop())
+
+    def close(self) -> None:
+        """Sends what was recorded, the last status and the latency histogram; closes the sockets."""
+        self._stop.set()
+        self.recorder.flush()
+        self.sender.flush(timeout=5.0)
+        self._publish_status()
+        self.sender.flush(timeout=1.0)
+        self.loop.stats.histogram_png(self.dir / "latency.png")
+        _write_json(self.dir / "loop.json", self.loop.stats.summary())
+        self.subscriber.close()
+        self.sender.close()
+        self.security.stop()
+        if hasattr(self.source, "close"):
+            self.source.close()
+        self.context.term()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, default=float))
+    tmp.replace(path)
+
+
+def run_actor(cfg: DictConfig, **kwargs: Any) -> dict[str, Any]:
+    """Runs one actor (``reverie actor``) until stopped; returns its final status."""
+    return Actor(cfg).run(**kwargs)

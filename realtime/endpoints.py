@@ -1,0 +1,101 @@
+"""Where the learner's sockets are, and CURVE set-up for both sides.
+
+``ipc`` (one machine): socket files in ``realtime.ipc_dir``, by default a
+short folder under /tmp derived from the logdir (a socket path must stay under
+~100 characters). ``tcp``: the learner binds ``realtime.bind`` on ``port``
+(experience), ``port+1`` (weights) and ``port+2`` (status); actors connect to
+``realtime.host``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+from omegaconf import DictConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoints:
+    """The three addresses of one learner."""
+
+    experience: str
+    weights: str
+    status: str
+
+
+def endpoints(cfg: DictConfig, *, bind: bool) -> Endpoints:
+    """The learner's addresses: to bind (``bind=True``) or to connect to.
+
+    Raises:
+        ValueError: for an unknown transport.
+    """
+    rt = cfg.realtime
+    if rt.transport == "ipc":
+        folder = Path(rt.ipc_dir) if rt.ipc_dir else _default_ipc_dir(cfg.logdir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return Endpoints(*(f"ipc://{folder / name}" for name in ("experience", "weights", "status")))
+    if rt.transport == "tcp":
+        host = rt.bind if bind else rt.host
+        return Endpoints(*(f"tcp://{host}:{int(rt.port) + i}" for i in range(3)))
+    raise ValueError(f"unknown realtime.transport {rt.transport!r}; valid: ipc, tcp")
+
+
+def _default_ipc_dir(logdir: str) -> Path:
+    digest = hashlib.sha1(str(Path(logdir).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"reverie-{digest}"
+
+
+class Security:
+    """CURVE for every socket of one process (``realtime.curve=true``), or nothing.
+
+    The learner is the server: it holds ``learner.key_secret`` and accepts
+    clients whose public keys (``*.key``) are in the key folder. An actor is a
+    client with ``<actor>.key_secret`` (falling back to ``actor.key_secret``)
+    and the learner's public key.
+
+    Args:
+        cfg: the composed config.
+        context: the process's ZeroMQ context.
+        server: True in the learner.
+        name: the client's key name (an actor id).
+
+    Raises:
+        ValueError: when a key file is missing.
+    """
+
+    def __init__(self, cfg: DictConfig, context: zmq.Context, *, server: bool, name: str = "actor") -> None:
+        self.enabled = bool(cfg.realtime.curve)
+        self._server = None
+        if not self.enabled:
+            return
+        from .security import CurveServer, load_pair, load_public
+
+        keys = Path(cfg.realtime.keys)
+        if server:
+            self._server = CurveServer(context, keys / "learner.key_secret", keys)
+        else:
+            secret = keys / f"{name}.key_secret"
+            self._secret = secret if secret.exists() else keys / "actor.key_secret"
+            self._server_public = keys / "learner.key"
+            load_pair(self._secret)  # fail now, with the file's name, not at the first send
+            load_public(self._server_public)
+
+    def __call__(self) -> Callable[[zmq.Socket], None] | None:
+        """The socket set-up function for the channels (None without CURVE)."""
+        if not self.enabled:
+            return None
+        if self._server is not None:
+            return self._server.protect
+        from .security import protect_client
+
+        return lambda socket: protect_client(socket, self._secret, self._server_public)
+
+    def stop(self) -> None:
+        """Stops the authenticator thread (server side)."""
+        if self._server is not None:
+            self._server.stop()

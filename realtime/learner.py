@@ -1,0 +1,314 @@
+"""``reverie learner``: trains from experience streamed by actors and publishes weights.
+
+The learner is the synchronous trainer's agent, replay, checkpoints and
+evaluation (:class:`reverie.agent.train.Trainer`) with the environment loop
+replaced by the network:
+
+* every valid chunk goes into the disk replay; a chunk that does not directly
+  follow the previous one written (another actor, or a gap) starts with
+  ``is_first`` so no sampled sequence runs across the seam;
+* the train ratio is enforced here: each received step earns
+  ``train_ratio / (batch_size · batch_length)`` updates, and the learner waits
+  for data when it has none left; it never blocks an actor;
+* every ``realtime.publish_every`` updates it exports the sampling policy and
+  publishes it (the newest is republished every few seconds for actors that
+  join later); the version counter survives restarts (``policy_version`` file);
+* checkpoints hold the per-actor stream accounting, so after a crash and a
+  restart every transition is accounted for: received, or counted missing;
+* status (counters of the learner and of each actor) goes to
+  ``logdir/status.json`` and a REP socket that ``reverie status`` queries.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+from omegaconf import DictConfig
+
+from reverie.agent.logger import MetricsLogger, plot_curve
+from reverie.agent.train import Trainer, window_summary
+
+from .channels import ExperienceReceiver, WeightPublisher
+from .endpoints import Endpoints, Security, endpoints
+from .protocol import Experience
+from .recorder import experience_schema
+
+#: Seconds between republications of the newest policy.
+REPUBLISH_S = 2.0
+VERSION_FILE = "policy_version"
+
+
+class Learner(Trainer):
+    """The learner process.
+
+    Args:
+        cfg: the composed config.
+        addresses: where to bind (default from the config).
+    """
+
+    def __init__(self, cfg: DictConfig, *, addresses: Endpoints | None = None) -> None:
+        super().__init__(cfg)  # agent, replay, counters; resumes a checkpoint in logdir
+        for key, value in (("version", 0), ("last_publish", 0), ("tracker", {}), ("returns", {}), ("writer", None)):
+            self.counters.setdefault(key, value)
+        version_file = self.logdir / VERSION_FILE
+        if version_file.exists():  # published after the last checkpoint: never reuse a number
+            self.counters["version"] = max(self.counters["version"], int(version_file.read_text() or 0))
+        addresses = addresses or endpoints(cfg, bind=True)
+        self.context = zmq.Context()
+        self.security = Security(cfg, self.context, server=True)
+        schema = experience_schema(self.env.obs_space, self.env.act_space, deter=cfg.size.deter, stoch=cfg.algo.rssm.stoch)
+        self.receiver = ExperienceReceiver(addresses.experience, schema=schema, context=self.context, secure=self.security())
+        self.receiver.tracker.load_state(self.counters["tracker"])
+        self.publisher = WeightPublisher(addresses.weights, context=self.context, secure=self.security())
+        self.addresses = addresses
+        self._status: dict[str, Any] = {}
+        self._stop = threading.Event()
+        self._status_server = _StatusServer(self.context, addresses.status, lambda: self._status, self.security())
+        self.last_return: float | None = None
+
+    # ----------------------------------------------------------- experience
+    def _ready(self) -> bool:
+        return len(self.replay) >= max(self.cfg.train_start, self.cfg.batch_length + 1)
+
+    def can_train(self) -> bool:
+        """Enough data, and updates owed by the train ratio."""
+        return self._ready() and self.counters["train_credit"] >= 1.0
+
+    def ingest(self, exp: Experience, logger: MetricsLogger | None = None) -> None:
+        """Writes one accepted chunk into replay and accounts for its steps and episodes."""
+        arrays = dict(exp.arrays)
+        first = arrays["is_first"]
+        follows = self.counters["writer"] == (exp.actor, exp.session, exp.seq - 1)
+        if not follows and not first[0]:
+            arrays["is_first"] = first.copy()
+            arrays["is_first"][0] = True
+        self.replay.extend(arrays)
+        self.counters["writer"] = (exp.actor, exp.session, exp.seq)
+        self._episode_returns(exp, follows, logger)
+        steps = exp.steps
+        self.counters["agent_steps"] += steps
+        if self._ready():
+            self.counters["train_credit"] += steps * self.cfg.train_ratio / (self.cfg.batch_size * self.cfg.batch_length)
+
+    def _episode_returns(self, exp: Experience, follows: bool, logger: MetricsLogger | None) -> None:
+        # Per actor: the running return, or None when part of the episode is missing.
+        returns = self.counters["returns"]
+        key = exp.actor
+        if not follows:
+            returns[key] = None
+        rewards, firsts, lasts = exp.arrays["reward"], exp.arrays["is_first"], exp.arrays["is_last"]
+        base = self.counters["agent_steps"]
+        for t in range(exp.steps):
+            if firsts[t]:
+                returns[key] = 0.0
+            elif returns.get(key) is not None:
+                returns[key] += float(rewards[t])
+            if lasts[t]:
+                self.counters["episodes"] += 1
+                if returns.get(key) is not None:
+                    self.last_return = returns[key]
+                    if logger is not None:
+                        step = (base + t + 1) * self.repeat
+                        logger.write(step, {"episode/return": returns[key], "episode/policy": exp.policy, "time/wall_s": self.wall_s()})
+                returns[key] = None
+
+    # -------------------------------------------------------------- weights
+    def publish(self) -> int:
+        """Exports the sampling policy and publishes it as the next version."""
+        from reverie.realtime.export import export_policy
+
+        version = self.counters["version"] + 1
+        # The number is on disk before anyone can see it: a restarted learner goes on after it.
+        _atomic_text(self.logdir / VERSION_FILE, str(version))
+        path = self.logdir / "published" / "policy.onnx"
+        meta = {
+            "algo": self.cfg.algo.name,
+            "size": self.cfg.size.name,
+            "env": self.cfg.env.name,
+            "obs": self.cfg.obs,
+            "version": version,
+            "updates": self.counters["updates"],
+        }
+        export_policy(self.agent, path, obs_space=self.env.obs_space, deterministic=False, metadata=meta)
+        self.publisher.publish(version, path)
+        self.counters["version"] = version
+        self.counters["last_publish"] = self.counters["updates"]
+        return version
+
+    # --------------------------------------------------------------- status
+    def status(self) -> dict[str, Any]:
+        """Counters of the learner and, as last reported, of each actor."""
+        stats = self.receiver.stats()
+        return {
+            "role": "learner",
+            "env_steps": self.env_steps,
+            "agent_steps": self.counters["agent_steps"],
+            "updates": self.counters["updates"],
+            "policy_version": self.counters["version"],
+            "replay_steps": len(self.replay),
+            "train_ratio": self.counters["updates"] * self.cfg.batch_size * self.cfg.batch_length / max(1, self.counters["agent_steps"]),
+            "episodes": self.counters["episodes"],
+            "last_return": self.last_return,
+            "received": stats["actors"],
+            "refused": stats["refused"],
+            "actors": stats["actor_status"],
+            "steps_target": self.cfg.steps,
+            "wall_s": self.wall_s(),
+            "time": time.time(),
+        }
+
+    def _refresh_status(self) -> None:
+        self._status = self.status()
+        _atomic_text(self.logdir / "status.json", json.dumps(self._status, default=str))
+
+    # ----------------------------------------------------------------- loop
+    def stop(self) -> None:
+        """Asks ``run`` to finish (checkpoint, export) at the next iteration."""
+        self._stop.set()
+
+    def run(self, *, handle_signals: bool = True) -> dict[str, Any]:
+        """Receives, trains and publishes until ``cfg.steps`` environment steps arrived or ``stop()``."""
+        cfg, rt = self.cfg, self.cfg.realtime
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: self.stop())
+        logger = MetricsLogger(self.logdir)
+        self._start_time, self._wall_base = time.time(), self.counters["wall_s"]
+        self._status_server.start()
+        self.publish()
+        window: list[dict[str, float]] = []
+        window_time, window_updates = time.time(), self.counters["updates"]
+        next_status = next_republish = 0.0
+        try:
+            while self.env_steps < cfg.steps and not self._stop.is_set():
+                for exp in self.receiver.receive(timeout=0.0 if self.can_train() else 0.05):
+                    self.ingest(exp, logger)
+                if self.can_train():
+                    window.append(self.update())
+                    if self.counters["updates"] - self.counters["last_publish"] >= rt.publish_every:
+                        self.publish()
+                now = time.time()
+                if now >= next_republish:
+                    self.publisher.republish()
+                    next_republish = now + REPUBLISH_S
+                if now >= next_status:
+                    self._refresh_status()
+                    next_status = now + rt.status_every_s
+                if self.env_steps - self.counters["last_log"] >= cfg.log_every:
+                    self.counters["last_log"] = self.env_steps
+                    summary = window_summary(window)
+                    summary["train/updates_per_s"] = (self.counters["updates"] - window_updates) / max(now - window_time, 1e-9)
+                    summary["train/updates"] = self.counters["updates"]
+                    summary["train/replay_steps"] = len(self.replay)
+                    summary["realtime/policy_version"] = self.counters["version"]
+                    summary["realtime/train_ratio"] = self._status.get("train_ratio", 0.0)
+                    summary["time/wall_s"] = self.wall_s()
+                    logger.write(self.env_steps, summary)
+                    window, window_time, window_updates = [], now, self.counters["updates"]
+                self._maybe_evaluate(logger)
+                self._maybe_checkpoint()
+            if self.env_steps >= cfg.steps:
+                self._maybe_evaluate(logger, force=True)
+            self.save()
+            self._refresh_status()
+        finally:
+            logger.close()
+            self.close()
+        plot_curve(
+            self.logdir / "metrics.jsonl", self.logdir / "curve.png", title=f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} (async)"
+        )
+        self.export()
+        return {
+            "env_steps": self.env_steps,
+            "updates": self.counters["updates"],
+            "version": self.counters["version"],
+            "wall_s": self.wall_s(),
+        }
+
+    def save(self) -> None:
+        """Checkpoint with the stream accounting (see :meth:`Trainer.save`)."""
+        self.counters["tracker"] = self.receiver.tracker.state()
+        super().save()
+
+    def close(self) -> None:
+        """Closes the sockets (idempotent)."""
+        if self.context.closed:
+            return
+        self._status_server.stop()
+        self.receiver.close()
+        self.publisher.close()
+        self.security.stop()
+        self.context.term()
+
+
+class _StatusServer(threading.Thread):
+    """Answers every request on a REP socket with the latest status as JSON."""
+
+    def __init__(self, context: zmq.Context, address: str, status: Any, secure: Any) -> None:
+        super().__init__(name="learner-status", daemon=True)
+        self._socket = context.socket(zmq.REP)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, 4096)
+        if secure is not None:
+            secure(self._socket)
+        self._socket.bind(address)
+        self._status = status
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                if not self._socket.poll(100):
+                    continue
+                self._socket.recv(zmq.NOBLOCK)
+                self._socket.send(json.dumps(self._status(), default=str).encode())
+            except zmq.ZMQError:
+                if self._halt.is_set():
+                    return
+
+    def stop(self) -> None:
+        self._halt.set()
+        if self.is_alive():
+            self.join(timeout=1.0)
+        self._socket.close(0)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def query_status(address: str, timeout_s: float = 2.0, secure: Any = None) -> dict[str, Any]:
+    """Asks a learner's status socket for its counters.
+
+    Raises:
+        TimeoutError: when no learner answers within ``timeout_s``.
+    """
+    context = zmq.Context.instance()
+    socket = context.socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    if secure is not None:
+        secure(socket)
+    socket.connect(address)
+    try:
+        socket.send(b"status")
+        if not socket.poll(int(timeout_s * 1000)):
+            raise TimeoutError(f"no learner answered at {address} within {timeout_s} s")
+        return json.loads(socket.recv())
+    finally:
+        socket.close(0)
+
+
+def run_learner(cfg: DictConfig) -> dict[str, Any]:
+    """Runs (or resumes) the learner of ``cfg`` until ``cfg.steps`` environment steps."""
+    return Learner(cfg).run()
+
+
+__all__ = ["Learner", "query_status", "run_learner"]

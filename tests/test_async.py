@@ -1,0 +1,276 @@
+"""The asynchronous actor/learner: recorder, learner bookkeeping, a loopback run, and process faults."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import TINY
+
+from reverie.cli.config import compose
+from reverie.realtime.protocol import Experience
+from reverie.realtime.recorder import ExperienceRecorder, experience_schema
+
+SCHEMA = {
+    "x": ("float32", (2,)),
+    "reward": ("float32", ()),
+    "is_first": ("bool", ()),
+    "is_last": ("bool", ()),
+    "is_terminal": ("bool", ()),
+    "action": ("float32", (1,)),
+    "deter": ("float16", (3,)),
+    "stoch": ("uint8", (2,)),
+}
+
+
+class FakeRuntime:
+    """Looks like a PolicyRuntime to the recorder: a version and the carry in ``inputs``."""
+
+    def __init__(self, version):
+        self.version = version
+        stoch = np.zeros((1, 2, 4), np.float32)
+        stoch[0, 0, 3] = stoch[0, 1, 1] = 1
+        self.inputs = {"deter": np.array([[1.0, 2.0, 3.0]], np.float32), "stoch": stoch}
+
+
+def obs(i, first=False, last=False, x=None):
+    return {
+        "x": np.full(2, i, np.float32) if x is None else x,
+        "reward": np.float32(i),
+        "is_first": np.bool_(first),
+        "is_last": np.bool_(last),
+        "is_terminal": np.bool_(False),
+    }
+
+
+def test_recorder_chunks_by_size_episode_and_policy_version():
+    sent = []
+    rec = ExperienceRecorder(
+        lambda a, episode, policy: sent.append(({k: v.copy() for k, v in a.items()}, episode, policy)), SCHEMA, chunk=4
+    )
+    p1, p2 = FakeRuntime(1), FakeRuntime(2)
+    for i in range(6):
+        rec.record(obs(i, first=i == 0), np.array([0.5], np.float32), p1)
+    rec.record(obs(6, last=True), None, p1)  # end of episode: flush 3 steps
+    rec.record(obs(0, first=True), np.array([0.1], np.float32), p1)
+    rec.record(obs(1), np.array([0.2], np.float32), p2)  # new version: flush before it
+    rec.flush()
+    assert [(len(a["x"]), ep, v) for a, ep, v in sent] == [(4, 0, 1), (3, 0, 1), (1, 1, 1), (1, 1, 2)]
+    first = sent[0][0]
+    assert first["is_first"].tolist() == [True, False, False, False]
+    assert np.array_equal(first["deter"][0], np.array([1, 2, 3], np.float16)) and first["stoch"][0].tolist() == [3, 1]
+    last_chunk = sent[1][0]
+    # The is_last step has no action and no latent (the loop runs no policy step on it).
+    assert last_chunk["is_last"].tolist() == [False, False, True] and last_chunk["action"][-1] == 0 and last_chunk["deter"][-1].sum() == 0
+    assert rec.steps == 9 and rec.episode == 1
+
+
+def test_recorder_skips_nonfinite_steps_and_breaks_the_sequence():
+    sent = []
+    rec = ExperienceRecorder(lambda a, episode, policy: sent.append({k: v.copy() for k, v in a.items()}), SCHEMA, chunk=8)
+    policy = FakeRuntime(1)
+    rec.record(obs(0, first=True), np.zeros(1, np.float32), policy)
+    rec.record(obs(1, x=np.array([np.nan, 0], np.float32)), np.zeros(1, np.float32), policy)
+    rec.record(obs(2), np.zeros(1, np.float32), policy)
+    rec.flush()
+    assert rec.skipped == 1 and len(sent) == 1
+    assert sent[0]["reward"].tolist() == [0, 2] and sent[0]["is_first"].tolist() == [True, True]
+
+
+def tiny_cfg(tmp_path, *extra):
+    return compose([*TINY, "env=fake/vector", f"logdir={tmp_path / 'run'}", f"realtime.ipc_dir={tmp_path / 'ipc'}", *extra])
+
+
+def chunk_of(schema, steps, *, first=False, last=False, reward=1.0):
+    arrays = {k: np.zeros((steps, *shape), dtype) for k, (dtype, shape) in schema.items()}
+    arrays["reward"][:] = reward
+    arrays["is_first"][0] = first
+    arrays["is_last"][-1] = last
+    return arrays
+
+
+def test_learner_ingest_marks_seams_counts_returns_and_earns_credit(tmp_path):
+    from reverie.realtime.learner import Learner
+
+    learner = Learner(tiny_cfg(tmp_path))
+    try:
+        schema = learner.receiver.schema
+        a = Experience("a", 0, 0, 1, chunk_of(schema, 10, first=True), session=5)
+        b = Experience("b", 0, 0, 1, chunk_of(schema, 10), session=7)  # b's episode started before we listened
+        a2 = Experience("a", 0, 1, 1, chunk_of(schema, 10, last=True), session=5)  # follows a, but b came between
+        a3 = Experience("a", 1, 2, 1, chunk_of(schema, 10, first=True, last=True, reward=2.0), session=5)
+        for exp in (a, b, a2, a3):
+            learner.ingest(exp)
+        firsts = learner.replay.data["is_first"][:40].reshape(4, 10)[:, 0]
+        assert firsts.tolist() == [True, True, True, True]  # seams start a sequence
+        assert learner.counters["agent_steps"] == 40 and learner.env_steps == 40
+        # a's first episode lost its continuity (b in between): no return logged; a3's is 9 × 2.
+        assert learner.counters["episodes"] == 2 and learner.last_return == pytest.approx(18.0)
+        # TINY: train_start 16, ratio 32 / (4 × 8) = 1 update per step once ready.
+        assert learner.counters["train_credit"] == pytest.approx(30.0)
+    finally:
+        learner.close()
+
+
+def test_learner_checkpoint_keeps_stream_accounting_and_version(tmp_path):
+    from reverie.realtime.learner import Learner
+
+    cfg = tiny_cfg(tmp_path)
+    learner = Learner(cfg)
+    schema = learner.receiver.schema
+    for seq in (0, 1, 3):  # 2 never arrived
+        exp = Experience("a", 0, seq, 1, chunk_of(schema, 8, first=seq == 0), session=9)
+        assert learner.receiver.tracker.accept(exp)
+        learner.ingest(exp)
+    learner.publish()
+    learner.save()
+    learner.publish()  # published after the checkpoint: the number must not be reused
+    learner.close()
+    again = Learner(cfg)
+    try:
+        entry = again.receiver.tracker.actors["a"]
+        assert (entry["messages"], entry["missing"], entry["next"]) == (3, 1, 4)
+        assert again.counters["agent_steps"] == 24 and again.counters["version"] == 2
+        assert again.publish() == 3
+    finally:
+        again.close()
+
+
+def test_loopback_run_swaps_weights_and_accounts_for_every_transition(tmp_path):
+    from reverie.realtime.actor import Actor
+    from reverie.realtime.learner import Learner
+
+    cfg = tiny_cfg(tmp_path, "steps=100000000", "realtime.rate_hz=200", "realtime.publish_every=5", "realtime.chunk=16", "eval_episodes=0")
+    learner = Learner(cfg)
+    actor = Actor(cfg)
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(actor.run(seconds=6.0, handle_signals=False)))
+    thread.start()
+    learner_thread = threading.Thread(target=lambda: learner.run(handle_signals=False))
+    learner_thread.start()
+    thread.join(30)
+    deadline = time.monotonic() + 10
+    sent = result["sender_seq"]
+    while learner.receiver.tracker.actors.get("actor0", {}).get("next", 0) < sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+    learner.stop()
+    learner_thread.join(60)
+    entry = learner.receiver.tracker.actors["actor0"]
+    # Every message the actor numbered arrived or is counted; nothing was dropped on a healthy loopback.
+    assert entry["messages"] + entry["missing"] == sent and entry["missing"] == 0
+    assert result["sender_dropped"] == 0 and result["sender_enqueued"] == result["sender_sent"]
+    assert entry["steps"] == result["steps_recorded"] == learner.counters["agent_steps"]
+    assert learner.counters["version"] >= 2 and result["swaps"] >= 1 and result["policy_version"] >= 1
+    assert result["weights_refused"] == 0 and learner.counters["updates"] > 0
+    assert (tmp_path / "run" / "curve.png").exists() and (tmp_path / "run" / "actors" / "actor0" / "latency.png").exists()
+    assert (tmp_path / "run" / "policy.onnx").exists()
+
+
+# ------------------------------------------------------------- processes
+def _reverie(role, cfg_args, log):
+    return subprocess.Popen(
+        [sys.executable, "-m", "reverie.cli.main", role, *cfg_args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def _json(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _wait(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(300)
+def test_kill9_learner_and_actor_then_restart_and_account(tmp_path):
+    args = [
+        *TINY,
+        "env=fake/vector",
+        f"logdir={tmp_path / 'run'}",
+        f"realtime.ipc_dir={tmp_path / 'ipc'}",
+        "steps=100000000",
+        "realtime.rate_hz=100",
+        "realtime.publish_every=5",
+        "realtime.chunk=10",
+        "checkpoint_every=300",
+        "eval_episodes=0",
+        "realtime.status_every_s=0.2",
+    ]
+    run = tmp_path / "run"
+    learner_status, actor_status = run / "status.json", run / "actors" / "actor0" / "status.json"
+    log = open(tmp_path / "log.txt", "ab")
+    learner = _reverie("learner", args, log)
+    actor = _reverie("actor", args, log)
+    try:
+        _wait(lambda: (run / "checkpoint.pt").exists() and _json(learner_status).get("policy_version", 0) >= 2, 120, "a checkpoint")
+        _wait(lambda: _json(actor_status).get("policy_version", 0) >= 1, 30, "the actor's first swap")
+        # kill -9 the learner: the actor keeps its tick rate with the last policy.
+        os.kill(learner.pid, signal.SIGKILL)
+        learner.wait()
+        before = _json(actor_status)
+        time.sleep(2.0)
+        after = _json(actor_status)
+        ticks = after["ticks"] - before["ticks"]
+        assert 150 <= ticks <= 210, ticks  # ~100 Hz over 2 s (status snapshots are 0.2 s apart)
+        assert after["policy_version"] == before["policy_version"] and after["deadline_misses"] - before["deadline_misses"] <= 2
+        # Restart: it resumes checkpoint and replay, the actor reconnects and streaming resumes.
+        learner = _reverie("learner", args, log)
+        resumed_from = torch_counters(run)["agent_steps"]
+        _wait(lambda: _json(learner_status).get("agent_steps", 0) > resumed_from + 50, 120, "streaming to resume")
+        _wait(lambda: _json(actor_status).get("weights_accepted", 0) > after["weights_accepted"], 60, "new weights after the restart")
+        # Stop the actor cleanly: everything it numbered is received or counted missing.
+        actor.send_signal(signal.SIGTERM)
+        assert actor.wait(30) == 0
+        final = _json(actor_status)
+        _wait(lambda: _json(learner_status)["received"]["actor0"]["next"] == final["sender_seq"], 30, "the last messages")
+        entry = _json(learner_status)["received"]["actor0"]
+        assert entry["messages"] + entry["missing"] == final["sender_seq"]
+        assert final["sender_enqueued"] == final["sender_sent"] + final["sender_dropped"]
+        # kill -9 an actor: the learner carries on, and a restarted actor rejoins under a new session.
+        actor = _reverie("actor", args, log)
+        _wait(lambda: _json(learner_status)["received"]["actor0"]["sessions"] == 2, 60, "the second actor session")
+        os.kill(actor.pid, signal.SIGKILL)
+        actor.wait()
+        time.sleep(1.0)
+        assert learner.poll() is None
+        steps = _json(learner_status)["received"]["actor0"]["steps"]
+        actor = _reverie("actor", args, log)
+        _wait(lambda: _json(learner_status)["received"]["actor0"]["sessions"] == 3, 60, "the third actor session")
+        _wait(lambda: _json(learner_status)["received"]["actor0"]["steps"] > steps + 50, 60, "the rejoined actor's data")
+        actor.send_signal(signal.SIGTERM)
+        assert actor.wait(30) == 0
+        learner.send_signal(signal.SIGTERM)
+        assert learner.wait(120) == 0
+    finally:
+        for proc in (learner, actor):
+            if proc.poll() is None:
+                proc.kill()
+        log.close()
+
+
+def torch_counters(run):
+    import torch
+
+    return torch.load(run / "checkpoint.pt", weights_only=False)["counters"]
+
+
+def test_schema_is_the_replay_step():
+    from reverie import envs
+
+    env = envs.make("fake/vector")
+    schema = experience_schema(env.obs_space, env.act_space, deter=32, stoch=4)
+    assert schema["action"] == ("float32", (3,)) and schema["deter"] == ("float16", (32,)) and schema["stoch"] == ("uint8", (4,))
+    assert set(schema) == {*env.obs_space, "action", "deter", "stoch"}
