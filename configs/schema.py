@@ -160,6 +160,7 @@ class RealtimeConfig:
     rate_hz: float = doc(50.0, "actor control rate (ticks per second)")
     robot: bool = doc(False, "actor drives the MuJoCo robot stand-in paced in wall-clock time")
     safe_action: str = doc("hold", "action on a missed deadline or a bad observation: hold | zero")
+    priority: int = doc(0, "SCHED_FIFO priority of the actor's control thread, 1-99 (needs CAP_SYS_NICE); 0: normal scheduling")
     chunk: int = doc(64, "steps per experience message")
     queue_size: int = doc(4096, "experience messages an actor keeps while the learner is away (then drops the oldest)")
     publish_every: int = doc(100, "learner updates between weight publications")

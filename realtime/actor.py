@@ -17,7 +17,11 @@ Until the first weights arrive the actor explores with uniform random actions
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -30,11 +34,14 @@ from omegaconf import DictConfig
 
 from reverie.agent.builder import make_env
 
-from .channels import ExperienceSender, WeightSubscriber
+from .channels import ExperienceSender, WeightSubscriber, lower_thread_priority
 from .endpoints import Endpoints, Security, endpoints
 from .loop import ControlLoop, RandomPolicy
 from .recorder import ExperienceRecorder, experience_schema
 from .runtime import PolicyRuntime
+
+#: Python's GIL switch interval while the loop runs.
+SWITCH_INTERVAL_S = 2e-4
 
 
 def actor_seed(cfg: DictConfig, actor_id: str) -> int:
@@ -68,6 +75,10 @@ class Actor:
             obs_space, act_space = self.source.obs_space, self.source.act_space
         self.obs_space, self.act_space = obs_space, act_space
         self.model_keys = [k for k in obs_space if k not in ("reward", "is_first", "is_last", "is_terminal") and not k.startswith("log/")]
+        # Load onnxruntime's shared library now: on the weight thread, the
+        # first import would hold the GIL for ~20 ms in the middle of the loop.
+        import onnxruntime  # noqa: F401
+
         addresses = addresses or endpoints(cfg, bind=False)
         self.context = zmq.Context()
         self.security = Security(cfg, self.context, server=False, name=self.id)
@@ -81,13 +92,15 @@ class Actor:
         self.loop = ControlLoop(self.source, initial, rate_hz=rt.rate_hz, safe_action=rt.safe_action, spin_s=spin_s, recorder=self.recorder)
         self.swap_latency_ms: list[float] = []
         self._builds = 0
+        shm = Path("/dev/shm")
+        self._scratch = Path(tempfile.mkdtemp(prefix="reverie-actor-", dir=shm if shm.is_dir() else None))
         self.last_swap_wall: float | None = None
         self.subscriber = WeightSubscriber(addresses.weights, self._offer, build=self._build, context=self.context, secure=self.security())
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._report, name="actor-status", daemon=True)
 
     # ------------------------------------------------------------- weights
-    def _build(self, payload: bytes, sidecar: dict) -> PolicyRuntime:
+    def _build(self, payload: bytes | memoryview, sidecar: dict) -> PolicyRuntime:
         """Checks a published policy against this actor's spaces and prepares its session."""
         if list(sidecar.get("obs_keys", [])) != self.model_keys:
             raise ValueError(f"policy observes {sidecar.get('obs_keys')}, this actor has {self.model_keys}")
@@ -95,7 +108,13 @@ class Actor:
         if action.get("dim") != int(np.prod(self.act_space.shape)) or bool(action.get("discrete")) != bool(self.act_space.discrete):
             raise ValueError(f"policy action {action} does not fit this actor's action space {self.act_space}")
         self._builds += 1
-        runtime = PolicyRuntime(None, sidecar=sidecar, model_bytes=payload, threads=1, seed=self.seed + self._builds)
+        # Through a file in memory (written without the GIL; onnxruntime reads
+        # it itself): a copy of the model into a bytes object would hold the
+        # GIL, and with it the control thread, for milliseconds.
+        path = self._scratch / "received.onnx"
+        path.write_bytes(payload)
+        # decode_weights has checked the bytes against the header and sidecar hashes.
+        runtime = PolicyRuntime(path, sidecar=sidecar, threads=1, seed=self.seed + self._builds, hash_checked=True)
         # The first run of a session allocates; do it here, off the control thread.
         zeros = {k: np.zeros(self.obs_space[k].shape, self.obs_space[k].dtype) for k in self.model_keys}
         runtime.step(zeros)
@@ -146,6 +165,7 @@ class Actor:
         }
 
     def _report(self) -> None:
+        lower_thread_priority()
         period = float(self.cfg.realtime.status_every_s)
         while not self._stop.wait(period):
             self._publish_status()
@@ -160,12 +180,28 @@ class Actor:
         """Runs the loop until ``seconds``/``steps``, ``stop()`` or SIGINT/SIGTERM; returns the final status."""
         if handle_signals:
             self._install_signals()
+        # The helper threads (weights, status, sender) hold the GIL in short
+        # bursts; Python hands it over only every 5 ms by default, longer than
+        # a 2 ms tick. A 0.2 ms interval bounds the wait of the control thread.
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         self._status_thread.start()
+        self._raise_priority(int(self.cfg.realtime.priority))
         try:
             self.loop.run(seconds=seconds, steps=steps)
         finally:
+            sys.setswitchinterval(previous)
             self.close()
         return self.status()
+
+    def _raise_priority(self, priority: int) -> None:
+        """Real-time scheduling for the control thread (the helper threads stay normal)."""
+        if priority <= 0:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        except (AttributeError, OSError) as exc:
+            print(f"reverie actor: cannot use SCHED_FIFO priority {priority} ({exc}); running with normal scheduling", file=sys.stderr)
 
     def stop(self) -> None:
         """Ends ``run`` before the next tick (from any thread)."""
@@ -189,6 +225,7 @@ class Actor:
         self.subscriber.close()
         self.sender.close()
         self.security.stop()
+        shutil.rmtree(self._scratch, ignore_errors=True)
         if hasattr(self.source, "close"):
             self.source.close()
         self.context.term()

@@ -16,6 +16,7 @@ control loop, which swaps it in between two ticks.
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,21 @@ from .protocol import (
     encode_status,
     encode_weights,
 )
+
+
+def lower_thread_priority(niceness: int = 10) -> None:
+    """Makes the calling thread yield the CPU to the control thread (Linux: per-thread nice).
+
+    Helper threads (weights, sending, status) share the cores with the
+    control loop; when the cores are busy the scheduler should run the loop.
+    Silently does nothing where per-thread priorities are not available.
+    """
+    try:  # a thread started by a real-time thread inherits its policy: drop it
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (AttributeError, OSError):
+        pass
 
 
 class ExperienceSender:
@@ -118,6 +134,7 @@ class ExperienceSender:
         return len(self._queue)
 
     def _drain(self) -> None:
+        lower_thread_priority()
         while not self._stop.is_set():
             with self._lock:
                 while not self._queue and self._status is None and not self._stop.is_set():
@@ -152,13 +169,18 @@ class ExperienceSender:
             time.sleep(0.002)
         return not self._queue
 
-    def close(self) -> None:
-        """Stops the sender thread and closes the socket (queued messages are dropped)."""
+    def close(self, linger: float = 2.0) -> None:
+        """Stops the sender thread and closes the socket.
+
+        Messages still in our queue are dropped (call :meth:`flush` first);
+        those already handed to ZeroMQ get up to ``linger`` seconds to reach
+        the learner (terminate the context to wait for them).
+        """
         self._stop.set()
         with self._lock:
             self._lock.notify()
         self._thread.join(timeout=2)
-        self._socket.close(0)
+        self._socket.close(int(linger * 1000))
 
     def stats(self) -> dict[str, int]:
         """Counters: sequence number, enqueued, sent, dropped, queue depth."""
@@ -305,6 +327,7 @@ class WeightSubscriber:
         self._thread.start()
 
     def _run(self) -> None:
+        lower_thread_priority()
         while not self._stop.is_set():
             if not self._socket.poll(100):
                 continue

@@ -214,8 +214,8 @@ def encode_weights(*, version: int, onnx_bytes: bytes, sidecar: dict[str, Any], 
     return [msgpack.packb(header), onnx_bytes]
 
 
-def decode_weights(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) -> tuple[int, bytes, dict[str, Any]]:
-    """Validates a weight message; returns ``(version, onnx_bytes, sidecar)``.
+def decode_weights(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) -> tuple[int, memoryview, dict[str, Any]]:
+    """Validates a weight message; returns ``(version, onnx_bytes, sidecar)`` (the bytes as a view of the frame).
 
     The publication time is returned in the sidecar as ``published_at``.
 
@@ -228,7 +228,7 @@ def decode_weights(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) ->
         raise ProtocolError("frames", f"{len(frames)} frames, expected 2")
     version = _field(header, "version", int)
     digest = _field(header, "sha256", str)
-    payload = bytes(_buffer(frames[1]))
+    payload = _buffer(frames[1])  # no copy: a model can be tens of MB
     if len(payload) > limits.max_message_bytes:
         raise ProtocolError("size", f"model larger than {limits.max_message_bytes} bytes")
     if hashlib.sha256(payload).hexdigest() != digest:

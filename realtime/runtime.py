@@ -30,6 +30,8 @@ class PolicyRuntime:
         threads: onnxruntime intra-op threads (1 for a latency-bounded loop).
         seed: seed of the host-side noise generator.
         model_bytes: the ONNX file's content when already in memory (hot swap).
+        hash_checked: the caller has just checked these bytes against the
+            sidecar's sha256 (a hot swap after ``decode_weights``): skip it.
 
     Raises:
         ValueError: when the file or sidecar is missing, corrupted, or they do
@@ -43,14 +45,13 @@ class PolicyRuntime:
         sidecar: str | Path | dict | None = None,
         threads: int = 1,
         seed: int = 0,
-        model_bytes: bytes | None = None,
+        model_bytes: bytes | memoryview | None = None,
+        hash_checked: bool = False,
     ) -> None:
         import onnxruntime as ort
 
-        if model_bytes is None:
-            if path is None or not Path(path).exists():
-                raise ValueError(f"policy file {path} does not exist")
-            model_bytes = Path(path).read_bytes()
+        if model_bytes is None and (path is None or not Path(path).exists()):
+            raise ValueError(f"policy file {path} does not exist")
         if isinstance(sidecar, dict):
             meta = sidecar
         else:
@@ -63,7 +64,15 @@ class PolicyRuntime:
                 raise ValueError(f"sidecar {side_path} is not valid JSON: {exc}") from exc
         if meta.get("format") != FORMAT:
             raise ValueError(f"sidecar format {meta.get('format')!r} is not {FORMAT!r}")
-        digest = hashlib.sha256(model_bytes).hexdigest()
+        # From a file, onnxruntime reads it itself: no copy of the model is
+        # made while holding the GIL (a control thread may be running beside us).
+        if hash_checked:
+            digest = meta.get("sha256")
+        elif model_bytes is None:
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        else:
+            digest = hashlib.sha256(model_bytes).hexdigest()
         if digest != meta.get("sha256"):
             raise ValueError(f"sha256 mismatch: model is {digest[:16]}…, sidecar says {str(meta.get('sha256'))[:16]}…")
         options = ort.SessionOptions()
@@ -72,7 +81,8 @@ class PolicyRuntime:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+            source = str(path) if model_bytes is None else bytes(model_bytes)
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for bad models
             raise ValueError(f"onnxruntime cannot load the model: {exc}") from exc
         self.meta = meta

@@ -46,3 +46,16 @@ def test_learning_summary_and_onnx_vs_torch(tiny_overrides, tmp_path):
     assert summary["runs"][0]["evals"] and (tmp_path / "out" / "curve.png").exists()
     (cmp,) = run("onnx_vs_torch.py", str(tmp_path / "run"), "--episodes", "2")
     assert cmp["torch_returns"] == pytest.approx(cmp["onnx_returns"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_streaming():
+    rows = run("streaming.py", "--actors", "2", "--steps", "640", "--transport", "ipc")
+    assert [r["obs"] for r in rows] == ["vector", "pixels"]
+    assert all(r["lost"] == 0 and r["received"] == r["sent"] > 0 and r["transitions_per_s"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_hot_swap():
+    (row,) = run("hot_swap.py", "--runs", "1m:100", "--swaps", "3", "--interval", "0.3")
+    assert row["published"] == 3 and row["swaps"] >= 1 and row["weights_refused"] == 0 and row["swap_latency_max_ms"] > 0
