@@ -28,7 +28,7 @@ system-deps:
 	fi
 
 run: $(STAMP)
-	$(VENV)/bin/reverie train $(RUN_ARGS)
+	$(VENV)/bin/reverie run $(RUN_ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

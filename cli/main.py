@@ -182,7 +182,7 @@ def _async_command(name: str, args: list[str]) -> int:
 
 
 STATUS_HELP = """\
-usage: reverie status [LOGDIR | address=tcp://HOST:PORT] [overrides…]
+usage: reverie status [LOGDIR | address=tcp://HOST:PORT [realtime.curve=true realtime.keys=DIR]] [overrides…]
 
 Prints the counters of a learner and of each actor as it last reported:
 env steps, updates, policy version, transitions received / refused / missing
@@ -207,7 +207,18 @@ def cmd_status(args: list[str]) -> int:
         if address:
             from reverie.realtime.learner import query_status
 
-            status = query_status(address)
+            secure = None
+            if rest:  # overrides such as realtime.curve=true realtime.keys=DIR
+                cfg = _compose(rest)
+                if cfg is None:
+                    return 2
+                if cfg.realtime.curve:
+                    import zmq
+
+                    from reverie.realtime.endpoints import Security
+
+                    secure = Security(cfg, zmq.Context.instance(), server=False)()
+            status = query_status(address, secure=secure)
         else:
             if rest and "=" not in rest[0]:
                 path = Path(rest[0]) / "status.json"

@@ -75,7 +75,7 @@ class Security:
             return
         from .security import CurveServer, load_pair, load_public
 
-        keys = Path(cfg.realtime.keys)
+        keys = Path(cfg.realtime["keys"])  # item access: .keys is the DictConfig method
         if server:
             self._server = CurveServer(context, keys / "learner.key_secret", keys)
         else:

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 #: Restarts of one process before the launcher gives up.
 MAX_RESTARTS = 5
 #: Niceness added to the learner process.
-LEARNER_NICE = 5
+LEARNER_NICE = 10
 
 
 class _Process:
@@ -62,10 +62,13 @@ class _Process:
 
 
 def learner_threads(cfg: DictConfig) -> int:
-    """Torch threads for the learner: ``threads``, or the cores the actors leave free."""
-    if cfg.threads:
-        return int(cfg.threads)
-    return max(1, (os.cpu_count() or 1) - int(cfg.realtime.actors))
+    """Torch threads for the learner: ``threads``, or every core.
+
+    The learner is niced, so an actor takes a core whenever its tick needs
+    it; an actor at a control rate leaves most of its core idle, which the
+    learner would waste if it kept off that core.
+    """
+    return int(cfg.threads) if cfg.threads else os.cpu_count() or 1
 
 
 def launch(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:

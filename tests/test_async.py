@@ -274,3 +274,60 @@ def test_schema_is_the_replay_step():
     schema = experience_schema(env.obs_space, env.act_space, deter=32, stoch=4)
     assert schema["action"] == ("float32", (3,)) and schema["deter"] == ("float16", (32,)) and schema["stoch"] == ("uint8", (4,))
     assert set(schema) == {*env.obs_space, "action", "deter", "stoch"}
+
+
+def test_status_socket_survives_garbage_and_answers(tmp_path):
+    import zmq
+
+    from reverie.realtime.learner import Learner, query_status
+
+    learner = Learner(tiny_cfg(tmp_path))
+    try:
+        learner._refresh_status()
+        learner._status_server.start()
+        rng = np.random.default_rng(0)
+        ctx = zmq.Context()
+        for i in range(1000):  # random requests, including oversized ones (dropped by MAXMSGSIZE)
+            req = ctx.socket(zmq.REQ)
+            req.setsockopt(zmq.LINGER, 0)
+            req.connect(learner.addresses.status)
+            req.send(rng.bytes(int(rng.integers(0, 10_000 if i % 10 == 0 else 200))))
+            if req.poll(50):
+                req.recv()
+            req.close(0)
+        ctx.term()
+        status = query_status(learner.addresses.status, timeout_s=5.0)
+        assert status["role"] == "learner" and status["env_steps"] == 0
+    finally:
+        learner.close()
+
+
+def test_curve_learner_takes_only_allowed_actors(tmp_path):
+    from reverie.realtime.actor import Actor
+    from reverie.realtime.learner import Learner
+    from reverie.realtime.security import generate_keys
+
+    keys = tmp_path / "keys"
+    generate_keys(keys, ("learner", "actor0"))
+    intruder = tmp_path / "intruder"
+    generate_keys(intruder, ("actor1",))
+    secure = ["realtime.curve=true", f"realtime.keys={keys}", "realtime.rate_hz=200", "realtime.chunk=8", "eval_episodes=0"]
+    learner = Learner(tiny_cfg(tmp_path, *secure))
+    good = Actor(tiny_cfg(tmp_path, *secure))
+    # actor1 has a key pair, but it is not among the learner's allowed keys.
+    (keys / "actor1.key_secret").write_bytes((intruder / "actor1.key_secret").read_bytes())
+    evil = Actor(tiny_cfg(tmp_path, *secure, "realtime.actor_id=actor1"))
+    learner.publish()
+    threads = [threading.Thread(target=a.run, kwargs={"seconds": 3.0, "handle_signals": False}) for a in (good, evil)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        for exp in learner.receiver.receive(timeout=0.05):
+            learner.ingest(exp)
+        learner.publisher.republish()
+    for t in threads:
+        t.join(10)
+    learner.close()
+    assert set(learner.receiver.tracker.actors) == {"actor0"} and learner.counters["agent_steps"] > 100
+    assert good.status()["weights_accepted"] == 1 and evil.status()["weights_accepted"] == 0

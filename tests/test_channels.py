@@ -160,3 +160,44 @@ def test_cli_keys(tmp_path, capsys):
 
     assert main(["keys", str(tmp_path / "k"), "learner", "robot1"]) == 0
     assert (tmp_path / "k" / "robot1.key").exists() and (tmp_path / "k" / "robot1.key_secret").stat().st_mode & 0o077 == 0
+
+
+def test_thousand_malformed_weight_messages_are_refused_and_the_old_policy_stays(policy_file):
+    import msgpack
+
+    ctx = zmq.Context()
+    publisher = WeightPublisher("tcp://127.0.0.1:*", context=ctx)
+    received = []
+    subscriber = WeightSubscriber(
+        publisher.address, lambda v, rt: received.append(v), build=lambda b, s: PolicyRuntime(None, sidecar=s, model_bytes=b), context=ctx
+    )
+    assert wait_for(lambda: (publisher.publish(1, policy_file), bool(received))[1])
+    data = policy_file.read_bytes()
+    side = json.loads(policy_file.with_name("p.onnx.json").read_text())
+    rng = np.random.default_rng(0)
+    from reverie.realtime.protocol import encode_weights
+
+    sent = 0
+    for i in range(1000):
+        kind = i % 4
+        if kind == 0:  # random frames
+            frames = [rng.bytes(int(rng.integers(0, 300))) for _ in range(int(rng.integers(1, 4)))]
+        elif kind == 1:  # garbage msgpack header with a model
+            frames = [msgpack.packb({"v": 1, "kind": "weights", "version": "x"}), data[:100]]
+        elif kind == 2:  # truncated model: hash mismatch
+            frames = encode_weights(version=10 + i, onnx_bytes=data, sidecar=side)
+            frames[1] = frames[1][: int(rng.integers(0, len(data)))]
+        else:  # correctly hashed bytes that are not an ONNX model
+            junk = rng.bytes(1000)
+            import hashlib
+
+            frames = encode_weights(version=10 + i, onnx_bytes=junk, sidecar=dict(side, sha256=hashlib.sha256(junk).hexdigest()))
+        # PUB drops for a busy subscriber: send each until it is counted.
+        before = sum(subscriber.refused.values())
+        assert wait_for(
+            lambda f=frames, b=before: (publisher._socket.send_multipart(f), sum(subscriber.refused.values()) > b)[1], timeout=5
+        )
+        sent += 1
+    assert sent == 1000 and received == [1] and subscriber.version == 1 and subscriber._thread.is_alive()
+    assert {"msgpack", "schema", "hash", "model"} <= set(subscriber.refused)
+    subscriber.close(), publisher.close(), ctx.term()
