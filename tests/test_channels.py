@@ -100,7 +100,8 @@ def policy_file(tmp_path_factory):
     return tmp / "p.onnx"
 
 
-def test_weights_accepted_refused_and_old_policy_kept(policy_file, tmp_path):
+def running_subscriber(policy_file):
+    """A publisher and a subscriber that has accepted version 1 of ``policy_file``."""
     ctx = zmq.Context()
     publisher = WeightPublisher("tcp://127.0.0.1:*", context=ctx)
     received = []
@@ -108,6 +109,11 @@ def test_weights_accepted_refused_and_old_policy_kept(policy_file, tmp_path):
         publisher.address, lambda v, rt: received.append(v), build=lambda b, s: PolicyRuntime(None, sidecar=s, model_bytes=b), context=ctx
     )
     assert wait_for(lambda: (publisher.publish(1, policy_file), bool(received))[1])
+    return ctx, publisher, subscriber, received
+
+
+def test_weights_accepted_refused_and_old_policy_kept(policy_file, tmp_path):
+    ctx, publisher, subscriber, received = running_subscriber(policy_file)
     # Corrupted bytes: the header hash no longer matches.
     data, side = policy_file.read_bytes(), json.loads(policy_file.with_name("p.onnx.json").read_text())
     from reverie.realtime.protocol import encode_weights
@@ -165,13 +171,7 @@ def test_cli_keys(tmp_path, capsys):
 def test_thousand_malformed_weight_messages_are_refused_and_the_old_policy_stays(policy_file):
     import msgpack
 
-    ctx = zmq.Context()
-    publisher = WeightPublisher("tcp://127.0.0.1:*", context=ctx)
-    received = []
-    subscriber = WeightSubscriber(
-        publisher.address, lambda v, rt: received.append(v), build=lambda b, s: PolicyRuntime(None, sidecar=s, model_bytes=b), context=ctx
-    )
-    assert wait_for(lambda: (publisher.publish(1, policy_file), bool(received))[1])
+    ctx, publisher, subscriber, received = running_subscriber(policy_file)
     data = policy_file.read_bytes()
     side = json.loads(policy_file.with_name("p.onnx.json").read_text())
     rng = np.random.default_rng(0)
