@@ -134,7 +134,7 @@ class Replay:
         held = self._positions(max(0, self.total - self.capacity), self.total)
         _atomic_savez(self.directory / "latents.npz", {k: self.data[k][held] for k in LATENT_KEYS if k in self.data})
         meta = {"total": self.total, "capacity": self.capacity, "chunk_size": self.chunk_size, "rng": self.rng.bit_generator.state}
-        _atomic_write(self.directory / "replay.json", json.dumps(meta))
+        write_text_atomic(self.directory / "replay.json", json.dumps(meta))
 
     def load(self) -> bool:
         """Restores the state of the last :meth:`save`; False when there is none."""
@@ -170,7 +170,8 @@ class Replay:
         return True
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file, so a reader never sees half of it."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)

@@ -158,12 +158,19 @@ class Trainer:
         return contextlib.nullcontext()
 
     # --------------------------------------------------------------- parts
+    def replay_ready(self) -> bool:
+        """Enough steps in replay to start training (``train_start``, and one sequence)."""
+        return len(self.replay) >= max(self.cfg.train_start, self.cfg.batch_length + 1)
+
+    def earn_credit(self, agent_steps: int) -> None:
+        """Adds the updates the train ratio owes for ``agent_steps`` new steps (once replay is ready)."""
+        if self.replay_ready():
+            cfg = self.cfg
+            self.counters["train_credit"] += agent_steps * cfg.train_ratio / (cfg.batch_size * cfg.batch_length)
+
     def train_updates(self) -> list[dict[str, float]]:
         """Runs the updates the train ratio owes after one more agent step."""
-        cfg = self.cfg
-        if len(self.replay) < max(cfg.train_start, cfg.batch_length + 1):
-            return []
-        self.counters["train_credit"] += cfg.train_ratio / (cfg.batch_size * cfg.batch_length)
+        self.earn_credit(1)
         metrics = []
         while self.counters["train_credit"] >= 1.0:
             metrics.append(self.update())
@@ -273,12 +280,7 @@ class Trainer:
             logger.close()
             if bar is not None:
                 bar.close()
-        plot_curve(
-            self.logdir / "metrics.jsonl",
-            self.logdir / "curve.png",
-            title=f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} seed {cfg.seed}",
-        )
-        self.export()
+        self.finish(f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} seed {cfg.seed}")
         return {
             "env_steps": self.env_steps,
             "updates": self.counters["updates"],
@@ -290,23 +292,19 @@ class Trainer:
         """Writes the deterministic policy step to ``logdir/policy.onnx`` (+ sidecar)."""
         from reverie.realtime.export import export_policy
 
-        space = self.env.obs_space
         path = self.logdir / "policy.onnx"
-        meta = {
-            "algo": self.cfg.algo.name,
-            "size": self.cfg.size.name,
-            "env": self.cfg.env.name,
-            "obs": self.cfg.obs,
-            "env_steps": self.env_steps,
-        }
-        export_policy(
-            self.agent,
-            path,
-            obs_space=space,
-            deterministic=True,
-            metadata=meta,
-        )
+        export_policy(self.agent, path, obs_space=self.env.obs_space, deterministic=True, metadata=self.export_metadata())
         return path
+
+    def export_metadata(self) -> dict[str, Any]:
+        """What an exported policy's sidecar records about the run."""
+        cfg = self.cfg
+        return {"algo": cfg.algo.name, "size": cfg.size.name, "env": cfg.env.name, "obs": cfg.obs, "env_steps": self.env_steps}
+
+    def finish(self, title: str) -> None:
+        """End of a run: ``curve.png`` from the metrics and the exported ``policy.onnx``."""
+        plot_curve(self.logdir / "metrics.jsonl", self.logdir / "curve.png", title=title)
+        self.export()
 
     def _maybe_evaluate(self, logger: MetricsLogger, force: bool = False) -> None:
         if not self.cfg.eval_episodes:

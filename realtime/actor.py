@@ -32,11 +32,13 @@ import numpy as np
 import zmq
 from omegaconf import DictConfig
 
+from reverie import envs
 from reverie.agent.builder import make_env
+from reverie.agent.replay import write_text_atomic
 
 from .channels import ExperienceSender, WeightSubscriber, lower_thread_priority
 from .endpoints import Endpoints, Security, endpoints
-from .loop import ControlLoop, RandomPolicy
+from .loop import ControlLoop, RandomPolicy, default_spin_s
 from .recorder import ExperienceRecorder, experience_schema
 from .runtime import PolicyRuntime
 
@@ -74,7 +76,7 @@ class Actor:
             self.source = make_env(cfg, self.seed)
             obs_space, act_space = self.source.obs_space, self.source.act_space
         self.obs_space, self.act_space = obs_space, act_space
-        self.model_keys = [k for k in obs_space if k not in ("reward", "is_first", "is_last", "is_terminal") and not k.startswith("log/")]
+        self.model_keys = envs.model_keys(obs_space)
         # Load onnxruntime's shared library now: on the weight thread, the
         # first import would hold the GIL for ~20 ms in the middle of the loop.
         import onnxruntime  # noqa: F401
@@ -88,8 +90,9 @@ class Actor:
         schema = experience_schema(obs_space, act_space, deter=cfg.size.deter, stoch=cfg.algo.rssm.stoch)
         self.recorder = ExperienceRecorder(self.sender.send, schema, chunk=rt.chunk, on_new_policy=self._first_use)
         initial = RandomPolicy(act_space, seed=self.seed)
-        spin_s = min(1.5e-3, 0.75 / rt.rate_hz)  # busy-wait the last stretch (sleep wake-ups can be late)
-        self.loop = ControlLoop(self.source, initial, rate_hz=rt.rate_hz, safe_action=rt.safe_action, spin_s=spin_s, recorder=self.recorder)
+        self.loop = ControlLoop(
+            self.source, initial, rate_hz=rt.rate_hz, safe_action=rt.safe_action, spin_s=default_spin_s(rt.rate_hz), recorder=self.recorder
+        )
         self.swap_latency_ms: list[float] = []
         self._builds = 0
         shm = Path("/dev/shm")
@@ -232,9 +235,7 @@ class Actor:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, default=float))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, default=float))
 
 
 def run_actor(cfg: DictConfig, **kwargs: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from reverie import envs
 
-from .loop import ControlLoop
+from .loop import ControlLoop, default_spin_s
 from .runtime import PolicyRuntime
 
 
@@ -57,10 +57,7 @@ def evaluate_policy(
         source = envs.make(name, obs=obs_kind, seed=seed)
     if episodes is None and steps is None and seconds is None:
         episodes = 10
-    # Busy-wait the last stretch before each tick: sleep wake-ups on a VM can
-    # be over a millisecond late (docs/benchmarks.md, control loop).
-    spin_s = min(1.5e-3, 0.75 / rate_hz)
-    loop = ControlLoop(source, runtime, rate_hz=rate_hz, safe_action=safe_action, spin_s=spin_s)
+    loop = ControlLoop(source, runtime, rate_hz=rate_hz, safe_action=safe_action, spin_s=default_spin_s(rate_hz))
     stats = loop.run(steps=steps, seconds=seconds, episodes=episodes)
     summary: dict[str, Any] = {
         "policy": str(policy_path),

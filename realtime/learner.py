@@ -25,13 +25,13 @@ import json
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import zmq
 from omegaconf import DictConfig
 
-from reverie.agent.logger import MetricsLogger, plot_curve
+from reverie.agent.logger import MetricsLogger
+from reverie.agent.replay import write_text_atomic
 from reverie.agent.train import Trainer, window_summary
 
 from .channels import ExperienceReceiver, WeightPublisher
@@ -73,12 +73,9 @@ class Learner(Trainer):
         self.last_return: float | None = None
 
     # ----------------------------------------------------------- experience
-    def _ready(self) -> bool:
-        return len(self.replay) >= max(self.cfg.train_start, self.cfg.batch_length + 1)
-
     def can_train(self) -> bool:
         """Enough data, and updates owed by the train ratio."""
-        return self._ready() and self.counters["train_credit"] >= 1.0
+        return self.replay_ready() and self.counters["train_credit"] >= 1.0
 
     def ingest(self, exp: Experience, logger: MetricsLogger | None = None) -> None:
         """Writes one accepted chunk into replay and accounts for its steps and episodes."""
@@ -91,10 +88,8 @@ class Learner(Trainer):
         self.replay.extend(arrays)
         self.counters["writer"] = (exp.actor, exp.session, exp.seq)
         self._episode_returns(exp, follows, logger)
-        steps = exp.steps
-        self.counters["agent_steps"] += steps
-        if self._ready():
-            self.counters["train_credit"] += steps * self.cfg.train_ratio / (self.cfg.batch_size * self.cfg.batch_length)
+        self.counters["agent_steps"] += exp.steps
+        self.earn_credit(exp.steps)
 
     def _episode_returns(self, exp: Experience, follows: bool, logger: MetricsLogger | None) -> None:
         # Per actor: the running return, or None when part of the episode is missing.
@@ -125,16 +120,9 @@ class Learner(Trainer):
 
         version = self.counters["version"] + 1
         # The number is on disk before anyone can see it: a restarted learner goes on after it.
-        _atomic_text(self.logdir / VERSION_FILE, str(version))
+        write_text_atomic(self.logdir / VERSION_FILE, str(version))
         path = self.logdir / "published" / "policy.onnx"
-        meta = {
-            "algo": self.cfg.algo.name,
-            "size": self.cfg.size.name,
-            "env": self.cfg.env.name,
-            "obs": self.cfg.obs,
-            "version": version,
-            "updates": self.counters["updates"],
-        }
+        meta = {**self.export_metadata(), "version": version, "updates": self.counters["updates"]}
         export_policy(self.agent, path, obs_space=self.env.obs_space, deterministic=False, metadata=meta)
         self.publisher.publish(version, path)
         self.counters["version"] = version
@@ -165,7 +153,7 @@ class Learner(Trainer):
 
     def _refresh_status(self) -> None:
         self._status = self.status()
-        _atomic_text(self.logdir / "status.json", json.dumps(self._status, default=str))
+        write_text_atomic(self.logdir / "status.json", json.dumps(self._status, default=str))
 
     # ----------------------------------------------------------------- loop
     def stop(self) -> None:
@@ -220,10 +208,7 @@ class Learner(Trainer):
         finally:
             logger.close()
             self.close()
-        plot_curve(
-            self.logdir / "metrics.jsonl", self.logdir / "curve.png", title=f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} (async)"
-        )
-        self.export()
+        self.finish(f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} (async)")
         return {
             "env_steps": self.env_steps,
             "updates": self.counters["updates"],
@@ -277,12 +262,6 @@ class _StatusServer(threading.Thread):
         if self.is_alive():
             self.join(timeout=1.0)
         self._socket.close(0)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def query_status(address: str, timeout_s: float = 2.0, secure: Any = None) -> dict[str, Any]:

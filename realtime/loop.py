@@ -372,6 +372,15 @@ def _finite(obs: Obs) -> bool:
     return True
 
 
+def default_spin_s(rate_hz: float) -> float:
+    """How long before each tick to busy-wait instead of sleeping: min(1.5 ms, 0.75 period).
+
+    Sleep wake-ups on a VM can be over a millisecond late (docs/benchmarks.md,
+    control loop); the spin makes the tick start on time.
+    """
+    return min(1.5e-3, 0.75 / rate_hz)
+
+
 class ControlLoop:
     """Runs a policy against an environment or a robot at a fixed rate.
 
@@ -706,6 +715,7 @@ __all__ = [
     "RandomPolicy",
     "TickRecord",
     "ZeroPolicy",
+    "default_spin_s",
     "is_robot",
     "zero_action",
 ]
