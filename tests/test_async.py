@@ -220,6 +220,8 @@ def test_kill9_learner_and_actor_then_restart_and_account(tmp_path):
         # kill -9 the learner: the actor keeps its tick rate with the last policy.
         os.kill(learner.pid, signal.SIGKILL)
         learner.wait()
+        # Weights published just before the kill may still be on their way into the actor: let them land.
+        time.sleep(1.5)
         before = _json(actor_status)
         time.sleep(2.0)
         after = _json(actor_status)
