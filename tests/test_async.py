@@ -194,6 +194,22 @@ def _wait(predicate, timeout, what):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _settled(path, key, quiet, timeout):
+    """The status at ``path`` once ``key`` has not changed for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    status = _json(path)
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = _json(path)
+        if now.get(key) != status.get(key):
+            since = time.monotonic()
+        status = now
+        if time.monotonic() - since >= quiet:
+            return status
+    raise AssertionError(f"{key} in {path} kept changing for {timeout} s")
+
+
 @pytest.mark.timeout(300)
 def test_kill9_learner_and_actor_then_restart_and_account(tmp_path):
     args = [
@@ -220,9 +236,9 @@ def test_kill9_learner_and_actor_then_restart_and_account(tmp_path):
         # kill -9 the learner: the actor keeps its tick rate with the last policy.
         os.kill(learner.pid, signal.SIGKILL)
         learner.wait()
-        # Weights published just before the kill may still be on their way into the actor: let them land.
-        time.sleep(1.5)
-        before = _json(actor_status)
+        # Weights published just before the kill may still be on their way into the actor (received, being
+        # built or waiting for the next tick): wait until its policy version has stood still for a second.
+        before = _settled(actor_status, "policy_version", quiet=1.0, timeout=30)
         time.sleep(2.0)
         after = _json(actor_status)
         ticks = after["ticks"] - before["ticks"]
