@@ -1,4 +1,4 @@
-"""Writes one ``env/`` config per DeepMind Control task and per listed gymnasium id.
+"""Writes one ``env/`` config per DeepMind Control task, listed gymnasium id and Atari 100k game, and ``env/crafter``.
 
 Run after upgrading dm-control or adding gym ids:
 ``python -m reverie.configs.generate_env_configs``.
@@ -7,6 +7,8 @@ Run after upgrading dm-control or adding gym ids:
 from __future__ import annotations
 
 from pathlib import Path
+
+from reverie.envs.atari import ATARI100K_GAMES
 
 GYM_IDS = [
     "Pendulum-v1",
@@ -27,13 +29,16 @@ GYM_IDS = [
     "Walker2d-v5",
 ]
 FAKES = ["vector", "pixels", "discrete"]
+#: Frames per agent step on Atari (DreamerV2/V3); reverie.envs.atari max-pools
+#: the last two frames of each repeat.
+ATARI_REPEAT = 4
 
 
-def write(root: Path, family: str, task: str) -> None:
-    """Writes ``env/FAMILY/TASK.yaml``."""
+def write(root: Path, family: str, task: str, extra: str = "") -> None:
+    """Writes ``env/FAMILY/TASK.yaml`` (``extra``: further lines)."""
     path = root / "env" / family / f"{task}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"name: {family}/{task}\n")
+    path.write_text(f"name: {family}/{task}\n{extra}")
 
 
 def main() -> None:
@@ -47,6 +52,10 @@ def main() -> None:
         write(root, "gym", env_id)
     for variant in FAKES:
         write(root, "fake", variant)
+    for game in ATARI100K_GAMES:
+        write(root, "atari", game, f"action_repeat: {ATARI_REPEAT}\n")
+    # env=crafter: the reward task (crafter/noreward via env.name=crafter/noreward).
+    (root / "env" / "crafter.yaml").write_text("name: crafter/reward\naction_repeat: 1\n")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Environments for reverie: ``make('<family>/<name>')`` builds a checked env.
 
 Families: ``dmc/<domain>_<task>`` (DeepMind Control suite), ``gym/<id>``
-(gymnasium) and ``fake/<variant>`` (deterministic test tasks). Heavy
+(gymnasium), ``atari/<game>`` (ALE, e.g. ``atari/pong``), ``crafter/<task>``
+(``crafter/reward``, ``crafter/noreward``; plain ``crafter`` means
+``crafter/reward``) and ``fake/<variant>`` (deterministic test tasks). Heavy
 dependencies are imported only when an environment is built.
 """
 
@@ -15,9 +17,11 @@ from .base import BASIC_KEYS, Env, Space, model_keys
 from .wrappers import ActionRepeat, CheckSpaces, NormalizeAction, OneHotAction, TimeLimit
 
 #: Families ``make`` builds.
-FAMILIES = ("dmc", "gym", "fake")
+FAMILIES = ("dmc", "gym", "atari", "crafter", "fake")
 #: Families that are planned but not implemented yet.
-PLANNED_FAMILIES = ("atari", "crafter")
+PLANNED_FAMILIES: tuple[str, ...] = ()
+#: Names without a task that stand for a full name.
+DEFAULT_TASKS = {"crafter": "crafter/reward"}
 #: ``fake/<variant>`` names and the FakeEnv arguments they stand for.
 FAKE_VARIANTS: dict[str, dict[str, Any]] = {
     "vector": {"obs": "vector"},
@@ -26,7 +30,14 @@ FAKE_VARIANTS: dict[str, dict[str, Any]] = {
     "discrete_pixels": {"obs": "pixels", "discrete": True},
 }
 #: Default action repeat per family.
-DEFAULT_REPEAT = {"dmc": 2, "gym": 1, "fake": 1}
+DEFAULT_REPEAT = {"dmc": 2, "gym": 1, "atari": 4, "crafter": 1, "fake": 1}
+#: Families whose raw environment repeats actions itself: ``make`` passes it
+#: ``repeat`` and adds no ``ActionRepeat`` (Atari observes the maximum of the
+#: last two frames of a repeat, which a generic wrapper cannot do).
+INNER_REPEAT = ("atari",)
+#: ``obs`` values the image-only families (atari, crafter) accept; all give
+#: ``image`` (``vector`` is the config default, so it is accepted as well).
+IMAGE_ONLY_OBS = ("pixels", "vector", "both")
 #: Simulator steps per episode used for dmc tasks without a time limit (lqr).
 DMC_FALLBACK_STEPS = 1000
 
@@ -43,6 +54,25 @@ def _build_gym(name: str, obs: str, seed: int, size: tuple[int, int], kwargs: di
     return Gym(name, obs=obs, size=size, seed=seed, **kwargs)
 
 
+def _image_only(family: str, obs: str) -> None:
+    if obs not in IMAGE_ONLY_OBS:
+        raise ValueError(f"obs must be one of {IMAGE_ONLY_OBS} for {family}/ (it observes only images), got {obs!r}")
+
+
+def _build_atari(name: str, obs: str, seed: int, size: tuple[int, int], kwargs: dict[str, Any]) -> Any:
+    from .atari import Atari
+
+    _image_only("atari", obs)
+    return Atari(name, size=size, seed=seed, **kwargs)
+
+
+def _build_crafter(name: str, obs: str, seed: int, size: tuple[int, int], kwargs: dict[str, Any]) -> Any:
+    from .crafter import Crafter
+
+    _image_only("crafter", obs)
+    return Crafter(name, size=size, seed=seed, **kwargs)
+
+
 def _build_fake(name: str, obs: str, seed: int, size: tuple[int, int], kwargs: dict[str, Any]) -> Any:
     from .fake import FakeEnv
 
@@ -52,17 +82,24 @@ def _build_fake(name: str, obs: str, seed: int, size: tuple[int, int], kwargs: d
     return FakeEnv(**{**FAKE_VARIANTS[name], "seed": seed, "size": size, **kwargs})
 
 
-_BUILDERS: dict[str, Callable[..., Any]] = {"dmc": _build_dmc, "gym": _build_gym, "fake": _build_fake}
+_BUILDERS: dict[str, Callable[..., Any]] = {
+    "dmc": _build_dmc,
+    "gym": _build_gym,
+    "atari": _build_atari,
+    "crafter": _build_crafter,
+    "fake": _build_fake,
+}
 
 
 def _split(name: str) -> tuple[str, str]:
-    family, sep, rest = name.partition("/")
+    family, sep, rest = DEFAULT_TASKS.get(name, name).partition("/")
     valid = ", ".join(f"{f}/" for f in FAMILIES)
     if family in PLANNED_FAMILIES:
         raise ValueError(f"env family '{family}/' is planned but not implemented yet; available: {valid}")
     if not sep or family not in FAMILIES or not rest:
         planned = ", ".join(f"{f}/" for f in PLANNED_FAMILIES)
-        raise ValueError(f"unknown env {name!r}: valid families are {valid} ({planned} coming later)")
+        later = f" ({planned} coming later)" if planned else ""
+        raise ValueError(f"unknown env {name!r}: valid families are {valid}{later}")
     return family, rest
 
 
@@ -80,19 +117,24 @@ def make(
 
     The raw environment is wrapped as ``CheckSpaces(TimeLimit(ActionRepeat(
     NormalizeAction | OneHotAction(raw))))``: continuous actions are in
-    [-1, 1], discrete actions are one-hot.
+    [-1, 1], discrete actions are one-hot. Atari repeats actions itself (it
+    max-pools the last two frames), so it gets ``repeat`` and no ``ActionRepeat``.
 
     Args:
-        name: ``dmc/<domain>_<task>``, ``gym/<id>`` or ``fake/<variant>``.
-        obs: ``vector`` or ``pixels`` (dmc and gym also take ``both``).
+        name: ``dmc/<domain>_<task>``, ``gym/<id>``, ``atari/<game>``,
+            ``crafter/<task>`` (or ``crafter``) or ``fake/<variant>``.
+        obs: ``vector`` or ``pixels`` (dmc and gym also take ``both``); atari
+            and crafter observe only ``image`` whichever is given.
         seed: seed of the environment.
         action_repeat: simulator steps per agent step; default 2 for dmc,
-            1 otherwise.
+            4 for atari, 1 otherwise.
         time_limit: episode limit in agent steps; default none beyond the
             environment's own (dmc: 1000 simulator steps, i.e. 500 agent
-            steps at repeat 2).
+            steps at repeat 2; atari: 108,000 frames, i.e. 27,000 agent steps
+            at repeat 4; crafter: 10,000 steps).
         size: image (height, width) for pixel observations.
-        **kwargs: passed to the raw environment (``DMC``, ``Gym``, ``FakeEnv``).
+        **kwargs: passed to the raw environment (``DMC``, ``Gym``, ``Atari``,
+            ``Crafter``, ``FakeEnv``).
 
     Returns:
         The wrapped environment.
@@ -102,13 +144,17 @@ def make(
             valid choices).
     """
     family, rest = _split(name)
+    repeat = DEFAULT_REPEAT[family] if action_repeat is None else int(action_repeat)
+    if family in INNER_REPEAT:
+        if "repeat" in kwargs:
+            raise ValueError(f"{family}/: give the repeat as action_repeat={kwargs['repeat']}, not repeat=")
+        kwargs = {**kwargs, "repeat": repeat}
     env = _BUILDERS[family](rest, obs, seed, tuple(size), kwargs)
     if env.act_space.discrete:
         env = OneHotAction(env)
     else:
         env = NormalizeAction(env)
-    repeat = DEFAULT_REPEAT[family] if action_repeat is None else int(action_repeat)
-    if repeat > 1:
+    if repeat > 1 and family not in INNER_REPEAT:
         env = ActionRepeat(env, repeat)
     if time_limit is None and family == "dmc" and math.isinf(env.max_steps):
         time_limit = DMC_FALLBACK_STEPS // repeat
@@ -121,8 +167,9 @@ def list_envs(family: str | None = None) -> list[str]:
     """Names ``make`` accepts, for ``--help`` texts.
 
     Args:
-        family: ``dmc``, ``gym`` or ``fake``; None lists all three (gym ids
-            come from the gymnasium registry, which imports gymnasium).
+        family: one of ``FAMILIES``; None lists them all (gym ids come from
+            the gymnasium registry, which imports gymnasium; atari games from
+            ale-py's ROM list).
 
     Returns:
         Sorted names such as ``dmc/cartpole_swingup``.
@@ -138,6 +185,14 @@ def list_envs(family: str | None = None) -> list[str]:
             import gymnasium
 
             names += [f"gym/{i}" for i in gymnasium.registry]
+        elif fam == "atari":
+            from .atari import atari_games
+
+            names += [f"atari/{g}" for g in atari_games()]
+        elif fam == "crafter":
+            from .crafter import TASKS
+
+            names += [f"crafter/{t}" for t in TASKS]
         elif fam == "fake":
             names += [f"fake/{v}" for v in FAKE_VARIANTS]
         else:

@@ -417,8 +417,8 @@ def test_check_spaces_protocol() -> None:
     [
         ("nope/thing", ["dmc/", "gym/", "fake/", "atari/", "crafter/"]),
         ("cartpole_swingup", ["dmc/", "gym/", "fake/"]),
-        ("atari/pong", ["not implemented yet", "dmc/"]),
-        ("crafter/reward", ["not implemented yet"]),
+        ("atari/pongg", ["atari/pong"]),
+        ("crafter/nope", ["crafter/reward", "crafter/noreward"]),
         ("dmc/cartpole_swingupp", ["cartpole_swingup", "ball_in_cup_catch", "walker_walk"]),
         ("dmc/cup_catchh", ["ball_in_cup_catch"]),
         ("gym/NoSuchEnv-v0", ["NoSuchEnv-v0"]),
