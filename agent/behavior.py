@@ -1,4 +1,4 @@
-"""Actor and critic trained in imagination (DreamerV3)."""
+"""Actor and critic trained in imagination (DreamerV1, V2 and V3)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,31 @@ import torch
 from torch import nn
 
 from reverie.world_model import dists
-from reverie.world_model.heads import TwoHotHead
 from reverie.world_model.nets import MLP, Linear
+
+ACTOR_DISTS = ("bounded_normal", "trunc_normal", "tanh_normal")
 
 
 class Actor(nn.Module):
-    """The policy head: a bounded normal for continuous actions, a categorical for discrete ones.
+    """The policy head: a categorical for discrete actions; for continuous ones
+    the version's distribution (``dist``):
+
+    - ``bounded_normal`` (V3): N(tanh(μ), σ) with σ in [min_std, max_std]; the
+      environment clips samples to [−1, 1].
+    - ``trunc_normal`` (V2): N(tanh(μ), 2·sigmoid(σ/2) + min_std) truncated to [−1, 1].
+    - ``tanh_normal`` (V1): tanh(N(mean_scale·tanh(μ/mean_scale), softplus(σ + c) + min_std)).
+
+    Every sample is reparameterised (dynamics backpropagation needs it).
 
     Args:
         feat_dim: model feature size.
         act_dim: action size (one-hot size when discrete).
-        discrete: categorical over ``act_dim`` classes instead of a normal.
+        discrete: categorical over ``act_dim`` classes instead of a continuous distribution.
+        dist: continuous distribution, see above.
         layers, units, act, norm: the MLP.
-        min_std, max_std: bounds of the normal's standard deviation.
+        min_std, max_std: bounds of the standard deviation (max: bounded_normal only).
         outscale: initial scale of the output layer (0.01: near-uniform start).
+        mean_scale, init_std: tanh_normal's mean bound and initial std.
     """
 
     def __init__(
@@ -30,6 +41,7 @@ class Actor(nn.Module):
         act_dim: int,
         *,
         discrete: bool,
+        dist: str = "bounded_normal",
         layers: int = 3,
         units: int = 64,
         act: str = "silu",
@@ -37,10 +49,15 @@ class Actor(nn.Module):
         min_std: float = 0.1,
         max_std: float = 1.0,
         outscale: float = 0.01,
+        mean_scale: float = 5.0,
+        init_std: float = 5.0,
     ) -> None:
         super().__init__()
-        self.discrete, self.act_dim = discrete, act_dim
+        if dist not in ACTOR_DISTS:
+            raise ValueError(f"unknown actor dist {dist!r}; valid: {', '.join(ACTOR_DISTS)}")
+        self.discrete, self.act_dim, self.dist = discrete, act_dim, dist
         self.min_std, self.max_std = min_std, max_std
+        self.mean_scale, self.init_std = mean_scale, init_std
         self.mlp = MLP(feat_dim, layers, units, act=act, norm=norm)
         self.out = Linear(self.mlp.out_features, act_dim if discrete else 2 * act_dim, outscale=outscale)
 
@@ -50,6 +67,10 @@ class Actor(nn.Module):
         if self.discrete:
             return torch.log_softmax(x, -1), None
         mean, std = x.chunk(2, -1)
+        if self.dist == "trunc_normal":
+            return dists.trunc_normal_params(mean, std, self.min_std)
+        if self.dist == "tanh_normal":
+            return dists.tanh_normal_params(mean, std, self.mean_scale, self.init_std, self.min_std)
         return dists.bounded_normal_params(mean, std, self.min_std, self.max_std)
 
     def sample(self, feat: torch.Tensor, noise: torch.Tensor | None = None, mode: bool = False) -> torch.Tensor:
@@ -58,37 +79,63 @@ class Actor(nn.Module):
         Args:
             noise: uniform noise for a discrete actor, standard-normal noise for
                 a continuous one; drawn here when None.
-            mode: return the most likely action.
+            mode: return the most likely action (tanh_normal: tanh of the
+                pre-squash mean, where V1 took the likeliest of 100 samples).
         """
         a, b = self.params(feat)
         if self.discrete:
             return dists.mode_onehot(a) if mode else dists.sample_onehot(a, noise)
+        squash = torch.tanh if self.dist == "tanh_normal" else (lambda x: x)
         if mode:
-            return a
+            return squash(a)
         if noise is None:
             noise = torch.randn_like(a)
-        return a + b * noise
+        if self.dist == "trunc_normal":
+            return dists.trunc_normal_sample(a, b, noise)
+        return squash(a + b * noise)
 
     def logp_entropy(self, feat: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability of ``action`` and the entropy, each ``[...]`` (summed over action dims)."""
+        """Log-probability of ``action`` and the entropy, each ``[...]`` (summed over action dims).
+
+        The tanh-normal has no closed-form entropy; its estimate is −log π(action).
+        """
         a, b = self.params(feat)
         if self.discrete:
             return (a * action).sum(-1), dists.categorical_entropy(a)
+        if self.dist == "trunc_normal":
+            logp, entropy = dists.trunc_normal_logp_entropy(action, a, b)
+            return logp.sum(-1), entropy.sum(-1)
+        if self.dist == "tanh_normal":
+            logp = dists.tanh_normal_logp(action, a, b).sum(-1)
+            return logp, -logp.detach()
         return dists.normal_logp(action, a, b).sum(-1), dists.normal_entropy(b).sum(-1)
 
 
 class SlowCritic(nn.Module):
-    """An EMA copy of the critic, the regularisation target of the critic losses."""
+    """A slowly following copy of the critic.
 
-    def __init__(self, critic: TwoHotHead, *, rate: float = 0.02) -> None:
+    V3: an EMA (``rate`` 0.02 every update), the regularisation target of the
+    critic losses. V2: the target critic, copied (``rate`` 1) every
+    ``every`` = 100 updates, whose values the returns bootstrap from.
+    """
+
+    def __init__(self, critic: nn.Module, *, rate: float = 0.02, every: int = 1) -> None:
         super().__init__()
-        self.rate = rate
+        self.rate, self.every = rate, max(1, int(every))
         self.net = copy.deepcopy(critic)
         self.net.requires_grad_(False)
+        if self.every > 1:
+            # Counted in a buffer so a resumed run refreshes on the same updates.
+            self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
-    def update(self, critic: TwoHotHead) -> None:
-        """``slow ← (1 − rate) · slow + rate · critic``."""
+    def update(self, critic: nn.Module) -> None:
+        """``slow ← (1 − rate) · slow + rate · critic``, on every ``every``-th call (the first included)."""
+        if self.every > 1:
+            due = int(self.updates) % self.every == 0
+            self.updates += 1
+            if not due:
+                return
         torch._foreach_lerp_(list(self.net.parameters()), list(critic.parameters()), self.rate)
 
     @torch.no_grad()
@@ -98,15 +145,34 @@ class SlowCritic(nn.Module):
 
 
 def policy_loss(
-    logp: torch.Tensor, entropy: torch.Tensor, advantage: torch.Tensor, weight: torch.Tensor, entropy_scale: float
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    advantage: torch.Tensor,
+    weight: torch.Tensor,
+    entropy_scale: float,
+    returns: torch.Tensor | None = None,
+    mix: float = 0.0,
 ) -> torch.Tensor:
-    """REINFORCE with an entropy bonus: ``−weight · (logπ(a) · sg(adv) + η · H[π])``, ``[N, H]``."""
-    return -weight.detach() * (logp * advantage.detach() + entropy_scale * entropy)
+    """REINFORCE and/or dynamics backpropagation with an entropy bonus, ``[N, H]``.
+
+    ``−weight · ((1 − mix) · logπ(a) · sg(adv) + mix · R + η · H[π])``: with
+    ``mix = 0`` pure REINFORCE (V3, V2 for discrete actions); with ``mix = 1``
+    the λ-returns ``R`` themselves, whose gradient reaches the actor through
+    the differentiable imagined rollout (V1, V2 for continuous actions).
+    """
+    objective = logp * advantage.detach() if mix < 1 else 0.0
+    if mix > 0:
+        if returns is None:
+            raise ValueError("dynamics backpropagation (mix > 0) needs the returns")
+        objective = (1 - mix) * objective + mix * returns
+    return -weight.detach() * (objective + entropy_scale * entropy)
 
 
 def critic_loss(
-    critic: TwoHotHead, logits: torch.Tensor, target: torch.Tensor, slow_target: torch.Tensor, weight: torch.Tensor, slowreg: float
+    critic: nn.Module, logits: torch.Tensor, target: torch.Tensor, slow_target: torch.Tensor, weight: torch.Tensor, slowreg: float
 ) -> torch.Tensor:
-    """Two-hot regression to the return plus ``slowreg`` × regression to the slow critic, ``[N, T]``."""
-    loss = critic.loss(logits, target.detach()) + slowreg * critic.loss(logits, slow_target.detach())
+    """Regression to the return plus ``slowreg`` × regression to the slow critic (none when 0), ``[N, T]``."""
+    loss = critic.loss(logits, target.detach())
+    if slowreg:
+        loss = loss + slowreg * critic.loss(logits, slow_target.detach())
     return weight.detach() * loss

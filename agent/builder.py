@@ -17,25 +17,47 @@ def _plain(node: Any) -> Any:
 
 
 def make_env(cfg: DictConfig, seed: int) -> envs.Env:
-    """The environment of ``cfg`` (name, observations, action repeat, time limit, image size)."""
+    """The environment of ``cfg`` (name, observations, action repeat, time limit, image size, raw-env options)."""
     e = cfg.env
-    return envs.make(e.name, obs=cfg.obs, seed=seed, action_repeat=e.action_repeat, time_limit=e.time_limit, size=(e.size, e.size))
+    options = _plain(e.get("options")) or {}
+    return envs.make(
+        e.name, obs=cfg.obs, seed=seed, action_repeat=e.action_repeat, time_limit=e.time_limit, size=(e.size, e.size), **options
+    )
+
+
+ALGOS = ("dreamerv1", "dreamerv2", "dreamerv3")
+#: Optimiser options each kind takes.
+_OPTIMIZER_KEYS = {"laprop": ("lr", "beta1", "beta2", "eps", "agc", "warmup"), "adam": ("lr", "actor_lr", "critic_lr", "eps", "clip", "wd")}
 
 
 def build_agent(cfg: DictConfig, obs_space: dict[str, Space], act_space: Space) -> Dreamer:
     """A :class:`Dreamer` for these spaces with the ``algo`` and ``size`` settings of ``cfg``."""
     algo, size = _plain(cfg.algo), _plain(cfg.size)
-    if algo["name"] != "dreamerv3":
-        raise ValueError(f"algo {algo['name']!r} is not available; valid: dreamerv3")
+    if algo["name"] not in ALGOS:
+        raise ValueError(f"algo {algo['name']!r} is not available; valid: {', '.join(ALGOS)}")
     units, depth = size["units"], size["depth"]
-    head = lambda h: {k: v for k, v in h.items() if k != "bins"}  # noqa: E731
+    head = lambda h: {k: v for k, v in h.items() if k not in ("bins", "dist")}  # noqa: E731
+    net = lambda n: {k: v for k, v in n.items() if k != "symlog"}  # noqa: E731
+    optimizer = algo["optimizer"]
+    if optimizer["kind"] not in _OPTIMIZER_KEYS:
+        raise ValueError(f"unknown algo.optimizer.kind {optimizer['kind']!r}; valid: {', '.join(_OPTIMIZER_KEYS)}")
+    optimizer = {"kind": optimizer["kind"], **{k: optimizer[k] for k in _OPTIMIZER_KEYS[optimizer["kind"]]}}
+    retnorm = {k: v for k, v in algo["retnorm"].items() if k != "kind"}
     world_model = dict(
         rssm=dict(algo["rssm"], deter=size["deter"], hidden=size["hidden"], classes=size["classes"]),
-        encoder=dict(algo["encoder"], units=units, depth=depth, mults=tuple(algo["encoder"]["mults"])),
-        decoder=dict(algo["decoder"], units=units, depth=depth, mults=tuple(algo["decoder"]["mults"])),
+        encoder=dict(
+            net(algo["encoder"]), units=units, depth=depth, mults=tuple(algo["encoder"]["mults"]), symlog_inputs=algo["encoder"]["symlog"]
+        ),
+        decoder=dict(
+            net(algo["decoder"]), units=units, depth=depth, mults=tuple(algo["decoder"]["mults"]), symlog_targets=algo["decoder"]["symlog"]
+        ),
         reward_head=dict(algo["reward_head"], units=units),
         cont_head=dict(head(algo["cont_head"]), units=units),
         free_nats=algo["free_nats"],
+        kl_mode=algo["kl_mode"],
+        free_avg=algo["free_avg"],
+        use_cont=algo["use_cont"],
+        reward_transform=algo["reward_transform"],
     )
     return Dreamer(
         obs_space=obs_space,
@@ -50,8 +72,15 @@ def build_agent(cfg: DictConfig, obs_space: dict[str, Space], act_space: Space) 
         entropy_scale=algo["entropy_scale"],
         slowreg=algo["slowreg"],
         slow_rate=algo["slow_rate"],
-        retnorm=algo["retnorm"],
+        slow_every=algo["slow_every"],
+        return_value=algo["return_value"],
+        retnorm=retnorm,
+        return_norm=algo["retnorm"]["kind"],
         loss_scales=algo["loss_scales"],
-        optimizer=algo["optimizer"],
+        optimizer=optimizer,
         replay_value=algo["replay_value"],
+        actor_grad_mix=algo["actor_grad_mix"],
+        discount_weight=algo["discount_weight"],
+        replay_context=algo["replay_context"],
+        expl_noise=algo["expl_noise"],
     )

@@ -1,4 +1,4 @@
-"""The DreamerV3 agent: a pure policy over an explicit carry, and one train step.
+"""The Dreamer agent (V1, V2, V3 by options): a pure policy over an explicit carry, and one train step.
 
 ``init_state(B)`` returns the carry ``{deter [B, D], stoch [B, S, C],
 prev_action [B, A]}``; ``policy(obs, carry)`` returns ``(action, carry)``;
@@ -17,21 +17,24 @@ import torch
 from torch import nn
 
 from reverie.envs.base import Space
-from reverie.world_model.heads import TwoHotHead
+from reverie.world_model.heads import scalar_head
 from reverie.world_model.model import WorldModel
 from reverie.world_model.nets import LatentFeat
 
 from .behavior import Actor, SlowCritic, critic_loss, policy_loss
-from .optim import LaProp
-from .returns import PercentileNormalizer, lambda_return
+from .optim import ClippedAdam, LaProp
+from .returns import PercentileNormalizer, discount_weights, lambda_return
 
 Carry = dict[str, torch.Tensor]
 
-DEFAULT_LOSS_SCALES = {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1, "policy": 1.0, "value": 1.0, "repval": 0.3}
+DEFAULT_LOSS_SCALES = {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1, "kl": 1.0, "policy": 1.0, "value": 1.0, "repval": 0.3}
 
 
 class Dreamer(nn.Module):
-    """DreamerV3: world model, actor, critic, slow critic, return normaliser, optimiser.
+    """World model, actor, critic, slow critic, return normaliser, optimiser.
+
+    The defaults are DreamerV3; the V1 and V2 recipes are the presets in
+    ``configs/algo/`` over the same options (see docs/algorithms.md).
 
     Args:
         obs_space: observation spaces of the environment.
@@ -49,8 +52,25 @@ class Dreamer(nn.Module):
         retnorm: keyword arguments of :class:`PercentileNormalizer`.
         loss_scales: weight of each loss term; ``rec`` applies to every
             reconstructed key.
-        optimizer: keyword arguments of :class:`LaProp`.
+        optimizer: ``kind`` (``laprop``: one :class:`LaProp` for everything,
+            V3; ``adam``: :class:`ClippedAdam` with ``lr`` for the world
+            model, ``actor_lr``, ``critic_lr``, ``eps``, ``clip``, ``wd``, V1/V2)
+            and the optimiser's keyword arguments.
         replay_value: train the critic on replayed returns too (``repval``).
+        actor_grad_mix: 0 trains the actor by REINFORCE (V3), 1 by
+            backpropagating the returns through the imagined dynamics (V1), a
+            value between mixes the two; None picks by action space (V2:
+            REINFORCE for discrete actions, dynamics for continuous ones).
+        discount_weight: ``inclusive`` weights imagined step t by
+            ``Π_{i≤t} γ_i`` (V3), ``exclusive`` by ``Π_{i<t} γ_i`` (V1, V2).
+        return_value: the returns bootstrap from the ``critic`` (V1, V3) or the
+            ``slow`` critic (V2's target network).
+        slow_every: updates between slow-critic refreshes (V3: 1 with
+            ``slow_rate`` 0.02; V2: 100 with rate 1, a copy).
+        return_norm: ``percentile`` (V3) or ``none`` (V1, V2).
+        replay_context: start replayed sequences from the stored latents (V3)
+            instead of zeros (V1, V2).
+        expl_noise: std of Gaussian noise added to sampled actions when acting (V1: 0.3).
     """
 
     def __init__(
@@ -72,10 +92,26 @@ class Dreamer(nn.Module):
         loss_scales: dict[str, float] | None = None,
         optimizer: dict[str, Any] | None = None,
         replay_value: bool = True,
+        actor_grad_mix: float | None = 0.0,
+        discount_weight: str = "inclusive",
+        return_value: str = "critic",
+        slow_every: int = 1,
+        return_norm: str = "percentile",
+        replay_context: bool = True,
+        expl_noise: float = 0.0,
     ) -> None:
         super().__init__()
         self.act_dim = act_space.shape[0]
         self.discrete = act_space.discrete
+        if actor_grad_mix is None:
+            actor_grad_mix = 0.0 if self.discrete else 1.0
+        _check_choice("discount_weight", discount_weight, ("inclusive", "exclusive"))
+        _check_choice("return_value", return_value, ("critic", "slow"))
+        _check_choice("return_norm", return_norm, ("percentile", "none"))
+        if not 0.0 <= actor_grad_mix <= 1.0:
+            raise ValueError(f"actor_grad_mix={actor_grad_mix} must lie in [0, 1] (0: REINFORCE, 1: dynamics backpropagation)")
+        self.actor_grad_mix, self.discount_weight, self.return_value = float(actor_grad_mix), discount_weight, return_value
+        self.return_norm, self.replay_context, self.expl_noise = return_norm, replay_context, expl_noise
         self.imag_horizon, self.lam, self.horizon = imag_horizon, lam, horizon
         self.entropy_scale, self.slowreg, self.replay_value = entropy_scale, slowreg, replay_value
         self.scales = {**DEFAULT_LOSS_SCALES, **(loss_scales or {})}
@@ -83,13 +119,29 @@ class Dreamer(nn.Module):
         #: plain dense computation, which tests compare against.
         self.fast_latents = True
         self.wm = WorldModel(obs_space=obs_space, obs_keys=obs_keys, act_dim=self.act_dim, horizon=horizon, **world_model)
+        if replay_context and not self.wm.rssm.categorical:
+            raise ValueError("replay_context needs categorical latents (replay stores class indices); set replay_context=false")
         feat = self.wm.rssm.feat_dim
         self.actor = Actor(feat, self.act_dim, discrete=self.discrete, **actor)
-        self.critic = TwoHotHead(feat, **critic)
-        self.slow_critic = SlowCritic(self.critic, rate=slow_rate)
+        self.critic = scalar_head(feat, **critic)
+        self.slow_critic = SlowCritic(self.critic, rate=slow_rate, every=slow_every)
         self.retnorm = PercentileNormalizer(**(retnorm or {}))
-        trainable = [p for n, p in self.named_parameters() if not n.startswith("slow_critic.")]
-        self.optimizer = LaProp(trainable, **(optimizer or {}))
+        self.optimizer = self._make_optimizer(dict(optimizer or {}))
+
+    def _make_optimizer(self, options: dict[str, Any]) -> torch.optim.Optimizer:
+        kind = options.pop("kind", "laprop")
+        if kind == "laprop":
+            trainable = [p for n, p in self.named_parameters() if not n.startswith("slow_critic.")]
+            return LaProp(trainable, **options)
+        if kind == "adam":
+            lr, actor_lr, critic_lr = options.pop("lr"), options.pop("actor_lr"), options.pop("critic_lr")
+            groups = {
+                "model": (list(self.wm.parameters()), lr),
+                "actor": (list(self.actor.parameters()), actor_lr),
+                "critic": (list(self.critic.parameters()), critic_lr),
+            }
+            return ClippedAdam(groups, **options)
+        raise ValueError(f"unknown optimizer kind {kind!r}; valid: laprop, adam")
 
     def compile(self) -> None:
         """``torch.compile`` the hot modules: the heads, the prior and the GRU core.
@@ -150,6 +202,8 @@ class Dreamer(nn.Module):
         token = self.wm.encoder({k: obs[k] for k in self.wm.obs_keys})
         latent, _ = self.wm.rssm.obs_step(state, state["prev_action"], token, obs["is_first"], mode=mode)
         action = self.actor.sample(self.wm.rssm.features(latent), mode=mode)
+        if self.expl_noise and not mode and not self.discrete:
+            action = action + self.expl_noise * torch.randn_like(action)
         if not self.discrete:
             # The environment gets the clipped action, and replay stores it, so
             # the carry's previous action is the clipped one too.
@@ -182,9 +236,19 @@ class Dreamer(nn.Module):
         """
         data = self._to_tensors(batch)
         losses, metrics, post = self.compute_losses(data)
-        total = sum(self.scales["rec" if k in self.wm.obs_keys else k] * v.mean() for k, v in losses.items())
+        scaled = {k: self.scales["rec" if k in self.wm.obs_keys else k] * v.mean() for k, v in losses.items()}
+        total = sum(scaled.values())
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if self.actor_grad_mix > 0:
+            # The returns depend on the world model and critic through the
+            # imagined rollout; only the actor may learn from them.
+            actor_params = list(self.actor.parameters())
+            actor_grads = torch.autograd.grad(scaled["policy"], actor_params, retain_graph=True)
+            (total - scaled["policy"]).backward()
+            for param, grad in zip(actor_params, actor_grads):
+                param.grad = grad if param.grad is None else param.grad + grad
+        else:
+            total.backward()
         info = self.optimizer.step()
         self.slow_critic.update(self.critic)
         metrics = {f"loss/{k}": v.mean() for k, v in losses.items()} | metrics
@@ -192,9 +256,10 @@ class Dreamer(nn.Module):
         out["loss/total"] = float(total.detach())
         out["train/grad_norm"] = info.get("grad_norm", 0.0)
         out["train/lr"] = info.get("lr", 0.0)
+        out |= {f"train/{k}": v for k, v in info.items() if k.startswith("grad_norm/")}
         latents = {
             "deter": post["deter"].detach().to(torch.float16).cpu().numpy(),
-            "stoch": post["stoch"].detach().argmax(-1).to(torch.uint8).cpu().numpy(),
+            "stoch": self.wm.rssm.store_index(post["stoch"].detach()).to(torch.uint8).cpu().numpy(),
         }
         return out, latents
 
@@ -203,43 +268,71 @@ class Dreamer(nn.Module):
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """All loss terms (unscaled, per element) for one batch; see :meth:`train_step`."""
         rssm = self.wm.rssm
-        start = {
-            "deter": data["deter"][:, 0].float(),
-            "stoch": nn.functional.one_hot(data["stoch"][:, 0].long(), rssm.classes).float(),
-        }
         obs = {k: v[:, 1:] for k, v in data.items() if k not in ("action", "deter", "stoch")}
         prev_actions = data["action"][:, :-1].float()
         B, T = obs["is_first"].shape
+        if self.replay_context:
+            start = {
+                "deter": data["deter"][:, 0].float(),
+                "stoch": nn.functional.one_hot(data["stoch"][:, 0].long(), rssm.classes).float(),
+            }
+        else:
+            start = rssm.initial(B, prev_actions.device)
 
         # World model over the replayed sequence.
         losses, post, metrics = self.wm.loss(obs, prev_actions, start)
         feat = rssm.features(post)  # [B, T, F]
 
-        # Imagination from every posterior state; no gradient flows through
-        # the rollout (REINFORCE), so it runs without autograd.
+        # Imagination from every posterior state.
         starts = {
             "deter": post["deter"].detach().reshape(B * T, -1),
-            "stoch": post["stoch"].detach().reshape(B * T, rssm.stoch, rssm.classes),
+            "stoch": post["stoch"].detach().reshape(B * T, *rssm.stoch_shape),
         }
-        with torch.no_grad():
-            traj, actions = rssm.imagine(starts, self.actor.sample, self.imag_horizon, dense=not self.fast_latents)
-            img_feat = rssm.latent_features(traj)  # [N, H+1, ...] in index form
-            if not self.fast_latents:
-                img_feat = img_feat.dense()
+        dynamics = self.actor_grad_mix > 0
+        if dynamics or not rssm.categorical:
+            # Dense rollout; with dynamics backpropagation its gradient reaches the actor.
+            with torch.set_grad_enabled(dynamics):
+                img_feat, actions = rssm.imagine_differentiable(starts, self.actor.sample, self.imag_horizon)
+        else:
+            # REINFORCE needs no gradient through the rollout: no autograd, latents in index form.
+            with torch.no_grad():
+                traj, actions = rssm.imagine(starts, self.actor.sample, self.imag_horizon, dense=not self.fast_latents)
+                img_feat = rssm.latent_features(traj)  # [N, H+1, ...] in index form
+                if not self.fast_latents:
+                    img_feat = img_feat.dense()
+        with torch.set_grad_enabled(dynamics):
             # The returns use rewards of states 1…H, the slow-critic target and
             # the actor loss states 0…H−1 only.
             reward = self.wm.reward.mean(self.wm.reward.logits(_time_slice(img_feat, slice(1, None))))
             reward = torch.cat([torch.zeros_like(reward[:, :1]), reward], 1)  # [N, H+1], entry 0 unused
-            cont = torch.sigmoid(self.wm.cont.logit(img_feat))  # includes the discount
-            slow_value = self.slow_critic.mean(_time_slice(img_feat, slice(None, -1)))  # [N, H]
-        value_logits = self.critic.logits(img_feat)
-        value = self.critic.mean(value_logits).detach()
-        weight = torch.cumprod(cont, 1)  # discount-weighted reach probability of each state
+            cont = self.wm.discount(img_feat)  # [N, H+1], includes the discount
+        with torch.no_grad():
+            slow_value = self.slow_critic.mean(_time_slice(img_feat, slice(None, -1))) if self.slowreg else None  # [N, H]
+        critic_feat = img_feat.detach() if dynamics else img_feat
+        value_logits = self.critic.logits(critic_feat)
+        if dynamics:
+            # Bootstrap values with a gradient path through the imagined states (not into the critic).
+            net = self.critic if self.return_value == "critic" else self.slow_critic.net
+            value = net.mean(net.logits(img_feat))
+        elif self.return_value == "critic":
+            value = self.critic.mean(value_logits).detach()
+        else:
+            value = self.slow_critic.mean(img_feat)
+        weight = discount_weights(cont, inclusive=self.discount_weight == "inclusive")  # reach probability × discount
         ret = lambda_return(torch.zeros_like(cont), 1 - cont, reward, value, 1.0, self.lam)  # [N, H]
-        self.retnorm.update(ret)
-        adv = (ret - value[:, :-1]) / self.retnorm.scale()
-        logp, entropy = self.actor.logp_entropy(_time_slice(img_feat, slice(None, -1)), actions[:, :-1])
-        losses["policy"] = policy_loss(logp, entropy, adv, weight[:, :-1], self.entropy_scale).mean(1).reshape(B, T)
+        if self.return_norm == "percentile":
+            self.retnorm.update(ret)
+            scale = self.retnorm.scale()
+        else:
+            scale = torch.ones((), device=ret.device)
+        adv = (ret - value[:, :-1]) / scale
+        actor_feat = _time_slice(img_feat, slice(None, -1))
+        if dynamics:
+            actor_feat, actions = actor_feat.detach(), actions.detach()
+        logp, entropy = self.actor.logp_entropy(actor_feat, actions[:, :-1])
+        losses["policy"] = (
+            policy_loss(logp, entropy, adv, weight[:, :-1], self.entropy_scale, returns=ret, mix=self.actor_grad_mix).mean(1).reshape(B, T)
+        )
         losses["value"] = (
             critic_loss(self.critic, value_logits[:, :-1], ret, slow_value, weight[:, :-1], self.slowreg).mean(1).reshape(B, T)
         )
@@ -256,7 +349,7 @@ class Dreamer(nn.Module):
         with torch.no_grad():
             metrics |= {
                 "train/ret_mean": ret.mean(),
-                "train/ret_scale": self.retnorm.scale(),
+                "train/ret_scale": scale,
                 "train/value_mean": value.mean(),
                 "train/adv_mag": adv.abs().mean(),
                 "train/actor_entropy": entropy.mean(),
@@ -264,6 +357,11 @@ class Dreamer(nn.Module):
                 "train/img_cont": cont.mean(),
             }
         return losses, metrics, post
+
+
+def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
 
 
 def _time_slice(feat: torch.Tensor | LatentFeat, sl: slice) -> torch.Tensor | LatentFeat:

@@ -84,3 +84,48 @@ class LaProp(torch.optim.Optimizer):
             if lr:
                 torch._foreach_add_(params, mus, alpha=-lr / (1 - b1**t))
         return info
+
+
+class ClippedAdam(torch.optim.AdamW):
+    """DreamerV1/V2's optimisers: one Adam per module group (world model,
+    actor, critic), each with its own learning rate, gradient clipping by the
+    group's global norm, and decoupled weight decay ``p ← (1 − wd) · p``.
+
+    One optimiser object with a parameter group per module keeps checkpoints
+    simple; the groups do not interact. V2's weight decay is not scaled by the
+    learning rate, so it is passed to AdamW (which multiplies by lr) as ``wd / lr``.
+
+    Args:
+        groups: ``{name: (params, lr)}``, e.g. ``model``, ``actor``, ``critic``.
+        eps: Adam's ε (V1: 1e-7, the TF default; V2: 1e-5).
+        clip: global-norm clip per group (100); 0 disables.
+        wd: decoupled weight decay per update (V2: 1e-6; V1: 0).
+    """
+
+    def __init__(
+        self, groups: dict[str, tuple[list[torch.nn.Parameter], float]], *, eps: float = 1e-5, clip: float = 100.0, wd: float = 0.0
+    ) -> None:
+        param_groups = [
+            {"params": list(params), "lr": lr, "name": name, "clip": clip, "weight_decay": wd / lr if lr else 0.0}
+            for name, (params, lr) in groups.items()
+        ]
+        super().__init__(param_groups, eps=eps, betas=(0.9, 0.999))
+
+    @torch.no_grad()
+    def step(self, closure=None) -> dict[str, float]:  # type: ignore[override]
+        """Clips each group, then one Adam update; returns the world model's gradient norm and learning rate."""
+        info: dict[str, float] = {}
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if group["clip"]:
+                norm = torch.nn.utils.clip_grad_norm_(params, group["clip"])
+            else:
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
+            info[f"grad_norm/{group['name']}"] = float(norm)
+        super().step()
+        first = self.param_groups[0]
+        info["grad_norm"] = info.get(f"grad_norm/{first['name']}", 0.0)
+        info["lr"] = first["lr"]
+        return info

@@ -34,6 +34,18 @@ def lambda_return(
     return torch.stack(out[::-1], 1)
 
 
+def discount_weights(cont: torch.Tensor, inclusive: bool = True) -> torch.Tensor:
+    """Weight of each imagined state in the actor and critic losses, ``[N, H+1] → [N, H+1]``.
+
+    ``cont[t]`` is the predicted discount of reaching state t (γ · P(continue)).
+    Inclusive (V3): ``w_t = Π_{i≤t} cont_i``. Exclusive (V1, V2, whose start
+    state has weight 1): ``w_t = Π_{i<t} cont_i``.
+    """
+    if not inclusive:
+        cont = torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1)
+    return torch.cumprod(cont, 1)
+
+
 class PercentileNormalizer(nn.Module):
     """Scale of returns: an EMA of the 5th and 95th percentiles.
 

@@ -60,7 +60,11 @@ def check_config(logdir: Path, cfg: DictConfig) -> None:
     path = logdir / "config.yaml"
     current = OmegaConf.to_container(cfg, resolve=True)
     if path.exists():
-        before = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        # Options added since that run was started take their defaults, which
+        # reproduce the behaviour it had.
+        from reverie.configs.schema import Config
+
+        before = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)), resolve=True)
         diff = sorted(k for k in _diff(before, current) if k.split(".")[0] not in RESUMABLE_KEYS)
         if diff:
             raise ValueError(
@@ -240,7 +244,7 @@ class Trainer:
                         **{k: v for k, v in obs.items() if not k.startswith("log/")},
                         "action": env_action,
                         "deter": state["deter"][0].to(torch.float16).cpu().numpy(),
-                        "stoch": state["stoch"][0].argmax(-1).to(torch.uint8).cpu().numpy(),
+                        "stoch": self.agent.wm.rssm.store_index(state["stoch"][0]).to(torch.uint8).cpu().numpy(),
                     }
                 )
                 self.counters["agent_steps"] += 1

@@ -30,6 +30,9 @@ class RSSMConfig:
     dynlayers: int = doc(1, "block-diagonal layers before the GRU gates")
     act: str = doc("silu", "activation")
     norm: str = doc("rms", "norm: rms | layer | none")
+    cell: str = doc("blockgru", "recurrent cell: blockgru (V3) | normgru (V2) | gru (V1)")
+    latent: str = doc("categorical", "stochastic latent: categorical (V2, V3) | gaussian (V1)")
+    min_std: float = doc(0.1, "gaussian latent: lower bound of the standard deviation")
 
 
 @dataclass
@@ -41,6 +44,9 @@ class NetConfig:
     kernel: int = doc(5, "CNN kernel size")
     act: str = doc("silu", "activation")
     norm: str = doc("rms", "norm: rms | layer | none")
+    symlog: bool = doc(True, "symlog vector inputs (encoder) and targets (decoder), V3")
+    cnn: str = doc("pool", "CNN layout: pool (V3: stride-1 conv + max-pool) | strided (V1, V2: stride-2 4×4 convs, transposed 5,5,6,6)")
+    cnn_act: str = doc("", "CNN activation if it differs from act (V1: relu)")
 
 
 @dataclass
@@ -48,6 +54,7 @@ class HeadConfig:
     """An output head: reward, continuation or critic."""
 
     layers: int = doc(1, "MLP layers")
+    dist: str = doc("twohot", "reward and critic heads: twohot (V3) | mse (V1, V2)")
     bins: int = doc(255, "two-hot bins (reward and critic heads)")
     outscale: float = doc(0.0, "initial scale of the output layer (0: predicts exactly 0)")
     act: str = doc("silu", "activation")
@@ -59,29 +66,38 @@ class ActorConfig:
     """The actor head (``algo.actor``)."""
 
     layers: int = doc(3, "MLP layers")
+    dist: str = doc("bounded_normal", "continuous actions: bounded_normal (V3) | trunc_normal (V2) | tanh_normal (V1)")
     min_std: float = doc(0.1, "lower bound of the action standard deviation")
-    max_std: float = doc(1.0, "upper bound of the action standard deviation")
+    max_std: float = doc(1.0, "upper bound of the action standard deviation (bounded_normal)")
     outscale: float = doc(0.01, "initial scale of the output layer")
+    mean_scale: float = doc(5.0, "tanh_normal: bound of the pre-squash mean")
+    init_std: float = doc(5.0, "tanh_normal: initial standard deviation")
     act: str = doc("silu", "activation")
     norm: str = doc("rms", "norm")
 
 
 @dataclass
 class OptimizerConfig:
-    """LaProp with adaptive gradient clipping (``algo.optimizer``)."""
+    """The optimiser (``algo.optimizer``): LaProp with adaptive clipping (V3) or Adam per module (V1, V2)."""
 
-    lr: float = doc(4e-5, "learning rate (LaProp)")
+    kind: str = doc("laprop", "laprop (V3: one optimiser) | adam (V1, V2: world model, actor and critic groups)")
+    lr: float = doc(4e-5, "learning rate (adam: of the world model)")
+    actor_lr: float = doc(8e-5, "adam: learning rate of the actor")
+    critic_lr: float = doc(8e-5, "adam: learning rate of the critic")
+    clip: float = doc(100.0, "adam: gradient clipping by global norm per group")
+    wd: float = doc(0.0, "adam: decoupled weight decay per update")
     beta1: float = doc(0.9, "momentum")
     beta2: float = doc(0.999, "squared-gradient EMA rate")
     eps: float = doc(1e-20, "epsilon added to the RMS")
-    agc: float = doc(0.3, "adaptive gradient clipping ratio (0 disables)")
-    warmup: int = doc(1000, "linear learning-rate warm-up in updates")
+    agc: float = doc(0.3, "laprop: adaptive gradient clipping ratio (0 disables)")
+    warmup: int = doc(1000, "laprop: linear learning-rate warm-up in updates")
 
 
 @dataclass
 class RetNormConfig:
     """The percentile return normaliser (``algo.retnorm``)."""
 
+    kind: str = doc("percentile", "percentile (V3) | none (V1, V2)")
     rate: float = doc(0.01, "EMA rate of the percentiles")
     limit: float = doc(1.0, "floor of the return scale")
     low: float = doc(5.0, "lower percentile")
@@ -92,7 +108,7 @@ class RetNormConfig:
 class AlgoConfig:
     """An algorithm preset (``algo=``): every constant of the recipe."""
 
-    name: str = doc("dreamerv3", "algorithm preset: dreamerv3")
+    name: str = doc("dreamerv3", "algorithm preset: dreamerv1 | dreamerv2 | dreamerv3")
     rssm: RSSMConfig = field(default_factory=RSSMConfig)
     encoder: NetConfig = field(default_factory=NetConfig)
     decoder: NetConfig = field(default_factory=NetConfig)
@@ -101,16 +117,28 @@ class AlgoConfig:
     actor: ActorConfig = field(default_factory=ActorConfig)
     critic: HeadConfig = field(default_factory=lambda: HeadConfig(layers=3))
     free_nats: float = doc(1.0, "free bits of each KL term")
+    kl_mode: str = doc("split", "split: dyn and rep terms (V2 balance, V3) | joint: one KL term (V1)")
+    free_avg: bool = doc(False, "apply free nats to the batch-mean KL (V1, V2) instead of per step (V3)")
+    use_cont: bool = doc(True, "learn a continuation head (false: fixed discount, V1)")
+    reward_transform: str = doc("identity", "reward targets: identity | tanh (V2 on Atari)")
     imag_horizon: int = doc(15, "imagination horizon")
     lam: float = doc(0.95, "λ of the λ-returns")
     horizon: float = doc(333.0, "discount horizon: γ = 1 − 1/horizon")
     entropy_scale: float = doc(3e-4, "actor entropy bonus")
     slowreg: float = doc(1.0, "weight of the slow-critic regulariser")
     slow_rate: float = doc(0.02, "EMA rate of the slow critic")
+    slow_every: int = doc(1, "updates between slow-critic refreshes (V2: 100 with rate 1)")
+    return_value: str = doc("critic", "returns bootstrap from: critic (V1, V3) | slow (V2's target critic)")
     replay_value: bool = doc(True, "also train the critic on replayed λ-returns")
+    actor_grad_mix: float | None = doc(
+        0.0, "0: REINFORCE (V3), 1: dynamics backpropagation (V1), between: a mix; null: by action space (V2)"
+    )
+    discount_weight: str = doc("inclusive", "weight of imagined step t: inclusive Π_{i≤t} γ_i (V3) | exclusive Π_{i<t} (V1, V2)")
+    replay_context: bool = doc(True, "start replayed sequences from stored latents (V3) instead of zeros (V1, V2)")
+    expl_noise: float = doc(0.0, "std of Gaussian noise added to sampled actions (V1: 0.3)")
     retnorm: RetNormConfig = field(default_factory=RetNormConfig)
     loss_scales: dict = doc(
-        {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1, "policy": 1.0, "value": 1.0, "repval": 0.3},
+        {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1, "kl": 1.0, "policy": 1.0, "value": 1.0, "repval": 0.3},
         "weights of the loss terms",
     )
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -132,10 +160,11 @@ class SizeConfig:
 class EnvConfig:
     """The environment (``env=``)."""
 
-    name: str = doc("dmc/cartpole_swingup", "environment: dmc/<domain>_<task>, gym/<id> or fake/<variant>")
+    name: str = doc("dmc/cartpole_swingup", "environment: dmc/<domain>_<task>, gym/<id>, atari/<game>, crafter or fake/<variant>")
     action_repeat: int | None = doc(None, "actions repeated per agent step (default: 2 for dmc, 1 otherwise)")
     time_limit: int | None = doc(None, "agent steps per episode (default: the environment's own)")
     size: int = doc(64, "side of pixel observations")
+    options: dict = doc({}, "keyword arguments of the raw environment, e.g. atari: {sticky, actions, noops, gray, life_done}")
 
 
 @dataclass

@@ -46,7 +46,7 @@ def example_inputs(step: PolicyStep, obs_shapes: dict[str, tuple[int, ...]], obs
     return (
         *obs,
         torch.zeros(1, rssm.deter),
-        torch.zeros(1, rssm.stoch, rssm.classes),
+        torch.zeros(1, *rssm.stoch_shape),
         torch.zeros(1, step.act_dim),
         torch.ones(1, dtype=torch.bool),
         torch.full((1, step.noise_dim), 0.5),
@@ -96,11 +96,13 @@ def export_policy(
         "inputs": [describe(n, t) for n, t in zip(names, args)],
         "outputs": [describe(n, t) for n, t in zip(OUTPUTS, outs)],
         "obs_keys": step.obs_keys,
-        "carry": {"deter": rssm.deter, "stoch": rssm.stoch, "classes": rssm.classes},
+        "carry": {"deter": rssm.deter, "stoch": rssm.stoch, "classes": rssm.classes, "latent": rssm.latent},
         "action": {"dim": step.act_dim, "discrete": step.discrete, "low": 0.0 if step.discrete else -1.0, "high": 1.0},
         "noise": {
             "dim": step.noise_dim,
-            "layout": "uniform [0,1): latents [:S]; continuous actions Box-Muller u1 [S:S+A], u2 [S+A:S+2A]; discrete action [S]",
+            "latent": rssm.noise_dim,
+            "layout": "uniform [0,1): latents [:L]; continuous actions Box-Muller u1 [L:L+A], u2 [L+A:L+2A]"
+            " (exploration noise: u1 [L+2A:L+3A], u2 [L+3A:L+4A]); discrete action [L]",
         },
         "deterministic": deterministic,
         "opset": OPSET,

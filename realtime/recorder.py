@@ -113,7 +113,8 @@ class ExperienceRecorder:
         deter, stoch = self.buffers["deter"], self.buffers["stoch"]
         if inputs is not None and inputs.get("deter") is not None and inputs["deter"].shape[1:] == deter.shape[1:]:
             deter[row] = inputs["deter"][0]
-            stoch[row] = inputs["stoch"][0].argmax(-1)
+            # Categorical z [1, S, C] is kept as class indices; a Gaussian z [1, S] (V1) is not kept.
+            stoch[row] = inputs["stoch"][0].argmax(-1) if inputs["stoch"].ndim == 3 else 0
         else:  # a policy without latents (random, before the first weights): zeros
             deter[row] = 0
             stoch[row] = 0

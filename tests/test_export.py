@@ -30,7 +30,7 @@ def rollout_parity(env, agent, path, steps, seed=0):
     step = PolicyStep(agent)
     rng = np.random.default_rng(seed)
     rssm = agent.wm.rssm
-    deter, stoch = torch.zeros(1, rssm.deter), torch.zeros(1, rssm.stoch, rssm.classes)
+    deter, stoch = torch.zeros(1, rssm.deter), torch.zeros(1, *rssm.stoch_shape)
     prev = torch.zeros(1, agent.act_dim)
     obs = env.reset(seed=seed)
     runtime.reset()
@@ -43,7 +43,10 @@ def rollout_parity(env, agent, path, steps, seed=0):
         prev = act_t
         act_o = runtime.step(obs, noise)
         action_diff.append(np.abs(act_o - act_t[0].numpy()).max())
-        same_latents.append(np.array_equal(runtime.inputs["stoch"].argmax(-1), stoch.argmax(-1).numpy()))
+        if rssm.categorical:
+            same_latents.append(np.array_equal(runtime.inputs["stoch"].argmax(-1), stoch.argmax(-1).numpy()))
+        else:  # a Gaussian z (V1): the same sample within float tolerance
+            same_latents.append(np.abs(runtime.inputs["stoch"] - stoch.numpy()).max() <= 1e-4)
         obs = env.step(act_t[0].numpy())
         if obs["is_last"]:
             obs = env.reset()
@@ -73,6 +76,22 @@ def test_parity_discrete(tmp_path):
     export(agent, env, tmp_path / "p.onnx")
     diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 200)
     assert diff.max() <= 1e-4 and same.mean() >= 0.99
+
+
+@pytest.mark.parametrize(
+    "algo, env_name, steps",
+    [("dreamerv1", "dmc/cartpole_swingup", 1000), ("dreamerv2", "dmc/cartpole_swingup", 1000), ("dreamerv2", "fake/discrete", 200)],
+)
+def test_parity_dreamerv1_v2(algo, env_name, steps, tmp_path):
+    """The V1 (Gaussian z, tanh-normal actor, exploration noise) and V2 (truncated-normal actor) steps export too."""
+    env = envs.make(env_name, seed=0)
+    agent = make_agent(env, (f"algo={algo}",))
+    export(agent, env, tmp_path / "p.onnx")
+    sidecar = json.loads((tmp_path / "p.onnx.json").read_text())
+    assert sidecar["carry"]["latent"] == ("gaussian" if algo == "dreamerv1" else "categorical")
+    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", steps)
+    assert diff.max() <= 1e-4, diff.max()
+    assert same.mean() >= 0.999, same.mean()
 
 
 def test_deterministic_export_returns_the_mode(tmp_path):

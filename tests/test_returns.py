@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from reverie.agent.returns import PercentileNormalizer, lambda_return
-from reverie.world_model.rssm import kl_losses
+from reverie.world_model import dists
+from reverie.world_model.rssm import kl_terms
 
 
 def reference_lambda_return(last, term, reward, boot, disc, lam):
@@ -57,13 +58,21 @@ def test_percentile_normalizer_ema_and_floor():
     assert small.scale() == 1.0  # the floor keeps small returns from being blown up
 
 
+def _categorical_kl(lhs, rhs):
+    return dists.categorical_kl(dists.unimix_logits(lhs, 0.01), dists.unimix_logits(rhs, 0.01))
+
+
+def kl_losses(post, prior, unimix, free_nats):
+    assert unimix == 0.01
+    terms = kl_terms(_categorical_kl, post, prior, mode="split", free_nats=free_nats)
+    return terms["dyn"], terms["rep"]
+
+
 def test_kl_free_bits_value_and_gradient():
     torch.manual_seed(0)
     post = torch.randn(8, 32, 4, requires_grad=True)
     prior = torch.randn(8, 32, 4, requires_grad=True)
     dyn, rep = kl_losses(post, prior, unimix=0.01, free_nats=1.0)
-    from reverie.world_model import dists
-
     kl = dists.categorical_kl(dists.unimix_logits(post, 0.01), dists.unimix_logits(prior, 0.01))
     assert torch.allclose(dyn, kl.clamp(min=1.0)) and torch.allclose(rep, kl.clamp(min=1.0))
     # dyn trains only the prior, rep only the posterior.

@@ -97,3 +97,26 @@ def test_smoke_gym_continuous_and_discrete(env, tiny_overrides, tmp_path):
     lines = read_lines(tmp_path / "run" / "metrics.jsonl")
     assert any("loss/vector" in m for m in lines) and any("eval/return" in m for m in lines)
     assert (tmp_path / "run" / "policy.onnx").exists()
+
+
+SMOKE_ENVS = {
+    "dmc_vector": ["env=dmc/cartpole_swingup", "steps=200"],
+    "dmc_pixels": ["env=dmc/cartpole_swingup", "obs=pixels", "steps=120"],
+    "gym_discrete": ["env=gym/CartPole-v1", "steps=200"],
+    "atari": ["env=atari/pong", "steps=400"],  # 100 agent steps at action repeat 4
+    "crafter": ["env=crafter", "steps=200"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env", list(SMOKE_ENVS))
+@pytest.mark.parametrize("algo", ["dreamerv1", "dreamerv2", "dreamerv3"])
+def test_smoke_every_algo_on_every_family(algo, env, tiny_overrides, tmp_path):
+    """A few hundred environment steps of each version on each kind of task: trains, evaluates, exports."""
+    assert main(["train", f"algo={algo}", *SMOKE_ENVS[env], "env.time_limit=60", "eval_every=100000", *tiny_overrides]) == 0
+    lines = read_lines(tmp_path / "run" / "metrics.jsonl")
+    losses = [v for m in lines for k, v in m.items() if k.startswith("loss/")]
+    assert losses and torch.isfinite(torch.tensor(losses)).all()
+    kl_key = "loss/kl" if algo == "dreamerv1" else "loss/dyn"
+    assert any(kl_key in m for m in lines) and any("eval/return" in m for m in lines)
+    assert (tmp_path / "run" / "policy.onnx").exists()

@@ -207,3 +207,108 @@ def normal_entropy(std: torch.Tensor) -> torch.Tensor:
 def binary_logp(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Log-likelihood of a (possibly soft) target in [0, 1] under Bernoulli(sigmoid(logit))."""
     return target * F.logsigmoid(logit) + (1 - target) * F.logsigmoid(-logit)
+
+
+# ----------------------------------------------------------------- Gaussians
+def normal_from_uniform(uniform: torch.Tensor) -> torch.Tensor:
+    """Standard-normal numbers ``[..., n]`` from uniforms ``[..., 2n]`` in [0, 1) (Box–Muller).
+
+    Lets a graph that receives only uniform noise (the exported policy step)
+    sample Gaussians deterministically.
+    """
+    u1, u2 = uniform.chunk(2, -1)
+    radius = torch.sqrt(-2.0 * torch.log1p(-u1))  # log1p(−u): u may be 0, never 1
+    return radius * torch.cos(2 * math.pi * u2)
+
+
+def gaussian_stats(raw: torch.Tensor, min_std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DreamerV1's latent parameters from ``raw [..., S, 2]``: mean and ``softplus(std) + min_std``."""
+    mean, std = raw.unbind(-1)
+    return mean, F.softplus(std) + min_std
+
+
+def gaussian_kl(mean1: torch.Tensor, std1: torch.Tensor, mean2: torch.Tensor, std2: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean1, std1²) ‖ N(mean2, std2²)) of diagonal Gaussians, summed over the last axis."""
+    var_ratio = (std1 / std2).square()
+    mahal = ((mean1 - mean2) / std2).square()
+    return 0.5 * (var_ratio + mahal - 1.0 - torch.log(var_ratio)).sum(-1)
+
+
+def tanh_normal_params(
+    mean_raw: torch.Tensor, std_raw: torch.Tensor, mean_scale: float = 5.0, init_std: float = 5.0, min_std: float = 1e-4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DreamerV1's actor: pre-tanh mean ``scale·tanh(raw/scale)``, std ``softplus(raw + softplus⁻¹(init)) + min``."""
+    mean = mean_scale * torch.tanh(mean_raw / mean_scale)
+    std = F.softplus(std_raw + math.log(math.expm1(init_std))) + min_std
+    return mean, std
+
+
+def tanh_normal_logp(action: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Elementwise log-density of ``tanh(N(mean, std²))`` at ``action`` in (−1, 1)."""
+    action = action.clamp(-0.999999, 0.999999)
+    pre = torch.atanh(action)
+    # log|d tanh(x)/dx| = 2 (log 2 − x − softplus(−2x)), the stable form.
+    log_det = 2.0 * (math.log(2.0) - pre - F.softplus(-2.0 * pre))
+    return normal_logp(pre, mean, std) - log_det
+
+
+def _std_normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def erfinv(x: torch.Tensor) -> torch.Tensor:
+    """Inverse error function from elementary operations (Giles 2010, single precision).
+
+    ``torch.erfinv`` has no ONNX counterpart; this form exports, so the
+    truncated-normal sample of the exported policy matches torch's.
+    Absolute error below 5e-7 on (−1, 1) (tested against ``torch.erfinv``).
+    """
+    w = -torch.log((1.0 - x) * (1.0 + x))
+    small = w < 5.0
+    ws = torch.where(small, w - 2.5, torch.sqrt(torch.clamp(w, min=5.0)) - 3.0)
+    central = (
+        2.81022636e-08, 3.43273939e-07, -3.5233877e-06, -4.39150654e-06, 0.00021858087,
+        -0.00125372503, -0.00417768164, 0.246640727, 1.50140941,
+    )  # fmt: skip
+    tail = (
+        -0.000200214257, 0.000100950558, 0.00134934322, -0.00367342844, 0.00573950773,
+        -0.0076224613, 0.00943887047, 1.00167406, 2.83297682,
+    )  # fmt: skip
+    p_small = torch.full_like(x, central[0])
+    p_tail = torch.full_like(x, tail[0])
+    for a, b in zip(central[1:], tail[1:]):
+        p_small = p_small * ws + a
+        p_tail = p_tail * ws + b
+    return torch.where(small, p_small, p_tail) * x
+
+
+def trunc_normal_params(mean_raw: torch.Tensor, std_raw: torch.Tensor, min_std: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """DreamerV2's actor: mean ``tanh(raw)``, std ``2·sigmoid(raw/2) + min_std`` (before truncation to [−1, 1])."""
+    return torch.tanh(mean_raw), 2.0 * torch.sigmoid(std_raw / 2.0) + min_std
+
+
+def trunc_normal_sample(mean: torch.Tensor, std: torch.Tensor, normal: torch.Tensor, clip: float = 1e-6) -> torch.Tensor:
+    """A reparameterised sample of N(mean, std²) truncated to [−1, 1], from standard-normal noise.
+
+    The noise is mapped to a uniform u = Φ(ε) and through the inverse CDF of
+    the truncated distribution, so gradients reach mean and std. Like the
+    official ``TruncNormalDist`` the value is clipped to ±(1 − clip) with a
+    straight-through gradient.
+    """
+    alpha, beta = _std_normal_cdf((-1.0 - mean) / std), _std_normal_cdf((1.0 - mean) / std)
+    u = alpha + _std_normal_cdf(normal) * (beta - alpha)
+    u = u.clamp(1e-6, 1.0 - 1e-6)
+    x = mean + std * math.sqrt(2.0) * erfinv(2.0 * u - 1.0)
+    clipped = x.clamp(-1.0 + clip, 1.0 - clip)
+    return x + (clipped - x).detach()
+
+
+def trunc_normal_logp_entropy(action: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise log-density at ``action`` and entropy of N(mean, std²) truncated to [−1, 1]."""
+    a, b = (-1.0 - mean) / std, (1.0 - mean) / std
+    mass = (_std_normal_cdf(b) - _std_normal_cdf(a)).clamp(min=1e-8)
+    log_mass = torch.log(mass)
+    logp = normal_logp(action, mean, std) - log_mass
+    pdf = lambda z: torch.exp(-0.5 * z.square()) / math.sqrt(2 * math.pi)  # noqa: E731
+    entropy = 0.5 * math.log(2 * math.pi * math.e) + torch.log(std) + log_mass + (a * pdf(a) - b * pdf(b)) / (2 * mass)
+    return logp, entropy

@@ -1,4 +1,9 @@
-"""Observation encoder: an MLP over symlog vectors and a CNN over 64×64 images."""
+"""Observation encoder: an MLP over symlog vectors and a CNN over 64×64 images.
+
+Two CNN layouts (``cnn``): ``pool`` (DreamerV3: same-padded stride-1
+convolutions, each followed by a 2×2 max-pool, 64 → 4) and ``strided``
+(DreamerV1/V2: 4×4 convolutions of stride 2 without padding, 64 → 31 → 14 → 6 → 2).
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,17 @@ def conv2d(cin: int, cout: int, kernel: int, outscale: float = 1.0) -> nn.Conv2d
     return conv
 
 
+CNN_LAYOUTS = ("pool", "strided")
+
+
+def strided_conv2d(cin: int, cout: int, kernel: int, transposed: bool = False) -> nn.Module:
+    """Unpadded stride-2 convolution (or transposed convolution), fan-in truncated-normal init."""
+    conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(cin, cout, kernel, stride=2)
+    trunc_normal_init_(conv.weight, cin * kernel * kernel)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
 class Encoder(nn.Module):
     """Encodes a dict of observations into one token per step.
 
@@ -44,10 +60,12 @@ class Encoder(nn.Module):
         image_channels: channels of each image key (64×64), in a fixed order.
         layers, units: MLP depth and width for vectors.
         depth, mults: CNN channels are ``depth · mult`` per stage; each stage
-            halves the resolution with a 2×2 max-pool (64 → 4 for 4 stages).
-        kernel: convolution kernel size.
+            halves the resolution (64 → 4 for 4 stages; strided: 64 → 2).
+        kernel: convolution kernel size (V3: 5; strided: 4).
         act, norm: activation and norm names.
         symlog_inputs: squash vector inputs with symlog.
+        cnn: ``pool`` (V3) or ``strided`` (V1, V2).
+        cnn_act: the CNN's activation if it differs from ``act`` (V1: relu).
     """
 
     def __init__(
@@ -64,8 +82,12 @@ class Encoder(nn.Module):
         act: str = "silu",
         norm: str = "rms",
         symlog_inputs: bool = True,
+        cnn: str = "pool",
+        cnn_act: str = "",
     ) -> None:
         super().__init__()
+        if cnn not in CNN_LAYOUTS:
+            raise ValueError(f"unknown cnn layout {cnn!r}; valid: {', '.join(CNN_LAYOUTS)}")
         self.vector_keys = list(vector_dims)
         self.image_keys = sorted(image_channels)
         self.symlog_inputs = symlog_inputs
@@ -75,13 +97,20 @@ class Encoder(nn.Module):
             self.out_dim += self.mlp.out_features
         if self.image_keys:
             stages: list[nn.Module] = []
-            cin = sum(image_channels.values())
+            cin, final = sum(image_channels.values()), image_size
             for mult in mults:
                 cout = depth * mult
-                stages += [conv2d(cin, cout, kernel), nn.MaxPool2d(2), ChannelNorm(cout, norm), make_act(act)]
+                if cnn == "pool":
+                    stages += [conv2d(cin, cout, kernel), nn.MaxPool2d(2)]
+                    final //= 2
+                else:
+                    stages += [strided_conv2d(cin, cout, kernel)]
+                    final = (final - kernel) // 2 + 1
+                stages += [ChannelNorm(cout, norm), make_act(cnn_act or act)]
                 cin = cout
+            if final < 1:
+                raise ValueError(f"{len(mults)} stages of kernel {kernel} leave nothing of a {image_size}×{image_size} image")
             self.cnn = nn.Sequential(*stages)
-            final = image_size // 2 ** len(mults)
             self.out_dim += cin * final * final
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:

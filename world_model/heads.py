@@ -1,4 +1,4 @@
-"""Output heads: two-hot regression (reward, value) and Bernoulli (continuation)."""
+"""Output heads: scalar regression (two-hot or squared error) and Bernoulli (continuation)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,45 @@ class TwoHotHead(nn.Module):
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy to the two-hot encoding of ``target`` ``[...]``."""
         return dists.twohot_loss(logits, target, self.bins)
+
+
+class MSEHead(nn.Module):
+    """Predicts a scalar directly, trained with squared error.
+
+    DreamerV2's ``mse`` heads; DreamerV1's unit-variance Gaussian heads are the
+    same up to a factor ½ and a constant (the V1 preset scales its loss terms
+    by ½). Same interface as :class:`TwoHotHead`: ``logits`` are ``[..., 1]``.
+    """
+
+    def __init__(self, in_dim: int, *, layers: int, units: int, act: str = "elu", norm: str = "none", outscale: float = 1.0) -> None:
+        super().__init__()
+        self.mlp = MLP(in_dim, layers, units, act=act, norm=norm)
+        self.out = Linear(self.mlp.out_features, 1, outscale=outscale)
+
+    def logits(self, feat: torch.Tensor) -> torch.Tensor:
+        """``[..., F] → [..., 1]``."""
+        return self.out(self.mlp(feat))
+
+    def mean(self, logits: torch.Tensor) -> torch.Tensor:
+        """The prediction ``[...]``."""
+        return logits.squeeze(-1)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``(prediction − target)²``, ``[...]``."""
+        return (logits.squeeze(-1) - target.float()).square()
+
+
+#: Scalar head kinds by name (``dist`` in the head configs).
+SCALAR_HEADS = {"twohot": TwoHotHead, "mse": MSEHead}
+
+
+def scalar_head(in_dim: int, *, dist: str = "twohot", bins: int = 255, **kwargs) -> TwoHotHead | MSEHead:
+    """A reward or critic head: ``dist=twohot`` (V3) or ``mse`` (V1, V2)."""
+    if dist not in SCALAR_HEADS:
+        raise ValueError(f"unknown head dist {dist!r}; valid: {', '.join(SCALAR_HEADS)}")
+    if dist == "twohot":
+        kwargs["bins"] = bins
+    return SCALAR_HEADS[dist](in_dim, **kwargs)
 
 
 class BinaryHead(nn.Module):
