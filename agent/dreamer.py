@@ -155,7 +155,8 @@ class Dreamer(nn.Module):
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         # A graph that fails to compile runs eagerly instead of stopping training.
         torch._dynamo.config.suppress_errors = True
-        hot = [self.critic.mlp, self.slow_critic.net.mlp, self.wm.reward.mlp, self.wm.cont.mlp, self.actor.mlp, self.wm.rssm.prior_net]
+        heads = [self.critic, self.slow_critic.net, self.wm.reward, self.wm.cont, self.actor]
+        hot = [head.mlp for head in heads if head is not None] + [self.wm.rssm.prior_net]  # V1 has no continuation head
         for module in hot:
             module.forward = torch.compile(module.forward, dynamic=False)
         self._compiled = hot

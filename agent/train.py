@@ -252,8 +252,11 @@ class Trainer:
                 if obs["is_last"]:
                     self.counters["episodes"] += 1
                     last_return = episode_return
+                    # Per-episode diagnostics of the env (Crafter's achievement counts) go along as episode/<name>.
+                    diagnostics = {f"episode/{k[4:]}": int(v) for k, v in obs.items() if k.startswith("log/achievement_")}
                     logger.write(
-                        self.env_steps, {"episode/return": episode_return, "episode/length": episode_length, "time/wall_s": self.wall_s()}
+                        self.env_steps,
+                        {"episode/return": episode_return, "episode/length": episode_length, **diagnostics, "time/wall_s": self.wall_s()},
                     )
                     obs = None
                     self._maybe_evaluate(logger)

@@ -141,11 +141,20 @@ def test_learner_checkpoint_keeps_stream_accounting_and_version(tmp_path):
         again.close()
 
 
-def test_loopback_run_swaps_weights_and_accounts_for_every_transition(tmp_path):
+@pytest.mark.parametrize("algo", ["dreamerv3", "dreamerv1", "dreamerv2"])
+def test_loopback_run_swaps_weights_and_accounts_for_every_transition(algo, tmp_path):
     from reverie.realtime.actor import Actor
     from reverie.realtime.learner import Learner
 
-    cfg = tiny_cfg(tmp_path, "steps=100000000", "realtime.rate_hz=200", "realtime.publish_every=5", "realtime.chunk=16", "eval_episodes=0")
+    cfg = tiny_cfg(
+        tmp_path,
+        f"algo={algo}",
+        "steps=100000000",
+        "realtime.rate_hz=200",
+        "realtime.publish_every=5",
+        "realtime.chunk=16",
+        "eval_episodes=0",
+    )
     learner = Learner(cfg)
     actor = Actor(cfg)
     result = {}

@@ -120,3 +120,13 @@ def test_smoke_every_algo_on_every_family(algo, env, tiny_overrides, tmp_path):
     kl_key = "loss/kl" if algo == "dreamerv1" else "loss/dyn"
     assert any(kl_key in m for m in lines) and any("eval/return" in m for m in lines)
     assert (tmp_path / "run" / "policy.onnx").exists()
+    if env == "crafter":  # achievements per episode, from which bench/crafter_score.py computes the Crafter score
+        import importlib.util
+        from pathlib import Path
+
+        episodes = [m for m in lines if "episode/return" in m]
+        assert episodes and all("episode/achievement_collect_wood" in m for m in episodes)
+        spec = importlib.util.spec_from_file_location("crafter_score", Path(__file__).parent.parent / "bench" / "crafter_score.py")
+        crafter_score = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(crafter_score)
+        assert len(crafter_score.read_episodes(tmp_path / "run")) == len(episodes)

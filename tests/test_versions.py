@@ -337,3 +337,12 @@ def test_strided_cnn_shapes_of_v1_v2():
     assert pred.shape == (2, 5, 64, 64, 3)
     with pytest.raises(ValueError, match="unknown cnn layout"):
         Encoder(vector_dims={}, image_channels={"image": 3}, cnn="dilated")
+
+
+@pytest.mark.parametrize("algo", ["dreamerv1", "dreamerv2"])
+def test_compile_and_eager_with_v1_v2_parts(algo):
+    agent = agent_for(algo)  # V1 and V2 on DMC have no continuation head
+    agent.compile()
+    with agent.eager():
+        assert "forward" not in agent.actor.mlp.__dict__
+    assert "forward" in agent.actor.mlp.__dict__
