@@ -43,3 +43,37 @@ def make_agent(env, overrides=("size=1m",)):
 
     torch.manual_seed(0)
     return build_agent(compose(list(overrides)), env.obs_space, env.act_space).eval()
+
+
+def vector_obs_space():
+    """Spaces of a small vector task: ``position (5,)`` plus the basic keys."""
+    import numpy as np
+
+    from reverie.envs.base import Space
+
+    return {
+        "position": Space(np.float32, (5,)),
+        "reward": Space(np.float32, ()),
+        "is_first": Space(bool, ()),
+        "is_last": Space(bool, ()),
+        "is_terminal": Space(bool, ()),
+    }
+
+
+def fake_batch(B=3, L=9, *, deter=64, stoch=8, classes=4, act_dim=2):
+    """A replay batch ``{key: [B, L, ...]}`` for :func:`vector_obs_space` with random values and an episode start at step 3."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = {
+        "position": rng.normal(size=(B, L, 5)).astype(np.float32),
+        "reward": rng.normal(size=(B, L)).astype(np.float32),
+        "is_first": np.zeros((B, L), bool),
+        "is_last": np.zeros((B, L), bool),
+        "is_terminal": rng.random((B, L)) < 0.1,
+        "action": rng.uniform(-1, 1, (B, L, act_dim)).astype(np.float32),
+        "deter": rng.normal(size=(B, L, deter)).astype(np.float16),
+        "stoch": rng.integers(0, classes, (B, L, stoch)).astype(np.uint8),
+    }
+    data["is_first"][:, 3] = True
+    return data

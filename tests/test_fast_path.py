@@ -4,6 +4,7 @@ import copy
 
 import numpy as np
 import torch
+from conftest import fake_batch, vector_obs_space
 
 from reverie.agent.dreamer import Dreamer
 from reverie.envs.base import Space
@@ -24,13 +25,6 @@ def test_mlp_on_latent_features_equals_dense():
 
 
 def tiny_agent():
-    obs_space = {
-        "position": Space(np.float32, (5,)),
-        "reward": Space(np.float32, ()),
-        "is_first": Space(bool, ()),
-        "is_last": Space(bool, ()),
-        "is_terminal": Space(bool, ()),
-    }
     wm = dict(
         rssm=dict(deter=64, hidden=16, stoch=8, classes=4, blocks=4),
         encoder=dict(layers=2, units=16),
@@ -39,7 +33,7 @@ def tiny_agent():
         cont_head=dict(layers=1, units=16),
     )
     return Dreamer(
-        obs_space=obs_space,
+        obs_space=vector_obs_space(),
         act_space=Space(np.float32, (2,), -1, 1),
         obs_keys=["position"],
         world_model=wm,
@@ -49,20 +43,7 @@ def tiny_agent():
     )
 
 
-def batch(B=3, L=9):
-    rng = np.random.default_rng(0)
-    data = {
-        "position": rng.normal(size=(B, L, 5)).astype(np.float32),
-        "reward": rng.normal(size=(B, L)).astype(np.float32),
-        "is_first": np.zeros((B, L), bool),
-        "is_last": np.zeros((B, L), bool),
-        "is_terminal": rng.random((B, L)) < 0.1,
-        "action": rng.uniform(-1, 1, (B, L, 2)).astype(np.float32),
-        "deter": rng.normal(size=(B, L, 64)).astype(np.float16),
-        "stoch": rng.integers(0, 4, (B, L, 8)).astype(np.uint8),
-    }
-    data["is_first"][:, 3] = True
-    return data
+batch = fake_batch
 
 
 def test_agent_losses_and_gradients_fast_equal_plain():

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, fake_batch, vector_obs_space
 from scipy import stats
 
 from reverie.agent.behavior import Actor, SlowCritic, policy_loss
@@ -18,30 +18,13 @@ from reverie.world_model import dists
 from reverie.world_model.heads import MSEHead, scalar_head
 from reverie.world_model.rssm import RSSM, kl_terms
 
-OBS_SPACE = {
-    "position": Space(np.float32, (5,)),
-    "reward": Space(np.float32, ()),
-    "is_first": Space(bool, ()),
-    "is_last": Space(bool, ()),
-    "is_terminal": Space(bool, ()),
-}
+OBS_SPACE = vector_obs_space()
 ACT_SPACE = Space(np.float32, (2,), -1, 1)
 
 
-def batch(B=3, L=9, stoch=4, deter=32):
-    rng = np.random.default_rng(0)
-    data = {
-        "position": rng.normal(size=(B, L, 5)).astype(np.float32),
-        "reward": rng.normal(size=(B, L)).astype(np.float32),
-        "is_first": np.zeros((B, L), bool),
-        "is_last": np.zeros((B, L), bool),
-        "is_terminal": np.zeros((B, L), bool),
-        "action": rng.uniform(-1, 1, (B, L, 2)).astype(np.float32),
-        "deter": rng.normal(size=(B, L, deter)).astype(np.float16),
-        "stoch": rng.integers(0, 4, (B, L, stoch)).astype(np.uint8),
-    }
-    data["is_first"][:, 3] = True
-    return data
+def batch():
+    """A batch for the TINY sizes (deter 32, 4 latents of 4 classes)."""
+    return fake_batch(deter=32, stoch=4)
 
 
 def agent_for(algo, *extra):
@@ -314,7 +297,7 @@ def test_v2_discrete_actor_uses_reinforce_and_continuous_uses_dynamics():
 def test_train_step_is_finite_and_refreshes_latents(algo):
     agent = agent_for(algo)
     stoch = agent.wm.rssm.stoch
-    metrics, latents = agent.train_step(batch(stoch=stoch))
+    metrics, latents = agent.train_step(batch())
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     assert latents["deter"].shape == (3, 8, 32) and latents["stoch"].shape == (3, 8, stoch)
 
