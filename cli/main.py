@@ -54,7 +54,7 @@ def train_help() -> str:
         "",
         "config groups (group=option):",
         f"  algo=   {', '.join(groups['algo'])}",
-        f"  size=   {', '.join(groups['size'])}   (official DreamerV3 presets)",
+        f"  size=   {', '.join(groups['size'])}   (1m … 400m: the official DreamerV3 sizes; dreamerv1, dreamerv2: those of V1, V2)",
         f"  env=    {len(env_options)} presets in families {', '.join(f + '/' for f in families)};",
         "          e.g. env=dmc/cartpole_swingup, env=gym/Hopper-v5, env=fake/vector.",
         "          Any other gymnasium id: env.name=gym/<id>.",
