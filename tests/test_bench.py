@@ -29,6 +29,12 @@ def test_policy_latency():
     assert all(r["p99_us"] > 0 and r["floor_us"] > 0 for r in rows)
 
 
+def test_stall_probe():
+    (row,) = run("stall_probe.py", "--seconds", "0.3", "--min-gap-ms", "0")
+    # With no minimum, every clock read counts: a positive largest gap and ordered counts.
+    assert row["max_gap_ms"] > 0 and row["gaps_over_0.5ms"] >= row["gaps_over_1ms"] >= row["gaps_over_2ms"] >= row["over_period_100hz"]
+
+
 @pytest.mark.slow
 def test_loop_deadlines(tmp_path):
     (row,) = run("loop_deadlines.py", "--runs", "1m:100", "--seconds", "0.5", "--out", str(tmp_path))
