@@ -41,15 +41,21 @@ def probe(seconds: float, min_gap_s: float) -> list[float]:
     return gaps
 
 
-def build_sessions(path: str, stop: threading.Event, count: list[int]) -> None:
-    """Builds one session of ``path`` every 50 ms until ``stop`` (as the actor's weight thread does)."""
+def build_sessions(path: str, stop: threading.Event, count: list[int], keep: list) -> None:
+    """Builds one session of ``path`` every 50 ms until ``stop`` (as the actor's weight thread does).
+
+    Each session is freed right away, unless ``keep`` is given a list to hold them.
+    """
     import onnxruntime as ort
 
     while not stop.is_set():
         options = ort.SessionOptions()
         options.intra_op_num_threads = options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        if keep is not None:
+            keep.append(session)
+        del session
         count[0] += 1
         stop.wait(0.05)
 
@@ -60,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--min-gap-ms", type=float, default=0.5, help="smallest gap recorded")
     parser.add_argument("--build", default=None, help="an ONNX model to build sessions of beside the probe")
+    parser.add_argument("--keep", action="store_true", help="with --build: keep every session alive (separates building from freeing)")
     args = parser.parse_args(argv)
     if args.build:
         import onnxruntime as ort
@@ -67,8 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         ort.InferenceSession(args.build, providers=["CPUExecutionProvider"])  # the first build initialises onnxruntime
         sys.setswitchinterval(0.0002)  # as the actor's loop runs
     for run in range(args.runs):
-        stop, builds = threading.Event(), [0]
-        builder = threading.Thread(target=build_sessions, args=(args.build, stop, builds)) if args.build else None
+        stop, builds, kept = threading.Event(), [0], [] if args.keep else None
+        builder = threading.Thread(target=build_sessions, args=(args.build, stop, builds, kept)) if args.build else None
         if builder:
             builder.start()
         gaps = probe(args.seconds, args.min_gap_ms / 1e3)
@@ -86,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                 "over_period_100hz": sum(g > 10e-3 for g in gaps),
                 "build": args.build,
                 "sessions_built": builds[0],
+                "sessions_kept": bool(args.keep),
                 "machine": machine(),
             }
         )
