@@ -68,6 +68,17 @@ def run_seeds(args: argparse.Namespace) -> dict[int, dict]:
     return results
 
 
+def run_label(logdir: Path) -> str:
+    """``<algo>-<size>-seed<seed>`` from the run's config.yaml (the folder name when there is none)."""
+    config = logdir / "config.yaml"
+    if not config.exists():
+        return logdir.name
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(config)
+    return f"{cfg.algo.name}-{cfg.size.name}-seed{cfg.seed}"
+
+
 def summarize(logdirs: list[Path], env: str, runs: dict[int, dict] | None = None) -> dict:
     per_run = []
     for logdir in logdirs:
@@ -80,6 +91,7 @@ def summarize(logdirs: list[Path], env: str, runs: dict[int, dict] | None = None
         reached = next(((s, w) for s, r, w in evals if ref is not None and r >= ref), None)
         entry = {
             "logdir": str(logdir),
+            "label": run_label(logdir),
             "evals": evals,
             "episodes": episodes,
             "final_eval": evals[-1][1] if evals else None,
@@ -116,7 +128,7 @@ def plot(summary: dict, path: Path) -> None:
             ax.plot(xs, ys, color=color, alpha=0.3, lw=1)
         if run["evals"]:
             xs, ys, _ = zip(*run["evals"])
-            ax.plot(xs, ys, color=color, marker="o", ms=3, label=f"{Path(run['logdir']).name} (eval; faint: training episodes)")
+            ax.plot(xs, ys, color=color, marker="o", ms=3, label=f"{run['label']} (eval; faint: training episodes)")
     if summary["reference_at_100k"] is not None:
         ax.axhline(
             summary["reference_at_100k"], color="gray", ls="--", label=f"official DreamerV3 at 100K ({summary['reference_at_100k']})"
