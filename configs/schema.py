@@ -41,7 +41,7 @@ class NetConfig:
 
     layers: int = doc(3, "MLP layers")
     mults: list = doc([2, 3, 4, 4], "CNN channel multipliers of depth per stage")
-    kernel: int = doc(5, "CNN kernel size")
+    kernel: int = doc(5, "CNN kernel size (the strided decoder's are fixed: 5, 5, 6, 6)")
     act: str = doc("silu", "activation")
     norm: str = doc("rms", "norm: rms | layer | none")
     symlog: bool = doc(True, "symlog vector inputs (encoder) and targets (decoder), V3")
@@ -164,7 +164,9 @@ class EnvConfig:
     action_repeat: int | None = doc(None, "actions repeated per agent step (default: 2 for dmc, 1 otherwise)")
     time_limit: int | None = doc(None, "agent steps per episode (default: the environment's own)")
     size: int = doc(64, "side of pixel observations")
-    options: dict = doc({}, "keyword arguments of the raw environment, e.g. atari: {sticky, actions, noops, gray, life_done}")
+    options: dict = doc(
+        {}, "keyword arguments of the raw environment (add one with +env.options.KEY=V), e.g. atari: sticky, actions, noops, gray"
+    )
 
 
 @dataclass
