@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import resource
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +55,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@functools.cache
+def _warn_no_continuation_head() -> None:
+    """Once per process: a terminating task without a continuation head cannot be modelled."""
+    warnings.warn(
+        "this task ends episodes by termination, but algo.use_cont=false: the world model will imagine that episodes"
+        " never end (a fixed discount); set algo.use_cont=true",
+        stacklevel=3,
+    )
 
 
 def check_config(logdir: Path, cfg: DictConfig) -> None:
@@ -250,6 +262,8 @@ class Trainer:
                 self.counters["agent_steps"] += 1
                 window += self.train_updates()
                 if obs["is_last"]:
+                    if obs["is_terminal"] and self.agent.wm.cont is None:
+                        _warn_no_continuation_head()
                     self.counters["episodes"] += 1
                     last_return = episode_return
                     # Per-episode diagnostics of the env (Crafter's achievement counts) go along as episode/<name>.

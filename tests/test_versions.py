@@ -42,7 +42,8 @@ def test_presets_compose_with_their_sizes_and_a_size_override():
     assert (v3.size.name, v3.algo.rssm.cell) == ("1m", "blockgru")
     # KL balancing 0.8 / 0.2 (V2); one joint KL with 3 free nats (V1).
     assert (v2.algo.loss_scales.dyn, v2.algo.loss_scales.rep, v2.algo.kl_mode) == (0.8, 0.2, "split")
-    assert (v1.algo.kl_mode, v1.algo.free_nats, v1.algo.use_cont) == ("joint", 3.0, False)
+    assert (v1.algo.kl_mode, v1.algo.free_nats, v1.algo.use_cont, v1.algo.loss_scales.con) == ("joint", 3.0, False, 10.0)
+    assert v2.algo.use_cont  # V2's default pred_discount (its DMC config turns it off; see docs/algorithms.md)
     # The user's size wins over the preset's default size.
     assert compose(["algo=dreamerv2", "size=12m"]).size.name == "12m"
 
@@ -324,8 +325,26 @@ def test_strided_cnn_shapes_of_v1_v2():
 
 @pytest.mark.parametrize("algo", ["dreamerv1", "dreamerv2"])
 def test_compile_and_eager_with_v1_v2_parts(algo):
-    agent = agent_for(algo)  # V1 and V2 on DMC have no continuation head
+    agent = agent_for(algo, "algo.use_cont=false")  # compile without a continuation head
     agent.compile()
     with agent.eager():
         assert "forward" not in agent.actor.mlp.__dict__
     assert "forward" in agent.actor.mlp.__dict__
+
+
+def test_a_terminating_task_without_a_continuation_head_warns(tmp_path):
+    from reverie.agent import train
+    from reverie.cli.main import main
+
+    train._warn_no_continuation_head.cache_clear()
+    args = [
+        *TINY,
+        "algo=dreamerv1",
+        "env=fake/vector",
+        "+env.options.terminal=true",
+        "+env.options.length=10",
+        "steps=40",
+        "eval_episodes=0",
+    ]
+    with pytest.warns(UserWarning, match="set algo.use_cont=true"):
+        assert main(["train", *args, f"logdir={tmp_path / 'a'}"]) == 0
