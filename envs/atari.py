@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Space, basic_spaces
+from .base import RawEnv, Space, basic_spaces
 
 #: The 26 games of the Atari 100k benchmark (ALE ROM ids).
 ATARI100K_GAMES = (
@@ -83,7 +83,7 @@ def atari_games() -> list[str]:
     return sorted(roms.get_all_rom_ids())
 
 
-class Atari:
+class Atari(RawEnv):
     """One Atari game.
 
     Args:
@@ -167,16 +167,6 @@ class Atari:
         with _LOCK:
             self._ale.setInt("random_seed", int(seed) % 2**31)
             self._ale.loadROM(self._rom)
-
-    @property
-    def obs_space(self) -> dict[str, Space]:
-        """``image`` plus the basic keys."""
-        return self._obs_space
-
-    @property
-    def act_space(self) -> Space:
-        """Raw action: an int64 index into ``action_names``."""
-        return self._act_space
 
     @property
     def action_names(self) -> list[str]:

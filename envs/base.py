@@ -77,6 +77,28 @@ class Env(Protocol):
         """Frees the simulator."""
 
 
+class RawEnv:
+    """Base of the raw environments (before the wrappers): the spaces they set once in ``__init__``.
+
+    Subclasses assign ``self._obs_space`` (sensor keys plus :func:`basic_spaces`)
+    and ``self._act_space`` (the simulator's own action: float32 ``(A,)`` with
+    per-dimension bounds, or an int64 index for discrete actions).
+    """
+
+    _obs_space: dict[str, Space]
+    _act_space: Space
+
+    @property
+    def obs_space(self) -> dict[str, Space]:
+        """Sensor keys plus the basic keys."""
+        return self._obs_space
+
+    @property
+    def act_space(self) -> Space:
+        """The raw action space."""
+        return self._act_space
+
+
 def basic_spaces() -> dict[str, Space]:
     """Spaces of the keys every observation has: reward, is_first, is_last, is_terminal."""
     return {

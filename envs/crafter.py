@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Space, basic_spaces
+from .base import RawEnv, Space, basic_spaces
 
 #: Crafter's tasks (``crafter/<task>``).
 TASKS = ("reward", "noreward")
@@ -38,7 +38,7 @@ def achievement_names() -> list[str]:
     return list(crafter.constants.achievements)
 
 
-class Crafter:
+class Crafter(RawEnv):
     """The Crafter survival game.
 
     Args:
@@ -81,16 +81,6 @@ class Crafter:
         space.update(basic_spaces())
         self._obs_space = space
         self._act_space = Space(np.int64, (), 0, self._env.action_space.n - 1, discrete=True)
-
-    @property
-    def obs_space(self) -> dict[str, Space]:
-        """``image`` plus the basic keys (``log/`` keys are not declared)."""
-        return self._obs_space
-
-    @property
-    def act_space(self) -> Space:
-        """Raw action: an int64 index into ``action_names``."""
-        return self._act_space
 
     @property
     def action_names(self) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._gl import close_at_exit, ensure_headless_gl
-from .base import BASIC_KEYS, Space, basic_spaces
+from .base import BASIC_KEYS, RawEnv, Space, basic_spaces
 
 ensure_headless_gl()
 
@@ -95,7 +95,7 @@ def parse_task(name: str) -> tuple[str, str]:
     raise ValueError(f"unknown dmc task {name!r}; valid tasks: {', '.join(dmc_tasks())}")
 
 
-class DMC:
+class DMC(RawEnv):
     """One dm_control suite task.
 
     Observations: in ``vector`` mode each suite observation key flattened to a
@@ -185,16 +185,6 @@ class DMC:
             space["image"] = Space(np.uint8, (*self._size, 3), 0, 255)
         space.update(basic_spaces())
         self._obs_space = space
-
-    @property
-    def obs_space(self) -> dict[str, Space]:
-        """Sensor keys plus the basic keys."""
-        return self._obs_space
-
-    @property
-    def act_space(self) -> Space:
-        """Raw float32 ``(A,)`` action; see ``act_bounds`` for per-dim bounds."""
-        return self._act_space
 
     @property
     def act_bounds(self) -> tuple[np.ndarray, np.ndarray]:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Space, basic_spaces
+from .base import RawEnv, Space, basic_spaces
 
 #: Faults ``FakeEnv`` can inject into an observation.
 FAULTS = ("nan", "dtype", "shape", "missing", "extra")
 
 
-class FakeEnv:
+class FakeEnv(RawEnv):
     """A fixed-length follow-the-target task.
 
     Args:
@@ -88,16 +88,6 @@ class FakeEnv:
             space["image"] = Space(np.uint8, (*self._size, 3), 0, 255)
         space.update(basic_spaces())
         self._obs_space = space
-
-    @property
-    def obs_space(self) -> dict[str, Space]:
-        """Sensor keys plus the basic keys."""
-        return self._obs_space
-
-    @property
-    def act_space(self) -> Space:
-        """Raw action: float32 ``(act_dim,)`` in ``bounds``, or an int64 index."""
-        return self._act_space
 
     @property
     def act_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:

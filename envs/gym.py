@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ._gl import close_at_exit, ensure_headless_gl
-from .base import BASIC_KEYS, Space, basic_spaces
+from .base import BASIC_KEYS, RawEnv, Space, basic_spaces
 
 ensure_headless_gl()
 
@@ -49,7 +49,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized, np.uint8).reshape(height, width, -1)
 
 
-class Gym:
+class Gym(RawEnv):
     """One gymnasium environment.
 
     Args:
@@ -142,16 +142,6 @@ class Gym:
             n = int(space.n)
             return Space(np.int64, (), 0, n - 1, discrete=True), None, int(space.start)
         raise ValueError(f"unsupported gym action space: {space}")
-
-    @property
-    def obs_space(self) -> dict[str, Space]:
-        """Sensor keys plus the basic keys."""
-        return self._obs_space
-
-    @property
-    def act_space(self) -> Space:
-        """Raw action: float32 ``(A,)`` (Box) or int64 index (Discrete)."""
-        return self._act_space
 
     @property
     def act_bounds(self) -> tuple[np.ndarray, np.ndarray] | None:
