@@ -18,8 +18,6 @@ from .wrappers import ActionRepeat, CheckSpaces, NormalizeAction, OneHotAction, 
 
 #: Families ``make`` builds.
 FAMILIES = ("dmc", "gym", "atari", "crafter", "fake")
-#: Families that are planned but not implemented yet.
-PLANNED_FAMILIES: tuple[str, ...] = ()
 #: Names without a task that stand for a full name.
 DEFAULT_TASKS = {"crafter": "crafter/reward"}
 #: ``fake/<variant>`` names and the FakeEnv arguments they stand for.
@@ -94,12 +92,8 @@ _BUILDERS: dict[str, Callable[..., Any]] = {
 def _split(name: str) -> tuple[str, str]:
     family, sep, rest = DEFAULT_TASKS.get(name, name).partition("/")
     valid = ", ".join(f"{f}/" for f in FAMILIES)
-    if family in PLANNED_FAMILIES:
-        raise ValueError(f"env family '{family}/' is planned but not implemented yet; available: {valid}")
     if not sep or family not in FAMILIES or not rest:
-        planned = ", ".join(f"{f}/" for f in PLANNED_FAMILIES)
-        later = f" ({planned} coming later)" if planned else ""
-        raise ValueError(f"unknown env {name!r}: valid families are {valid}{later}")
+        raise ValueError(f"unknown env {name!r}: valid families are {valid}")
     return family, rest
 
 
