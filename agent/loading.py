@@ -32,7 +32,10 @@ def load_trained(path: str | Path, *, device: str = "cpu") -> tuple[Dreamer, Dic
         raise ValueError(f"no config.yaml beside {ckpt}")
     import torch
 
-    cfg = OmegaConf.load(config)
+    try:
+        cfg = OmegaConf.load(config)
+    except Exception as exc:  # unreadable YAML
+        raise ValueError(f"cannot read {config}: {exc}") from exc
     try:
         payload = torch.load(ckpt, map_location=device, weights_only=False)
     except Exception as exc:

@@ -76,7 +76,10 @@ def check_config(logdir: Path, cfg: DictConfig) -> None:
         # reproduce the behaviour it had.
         from reverie.configs.schema import Config
 
-        before = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)), resolve=True)
+        try:
+            before = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)), resolve=True)
+        except Exception as exc:  # unreadable YAML, or keys the schema refuses
+            raise ValueError(f"cannot read {path} of the earlier run in this logdir: {exc}") from exc
         diff = sorted(k for k in _diff(before, current) if k.split(".")[0] not in RESUMABLE_KEYS)
         if diff:
             raise ValueError(
@@ -323,9 +326,13 @@ class Trainer:
         return {"algo": cfg.algo.name, "size": cfg.size.name, "env": cfg.env.name, "obs": cfg.obs, "env_steps": self.env_steps}
 
     def finish(self, title: str) -> None:
-        """End of a run: ``curve.png`` from the metrics and the exported ``policy.onnx``."""
-        plot_curve(self.logdir / "metrics.jsonl", self.logdir / "curve.png", title=title)
+        """End of a run: the exported ``policy.onnx``, then ``curve.png`` from the metrics.
+
+        The policy comes first: a failing plot (e.g. matplotlib missing) must
+        not cost the run its deployable output.
+        """
         self.export()
+        plot_curve(self.logdir / "metrics.jsonl", self.logdir / "curve.png", title=title)
 
     def _maybe_evaluate(self, logger: MetricsLogger, force: bool = False) -> None:
         if not self.cfg.eval_episodes:

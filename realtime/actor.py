@@ -223,8 +223,11 @@ class Actor:
         self.sender.flush(timeout=5.0)
         self._publish_status()
         self.sender.flush(timeout=1.0)
-        self.loop.stats.histogram_png(self.dir / "latency.png")
         _write_json(self.dir / "loop.json", self.loop.stats.summary())
+        try:
+            self.loop.stats.histogram_png(self.dir / "latency.png")
+        except Exception as exc:  # a missing plotting library must not skip the cleanup below
+            print(f"actor {self.id}: no latency histogram ({exc!r})", file=sys.stderr)
         self.subscriber.close()
         self.sender.close()
         self.security.stop()

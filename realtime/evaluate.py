@@ -55,6 +55,12 @@ def evaluate_policy(
         source: Any = MuJoCoRobot(name, obs=obs_kind, seed=seed)
     else:
         source = envs.make(name, obs=obs_kind, seed=seed)
+    try:
+        runtime.check_spaces(source.obs_space, source.action_space if robot else source.act_space)
+    except ValueError:
+        if hasattr(source, "close"):
+            source.close()
+        raise
     if episodes is None and steps is None and seconds is None:
         episodes = 10
     loop = ControlLoop(source, runtime, rate_hz=rate_hz, safe_action=safe_action, spin_s=default_spin_s(rate_hz))

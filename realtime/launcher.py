@@ -23,8 +23,10 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-#: Restarts of one process before the launcher gives up.
+#: Restarts of one process within ``RESTART_WINDOW_S`` before the launcher
+#: gives up (a rare crash in a days-long run is restarted; a crash loop is not).
 MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
 #: Niceness added to the learner process.
 LEARNER_NICE = 10
 
@@ -35,6 +37,7 @@ class _Process:
     def __init__(self, name: str, command: list[str], log: Path, *, nice: int = 0) -> None:
         self.name, self.command, self.log, self.nice = name, command, log, nice
         self.restarts = 0
+        self.restart_times: list[float] = []
         self.popen: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -131,11 +134,14 @@ def launch(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     return status
 
 
-def _restart(process: _Process, reason: str) -> None:
-    if process.restarts >= MAX_RESTARTS:
-        raise RuntimeError(f"{reason}; gave up after {MAX_RESTARTS} restarts")
+def _restart(process: _Process, reason: str, now: float | None = None) -> None:
+    now = time.monotonic() if now is None else now
+    recent = [t for t in process.restart_times if now - t < RESTART_WINDOW_S]
+    if len(recent) >= MAX_RESTARTS:
+        raise RuntimeError(f"{reason}; gave up after {MAX_RESTARTS} restarts within {RESTART_WINDOW_S:.0f} s")
     print(f"reverie run: {reason}; restarting it", file=sys.stderr)
     process.restarts += 1
+    process.restart_times = [*recent, now]
     process.start()
 
 

@@ -26,8 +26,15 @@ One tick:
 The safe action is ``'hold'`` (the last action sent in this episode; zeros
 before the first), ``'zero'`` (zeros; for a discrete space the one-hot of
 index 0, which is the no-op in Atari and most gymnasium discrete tasks), or a
-fixed array. Exceptions from the source (a simulator or a driver failing)
-end ``run``; for a robot ``emergency_stop()`` is called first.
+fixed array.
+
+A source that fails (a driver's ``read_sensors`` or ``send_command`` raising,
+an observation whose ``reward`` or ``is_last`` is not a scalar, a simulator's
+``step`` raising, e.g. on a non-finite observation) costs the tick: it is
+counted in ``LoopStats.source_errors``, a robot gets the safe action, and an
+environment starts a new episode (its state after a failed step is unknown).
+Only ``max_source_errors`` failures in a row end ``run``, with a
+``SourceError``; a robot is emergency-stopped first.
 """
 
 from __future__ import annotations
@@ -54,7 +61,13 @@ EXCEPTION = "exception"
 NONFINITE_OBS = "nonfinite_obs"
 NONFINITE_ACTION = "nonfinite_action"
 BAD_ACTION = "bad_action"
-SAFE_REASONS = (DEADLINE, EXCEPTION, NONFINITE_OBS, NONFINITE_ACTION, BAD_ACTION)
+SOURCE_ERROR = "source_error"
+SAFE_REASONS = (DEADLINE, EXCEPTION, NONFINITE_OBS, NONFINITE_ACTION, BAD_ACTION, SOURCE_ERROR)
+
+
+class SourceError(RuntimeError):
+    """The environment or robot failed ``max_source_errors`` times in a row."""
+
 
 #: Tolerance (in periods) for comparing scheduled times with the end time.
 _EPS = 1e-9
@@ -192,8 +205,9 @@ class LoopStats:
         safe_actions: ticks that sent the safe action (any reason).
         swaps: policies swapped in by ``swap_policy``.
         recorder_errors: recorder calls that raised (the tick went on).
+        source_errors: source calls that failed (reset, observation, send).
         episode_returns: the return of each finished episode.
-        last_error: ``repr`` of the last exception a policy raised.
+        last_error: ``repr`` of the last exception a policy, the recorder or the source raised.
     """
 
     period_s: float
@@ -210,6 +224,7 @@ class LoopStats:
     safe_actions: int = 0
     swaps: int = 0
     recorder_errors: int = 0
+    source_errors: int = 0
     episode_returns: list[float] = dataclasses.field(default_factory=list)
     last_error: str | None = None
 
@@ -241,6 +256,7 @@ class LoopStats:
             "safe_actions": self.safe_actions,
             "swaps": self.swaps,
             "recorder_errors": self.recorder_errors,
+            "source_errors": self.source_errors,
             "episodes": self.episodes,
             "mean_return": float(np.mean(returns)) if returns else float("nan"),
             "period_us": self.period_s * 1e6,
@@ -410,9 +426,11 @@ class ControlLoop:
             after each tick's action is sent and with ``action=None`` for the
             ``is_last`` observation; an exception it raises is counted, never
             fatal.
+        max_source_errors: source failures in a row (see the module
+            docstring) after which ``run`` gives up with ``SourceError``.
 
     Raises:
-        ValueError: for a bad rate, deadline or safe action.
+        ValueError: for a bad rate, deadline, safe action or error limit.
     """
 
     def __init__(
@@ -428,7 +446,12 @@ class ControlLoop:
         spin_s: float = 0.0,
         pause_gc: bool = True,
         recorder: Any = None,
+        max_source_errors: int = 10,
     ) -> None:
+        if max_source_errors < 1:
+            raise ValueError(f"max_source_errors must be at least 1, got {max_source_errors}")
+        self.max_source_errors = int(max_source_errors)
+        self._source_errors_in_row = 0
         if not rate_hz > 0 or not math.isfinite(rate_hz):
             raise ValueError(f"rate_hz must be positive and finite, got {rate_hz}")
         self._robot = is_robot(source)
@@ -526,8 +549,9 @@ class ControlLoop:
 
         Raises:
             RuntimeError: when called while already running.
-            Exception: whatever the source raised (a robot is emergency-stopped
-                first).
+            SourceError: after ``max_source_errors`` source failures in a row
+                (a robot is emergency-stopped first); an exception from the
+                policy's ``reset`` or the clock ends ``run`` as it is.
         """
         if self._running:
             raise RuntimeError("ControlLoop.run is already running")
@@ -555,6 +579,8 @@ class ControlLoop:
                 if self._needs_reset:
                     # A reset may block (a robot homing): restart the schedule after it.
                     self._begin_episode()
+                    if self._needs_reset:  # it failed (counted): try again
+                        continue
                     self._t0, self._k = self._clock(), 0
                 target = self._t0 + self._k * self.period
                 if target >= end - _EPS * self.period:
@@ -598,10 +624,15 @@ class ControlLoop:
         return self._clock()
 
     def _begin_episode(self) -> None:
-        self._needs_reset = False
         if self.pause_gc:
             gc.collect(1)
-        self._source.reset()
+        try:
+            self._source.reset()
+        except Exception as err:
+            self._source_failed(err)
+            self._sleep(self.period)  # retried at the next loop turn, not in a tight loop
+            return
+        self._needs_reset = False
         self._policy.reset()
         self._return = 0.0
         self._last_sent = None
@@ -623,12 +654,17 @@ class ControlLoop:
         """Runs one tick; returns False when it ended an episode instead."""
         stats = self.stats
         self._apply_swap()
-        obs = self._source.observe()
-        finite = _finite(obs)
-        reward = float(np.asarray(obs.get("reward", 0.0)))
+        try:
+            obs = self._source.observe()
+            finite = _finite(obs)
+            reward = float(np.asarray(obs.get("reward", 0.0)))  # raises unless a scalar
+            last = bool(np.asarray(obs.get("is_last", False)))
+        except Exception as err:  # a driver failing, or a malformed observation
+            self._source_failed(err)
+            return self._send_safe(target, start)
         if math.isfinite(reward):
             self._return += reward
-        if bool(np.asarray(obs.get("is_last", False))):
+        if last:
             stats.episode_returns.append(self._return)
             self._needs_reset = True
             self._record(obs, None)
@@ -655,20 +691,56 @@ class ControlLoop:
         if reason is not None or action is None:
             action = self.safe_action()
             stats.safe_actions += 1
-        latency = ready - start
-        stats.latency_us.append(latency * 1e6)
+        self._account(target, start, ready, action, reason)
+        if not self._send(action):
+            return True
+        self._source_errors_in_row = 0
+        self._record(obs, action)
+        return True
+
+    def _account(self, target: float, start: float, ready: float, action: np.ndarray, reason: str | None) -> None:
+        stats = self.stats
+        stats.latency_us.append((ready - start) * 1e6)
         stats.jitter_us.append((start - target) * 1e6)
-        self.last_tick = TickRecord(stats.ticks, target, start, latency, action, reason)
-        self._source.act(action)
+        self.last_tick = TickRecord(stats.ticks, target, start, ready - start, action, reason)
+        stats.ticks += 1
+
+    def _send(self, action: np.ndarray) -> bool:
+        """Sends ``action``; False when the source failed (counted; an environment then starts a new episode)."""
+        try:
+            self._source.act(action)
+        except Exception as err:
+            self._source_failed(err)
+            if not self._robot:
+                self._needs_reset = True
+            return False
         self._last_sent = action
         # A recurrent policy conditions on its previous action: tell it what
         # was really sent (the safe action, after a miss). Optional hook.
         notify = getattr(self._policy, "action_sent", None)
         if notify is not None:
-            notify(action)
-        stats.ticks += 1
-        self._record(obs, action)
+            try:
+                notify(action)
+            except Exception as err:
+                self.stats.exceptions += 1
+                self.stats.last_error = repr(err)
         return True
+
+    def _send_safe(self, target: float, start: float) -> bool:
+        """A tick without a usable observation: the safe action, counted."""
+        action = self.safe_action()
+        self.stats.safe_actions += 1
+        self._account(target, start, self._clock(), action, SOURCE_ERROR)
+        self._send(action)
+        return True
+
+    def _source_failed(self, err: Exception) -> None:
+        """Counts a source failure; raises ``SourceError`` after ``max_source_errors`` in a row."""
+        self.stats.source_errors += 1
+        self.stats.last_error = repr(err)
+        self._source_errors_in_row += 1
+        if self._source_errors_in_row >= self.max_source_errors:
+            raise SourceError(f"the source failed {self._source_errors_in_row} times in a row; last: {err!r}") from err
 
     def _record(self, obs: Obs, action: np.ndarray | None) -> None:
         if self.recorder is None:
@@ -709,10 +781,12 @@ __all__ = [
     "NONFINITE_ACTION",
     "NONFINITE_OBS",
     "SAFE_REASONS",
+    "SOURCE_ERROR",
     "ControlLoop",
     "LoopStats",
     "Policy",
     "RandomPolicy",
+    "SourceError",
     "TickRecord",
     "ZeroPolicy",
     "default_spin_s",

@@ -85,7 +85,13 @@ class ExperienceRecorder:
             self.version = version
         row = self.count
         for key in self.obs_keys:
-            self.buffers[key][row] = obs[key]
+            value, buffer = np.asarray(obs[key]), self.buffers[key]
+            # Casting would hide a driver bug (a float image becomes zeros): refuse it, lose the step.
+            if value.dtype != buffer.dtype and not (buffer.dtype.kind == "f" and value.dtype.kind in "fiub"):
+                self.skipped += 1
+                self._break = True
+                raise ValueError(f"observation {key!r}: dtype {value.dtype}, the stream carries {buffer.dtype}")
+            buffer[row] = value
         self.buffers["action"][row] = 0 if action is None else action
         self._write_latents(row, policy if action is not None else None)
         is_last = bool(self.buffers["is_last"][row])

@@ -21,6 +21,50 @@ _DTYPES = {"float32": np.float32, "uint8": np.uint8, "bool": np.bool_, "int64": 
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(int64)": "int64"}
 
 
+def _castable(given: np.dtype, expected: np.dtype) -> bool:
+    """Whether a value of ``given`` dtype may go into an input of ``expected`` dtype without losing meaning.
+
+    Images must already be uint8 (a float image in [0, 1] would silently become
+    zeros); float inputs take any real number type.
+    """
+    if expected == np.uint8:
+        return given == np.uint8
+    if expected.kind == "f":
+        return given.kind in "fiub"
+    return np.can_cast(given, expected, casting="same_kind")
+
+
+def _validate_sidecar(meta: Any) -> None:
+    """Raises ``ValueError`` naming the first field of a sidecar that is missing or of the wrong type."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"sidecar must be a JSON object, got {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"sidecar format {meta.get('format')!r} is not {FORMAT!r}")
+    fields = {"sha256": str, "obs_keys": list, "action": dict, "inputs": list, "outputs": list, "noise": dict}
+    for name, kind in fields.items():
+        if not isinstance(meta.get(name), kind):
+            raise ValueError(f"sidecar field {name!r} is missing or not a {kind.__name__}")
+    if not all(isinstance(k, str) for k in meta["obs_keys"]):
+        raise ValueError("sidecar field 'obs_keys' must list strings")
+    for field in ("inputs", "outputs"):
+        for entry in meta[field]:
+            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("shape"), list)):
+                raise ValueError(f"sidecar field {field!r} has a malformed entry {entry!r}")
+            if not all(isinstance(d, int) and d >= 0 for d in entry["shape"]) or entry.get("dtype") not in _DTYPES:
+                raise ValueError(f"sidecar field {field!r}: bad shape or dtype in {entry!r}")
+    if not isinstance(meta["action"].get("discrete"), bool) or not isinstance(meta["action"].get("dim"), int):
+        raise ValueError("sidecar field 'action' needs 'dim' (int) and 'discrete' (bool)")
+    if not isinstance(meta["noise"].get("dim"), int):
+        raise ValueError("sidecar field 'noise' needs 'dim' (int)")
+    declared = {entry["name"] for entry in meta["inputs"]}
+    missing = [name for name in (*(obs_input(k) for k in meta["obs_keys"]), *CARRY_INPUTS) if name not in declared]
+    if missing:
+        raise ValueError(f"sidecar lacks inputs {missing}")
+    outputs = {entry["name"] for entry in meta["outputs"]}
+    if not set(OUTPUTS) <= outputs:
+        raise ValueError(f"sidecar lacks outputs {sorted(set(OUTPUTS) - outputs)}")
+
+
 class PolicyRuntime:
     """An exported policy step, checked against its sidecar.
 
@@ -62,8 +106,7 @@ class PolicyRuntime:
                 meta = json.loads(side_path.read_text())
             except json.JSONDecodeError as exc:
                 raise ValueError(f"sidecar {side_path} is not valid JSON: {exc}") from exc
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"sidecar format {meta.get('format')!r} is not {FORMAT!r}")
+        _validate_sidecar(meta)
         # From a file, onnxruntime reads it itself: no copy of the model is
         # made while holding the GIL (a control thread may be running beside us).
         if hash_checked:
@@ -122,6 +165,31 @@ class PolicyRuntime:
         if outputs != list(OUTPUTS):
             raise ValueError(f"model outputs {outputs}, expected {list(OUTPUTS)}")
 
+    def check_spaces(self, obs_space: dict[str, Any], act_space: Any) -> None:
+        """Checks that this policy fits an environment or robot.
+
+        Args:
+            obs_space: the source's observation spaces (must hold every key the
+                policy observes, with the policy's shapes).
+            act_space: the source's action space (``shape``, ``discrete``).
+
+        Raises:
+            ValueError: naming the missing key, the shape, or the action size or kind that differs.
+        """
+        for key in self.obs_keys:
+            if key not in obs_space:
+                raise ValueError(f"the policy observes {key!r}, which the source does not provide (it has {sorted(obs_space)})")
+            want = tuple(self.inputs[obs_input(key)].shape[1:])
+            if tuple(obs_space[key].shape) != want:
+                raise ValueError(f"observation {key!r}: the source gives shape {tuple(obs_space[key].shape)}, the policy expects {want}")
+        action = self.meta["action"]
+        size = int(np.prod(act_space.shape))
+        if action["dim"] != size or action["discrete"] != bool(act_space.discrete):
+            kind = lambda discrete: "discrete" if discrete else "continuous"  # noqa: E731
+            raise ValueError(
+                f"the policy acts with {action['dim']} {kind(action['discrete'])} dims, the source takes {size} {kind(act_space.discrete)}"
+            )
+
     @property
     def noise_dim(self) -> int:
         """Width of the ``noise`` input."""
@@ -145,8 +213,11 @@ class PolicyRuntime:
             The action ``[A]`` (a copy).
 
         Raises:
-            ValueError: for a missing key or a value of the wrong shape.
+            ValueError: for a missing key, or a value of the wrong shape or
+                dtype, or with non-finite numbers (nothing is written into
+                the carry then: the next good observation steps normally).
         """
+        values = []
         for key in self.obs_keys:
             if key not in obs:
                 raise ValueError(f"observation key {key!r} is missing")
@@ -154,6 +225,12 @@ class PolicyRuntime:
             value = np.asarray(obs[key])
             if value.shape != buffer.shape[1:]:
                 raise ValueError(f"observation {key!r}: shape {value.shape}, model expects {buffer.shape[1:]}")
+            if not _castable(value.dtype, buffer.dtype):
+                raise ValueError(f"observation {key!r}: dtype {value.dtype}, model expects {buffer.dtype}")
+            if value.dtype.kind in "fc" and not np.isfinite(value).all():
+                raise ValueError(f"observation {key!r} has non-finite values")
+            values.append((buffer, value))
+        for buffer, value in values:
             buffer[0] = value
         if bool(np.asarray(obs.get("is_first", False))):
             self.inputs["is_first"][...] = True
@@ -168,7 +245,15 @@ class PolicyRuntime:
         return action
 
     def action_sent(self, action: np.ndarray) -> None:
-        """The action actually sent (e.g. the loop's safe action) becomes the carry's previous action."""
+        """The action actually sent (e.g. the loop's safe action) becomes the carry's previous action.
+
+        Raises:
+            ValueError: for an action of another size or with non-finite values.
+        """
+        action = np.asarray(action)
+        expected = self.inputs["prev_action"].shape[1:]
+        if action.shape != expected or not np.isfinite(action).all():
+            raise ValueError(f"sent action {action.shape} must be finite with shape {expected}")
         self.inputs["prev_action"][0] = action
 
     def load_carry(self, other: PolicyRuntime) -> None:

@@ -82,6 +82,43 @@ def test_recorder_skips_nonfinite_steps_and_breaks_the_sequence():
     assert sent[0]["reward"].tolist() == [0, 2] and sent[0]["is_first"].tolist() == [True, True]
 
 
+def test_recorder_refuses_a_wrong_dtype_and_breaks_the_sequence():
+    """A driver sending float64 where the stream carries float32 is fine; an image in the wrong dtype is not."""
+    schema = {**SCHEMA, "image": ("uint8", (2, 2, 3))}
+    sent = []
+    rec = ExperienceRecorder(lambda a, episode, policy: sent.append({k: v.copy() for k, v in a.items()}), schema, chunk=8)
+    policy = FakeRuntime(1)
+    image = np.zeros((2, 2, 3), np.uint8)
+    rec.record({**obs(0, first=True, x=np.zeros(2, np.float64)), "image": image}, np.zeros(1, np.float32), policy)
+    with pytest.raises(ValueError, match="'image': dtype float32"):
+        rec.record({**obs(1), "image": image.astype(np.float32) / 255}, np.zeros(1, np.float32), policy)
+    rec.record({**obs(2), "image": image}, np.zeros(1, np.float32), policy)
+    rec.flush()
+    assert rec.skipped == 1 and sent[0]["reward"].tolist() == [0, 2] and sent[0]["is_first"].tolist() == [True, True]
+
+
+def test_launcher_gives_up_only_on_a_crash_loop(monkeypatch):
+    from reverie.realtime import launcher
+
+    class Proc:
+        restarts, restart_times, starts = 0, [], 0
+
+        def start(self):
+            self.starts += 1
+
+    proc = Proc()
+    monkeypatch.setattr(launcher.sys, "stderr", open(os.devnull, "w"))
+    window = launcher.RESTART_WINDOW_S
+    for i in range(3 * launcher.MAX_RESTARTS):  # rare crashes, spread out: always restarted
+        launcher._restart(proc, "died", now=i * window / 2)
+    assert proc.starts == 3 * launcher.MAX_RESTARTS
+    t = 100 * window
+    for i in range(launcher.MAX_RESTARTS):  # a crash loop: the last allowed restart, then refused
+        launcher._restart(proc, "died", now=t + i)
+    with pytest.raises(RuntimeError, match="gave up"):
+        launcher._restart(proc, "died", now=t + launcher.MAX_RESTARTS)
+
+
 def tiny_cfg(tmp_path, *extra):
     return compose([*TINY, "env=fake/vector", f"logdir={tmp_path / 'run'}", f"realtime.ipc_dir={tmp_path / 'ipc'}", *extra])
 

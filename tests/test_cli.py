@@ -77,3 +77,19 @@ def test_missing_dependency_is_a_clear_message(monkeypatch, capsys):
     assert main(["export", "x"]) == 3
     err = capsys.readouterr().err
     assert "'onnxruntime' is not installed" in err and "pip install onnxruntime" in err
+
+
+def test_unreadable_config_in_logdir_is_refused(tiny_overrides, tmp_path, capsys):
+    """A logdir whose config.yaml is corrupt: a clear message, nothing overwritten."""
+    logdir = tmp_path / "run"
+    logdir.mkdir()
+    (logdir / "config.yaml").write_text("steps: [unclosed\n")
+    overrides = [o for o in tiny_overrides if not o.startswith("logdir=")]
+    assert main(["train", "env=fake/vector", "steps=10", f"logdir={logdir}", *overrides]) == 2
+    assert "cannot read" in capsys.readouterr().err
+    assert (logdir / "config.yaml").read_text() == "steps: [unclosed\n"
+    from reverie.agent.loading import load_trained
+
+    (logdir / "checkpoint.pt").write_bytes(b"x")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_trained(logdir)

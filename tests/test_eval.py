@@ -28,6 +28,9 @@ def test_eval_bad_arguments(exported_policy, capsys):
     assert main(["eval", str(exported_policy), "speed=3"]) == 2
     assert "unknown argument" in capsys.readouterr().err
     assert main(["eval", str(exported_policy.parent / "missing.onnx")]) == 2
+    capsys.readouterr()
+    assert main(["eval", str(exported_policy), "env=fake/pixels", "steps=5"]) == 2  # a policy for another env
+    assert "does not provide" in capsys.readouterr().err
 
 
 def test_eval_on_mujoco_robot_stand_in(tmp_path):

@@ -141,9 +141,32 @@ def test_sidecar_shape_dtype_and_missing_key_refused(exported, tmp_path):
     def missing(m):
         m["inputs"] = m["inputs"][1:]
 
-    for edit, message in ((shape, "shape"), (dtype, "dtype"), (missing, "missing from the sidecar")):
+    for edit, message in ((shape, "shape"), (dtype, "dtype"), (missing, "sidecar lacks inputs")):
         with pytest.raises(ValueError, match=message):
             PolicyRuntime(edited_sidecar(exported, tmp_path, edit))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.pop("outputs"), "'outputs' is missing"),
+        (lambda m: m.update(obs_keys="x"), "'obs_keys' is missing or not a list"),
+        (lambda m: m.update(action={"dim": 2}), "'action' needs"),
+        (lambda m: m.update(noise={}), "'noise' needs"),
+        (lambda m: m["inputs"][0].update(shape=[1, -3]), "bad shape or dtype"),
+        (lambda m: m.update(outputs=m["outputs"][:1]), "sidecar lacks outputs"),
+    ],
+)
+def test_malformed_sidecar_refused_naming_the_field(exported, tmp_path, edit, message):
+    with pytest.raises(ValueError, match=message):
+        PolicyRuntime(edited_sidecar(exported, tmp_path, edit))
+
+
+def test_sidecar_that_is_not_an_object_refused(exported, tmp_path):
+    shutil.copy(exported / "p.onnx", tmp_path / "p.onnx")
+    (tmp_path / "p.onnx.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="JSON object"):
+        PolicyRuntime(tmp_path / "p.onnx")
 
 
 def test_corrupted_model_and_missing_sidecar_refused(exported, tmp_path):
@@ -166,6 +189,37 @@ def test_runtime_rejects_bad_observations(exported):
     with pytest.raises(ValueError, match="shape"):
         runtime.step(bad)
     assert np.all(np.isfinite(runtime.step(obs)))
+    carry = runtime.carry()
+    bad[runtime.obs_keys[0]] = np.full_like(obs[runtime.obs_keys[0]], np.nan)
+    with pytest.raises(ValueError, match="non-finite"):
+        runtime.step(bad)
+    for name, value in runtime.carry().items():  # a refused step leaves the carry as it was
+        np.testing.assert_array_equal(value, carry[name])
+    bad[runtime.obs_keys[0]] = obs[runtime.obs_keys[0]].astype(np.complex64)
+    with pytest.raises(ValueError, match="dtype complex64"):
+        runtime.step(bad)
+    with pytest.raises(ValueError, match="sent action"):
+        runtime.action_sent(np.zeros(runtime.meta["action"]["dim"] + 1, np.float32))
+
+
+def test_image_inputs_must_be_uint8():
+    """A float image in [0, 1] cast to uint8 would be all zeros: refused instead."""
+    from reverie.realtime.runtime import _castable
+
+    assert _castable(np.dtype(np.uint8), np.dtype(np.uint8))
+    assert not _castable(np.dtype(np.float32), np.dtype(np.uint8))
+    assert not _castable(np.dtype(np.int64), np.dtype(np.uint8))
+    assert _castable(np.dtype(np.float64), np.dtype(np.float32)) and _castable(np.dtype(np.int32), np.dtype(np.float32))
+
+
+def test_runtime_checks_the_spaces_of_a_source(exported):
+    runtime = PolicyRuntime(exported / "p.onnx")
+    vector = envs.make("fake/vector", seed=0)
+    runtime.check_spaces(vector.obs_space, vector.act_space)  # the env it was exported for
+    with pytest.raises(ValueError, match="does not provide"):
+        runtime.check_spaces(envs.make("fake/pixels", seed=0).obs_space, vector.act_space)
+    with pytest.raises(ValueError, match="discrete"):
+        runtime.check_spaces(vector.obs_space, envs.make("fake/discrete", seed=0).act_space)
 
 
 def test_cli_export_from_a_training_run(tiny_overrides, tmp_path):

@@ -25,6 +25,7 @@ from reverie.realtime.loop import (
     ControlLoop,
     Policy,
     RandomPolicy,
+    SourceError,
     ZeroPolicy,
     zero_action,
 )
@@ -414,19 +415,126 @@ def test_real_clock_short_run() -> None:
     assert len(stats.latency_us) == len(stats.jitter_us) == stats.ticks
 
 
-def test_source_failure_propagates() -> None:
+def test_env_step_failure_costs_the_episode_not_the_loop() -> None:
+    """A simulator step that raises (e.g. a boundary check on a NaN observation) is counted and a new episode starts."""
     clock = FakeClock()
 
     class Broken(FakeEnv):
         def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
-            if self.t == 2:
+            if self.t == 2 and self.resets == 1:
                 raise OSError("bus down")
             return super().step(action)
 
-    loop = make_loop(ScriptedPolicy(clock), Broken(clock), clock)
-    with pytest.raises(OSError):
-        loop.run(steps=5)
-    assert loop.stats.ticks == 2
+    env = Broken(clock)
+    loop = make_loop(ScriptedPolicy(clock), env, clock)
+    stats = loop.run(steps=6)
+    assert stats.ticks == 6 and stats.source_errors == 1
+    assert env.resets == 2  # the failed episode was abandoned, a new one started
+    assert "bus down" in stats.last_error
+    assert loop.last_tick is not None and loop.last_tick.reason is None
+
+
+def test_persistent_source_failure_ends_run_with_source_error() -> None:
+    clock = FakeClock()
+
+    class Dead(FakeEnv):
+        def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
+            raise OSError("bus down")
+
+    loop = make_loop(ScriptedPolicy(clock), Dead(clock), clock, max_source_errors=3)
+    with pytest.raises(SourceError, match="3 times in a row"):
+        loop.run(steps=10)
+    assert loop.stats.source_errors == 3
+
+
+def test_reset_failure_is_retried() -> None:
+    clock = FakeClock()
+
+    class FlakyReset(FakeEnv):
+        def reset(self) -> dict[str, np.ndarray]:
+            if self.resets < 2:
+                self.resets += 1
+                raise OSError("not homed yet")
+            return super().reset()
+
+    env = FlakyReset(clock)
+    stats = make_loop(ScriptedPolicy(clock), env, clock).run(steps=3)
+    assert stats.ticks == 3 and stats.source_errors == 2 and env.resets == 3
+
+
+class FakeRobot(FakeEnv):
+    """FakeEnv seen as a robot: sensors read each tick, ``fail_reads`` lists read numbers that raise."""
+
+    def __init__(self, clock: FakeClock, fail_reads: tuple[int, ...] = (), **kwargs) -> None:
+        super().__init__(clock, **kwargs)
+        self.action_space = self.act_space
+        self.fail_reads = fail_reads
+        self.reads = 0
+        self.stopped = 0
+        self._current = self._obs(first=True)
+
+    def reset(self) -> dict[str, np.ndarray]:
+        self._current = super().reset()
+        return self._current
+
+    def read_sensors(self) -> dict[str, np.ndarray]:
+        self.reads += 1
+        if self.reads in self.fail_reads:
+            raise OSError("sensor timeout")
+        return self._current
+
+    def send_command(self, action: np.ndarray) -> None:
+        self._current = self.step(action)
+
+    def emergency_stop(self) -> None:
+        self.stopped += 1
+
+
+def test_robot_sensor_failure_sends_the_safe_action() -> None:
+    clock = FakeClock()
+    robot = FakeRobot(clock, fail_reads=(3,))
+    policy = ScriptedPolicy(clock, value=0.5)
+    loop = make_loop(policy, robot, clock, safe_action="zero")
+    stats = loop.run(steps=5)
+    assert stats.ticks == 5 and stats.source_errors == 1 and stats.safe_actions == 1
+    sent = sent_actions(robot)
+    np.testing.assert_array_equal(sent[2], [0, 0])  # the third tick had no observation
+    np.testing.assert_array_equal(sent[[0, 1, 3, 4]], np.full((4, 2), 0.5))
+    assert policy.calls == 4 and robot.stopped == 0
+
+
+def test_robot_dead_sensors_emergency_stop() -> None:
+    clock = FakeClock()
+    robot = FakeRobot(clock, fail_reads=tuple(range(2, 100)))
+    loop = make_loop(ScriptedPolicy(clock), robot, clock, max_source_errors=4)
+    with pytest.raises(SourceError):
+        loop.run(steps=50)
+    assert robot.stopped == 1 and loop.stats.source_errors == 4
+
+
+@pytest.mark.parametrize("bad", [{"reward": np.ones(3, np.float32)}, {"reward": None}, {"is_last": np.array([True, False])}])
+def test_malformed_basic_keys_are_a_source_error(bad: dict) -> None:
+    clock = FakeClock()
+
+    class Malformed(FakeEnv):
+        def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
+            obs = super().step(action)
+            return {**obs, **bad} if self.t == 2 else obs
+
+    loop = make_loop(ScriptedPolicy(clock), Malformed(clock), clock)
+    stats = loop.run(steps=5)
+    assert stats.ticks == 5 and stats.source_errors == 1 and stats.safe_actions == 1
+
+
+def test_action_sent_hook_failure_is_counted() -> None:
+    clock = FakeClock()
+
+    class Picky(ScriptedPolicy):
+        def action_sent(self, action: np.ndarray) -> None:
+            raise ValueError("wrong size")
+
+    stats = make_loop(Picky(clock), FakeEnv(clock), clock).run(steps=3)
+    assert stats.ticks == 3 and stats.exceptions == 3 and "wrong size" in stats.last_error
 
 
 def test_bad_arguments() -> None:
@@ -436,6 +544,8 @@ def test_bad_arguments() -> None:
         ControlLoop(env, ZeroPolicy(ACT), rate_hz=0)
     with pytest.raises(ValueError):
         ControlLoop(env, ZeroPolicy(ACT), rate_hz=100, deadline=0)
+    with pytest.raises(ValueError):
+        ControlLoop(env, ZeroPolicy(ACT), rate_hz=100, max_source_errors=0)
 
 
 def test_reasons_are_named() -> None:
