@@ -1,0 +1,49 @@
+"""The device and precision paths a GPU learner takes, exercised on the CPU.
+
+No device machine was lent to this project's sessions, so the CUDA run itself
+is untested; what it shares with the CPU (device resolution, bf16 autocast
+around the update, tensors moved with ``non_blocking``) is tested here.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from reverie.agent.train import resolve_device
+from reverie.cli.main import main
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="valid: auto, cpu, cuda"):
+        resolve_device("tpu")
+
+
+def test_bf16_training_runs_and_stays_finite(tiny_overrides, tmp_path):
+    """``precision=bf16``: the update runs under bf16 autocast (as on a GPU) and every logged loss is finite."""
+    assert main(["train", "env=fake/vector", "env.time_limit=20", "steps=80", "precision=bf16", "device=auto", *tiny_overrides]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [v for m in lines for k, v in m.items() if k.startswith("loss/")]
+    assert losses and all(v is not None and np.isfinite(v) for v in losses)
+
+
+def test_bf16_autocast_changes_the_matrix_products_not_the_parameters():
+    """Under autocast the products run in bf16 while parameters and their gradients stay fp32."""
+    from reverie.world_model.nets import MLP
+
+    torch.manual_seed(0)
+    net = MLP(8, 2, 16)
+    x = torch.randn(4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(x)
+    out.float().sum().backward()
+    assert all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+    exact = net(x)
+    # bf16 keeps 8 bits of mantissa: close to fp32, but not equal.
+    assert not torch.equal(out.float(), exact) and torch.allclose(out.float(), exact, atol=0.05, rtol=0.05)
