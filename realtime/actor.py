@@ -120,7 +120,8 @@ class Actor:
         runtime = PolicyRuntime(path, sidecar=sidecar, threads=1, seed=self.seed + self._builds, hash_checked=True)
         # The first run of a session allocates; do it here, off the control thread.
         zeros = {k: np.zeros(self.obs_space[k].shape, self.obs_space[k].dtype) for k in self.model_keys}
-        runtime.step(zeros)
+        if not np.isfinite(runtime.step(zeros)).all():  # e.g. weights that went NaN: keep the current policy
+            raise ValueError("policy gives a non-finite action on a zero observation")
         runtime.reset()
         runtime.published_at = float(sidecar.get("published_at", 0.0))
         return runtime
