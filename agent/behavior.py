@@ -33,6 +33,9 @@ class Actor(nn.Module):
         min_std, max_std: bounds of the standard deviation (max: bounded_normal only).
         outscale: initial scale of the output layer (0.01: near-uniform start).
         mean_scale, init_std: tanh_normal's mean bound and initial std.
+        unimix: discrete actions: mix ``unimix`` of the uniform distribution
+            into the action probabilities (V3: 0.01, so every action keeps a
+            floor of ``unimix / A`` and log-probabilities stay bounded).
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Actor(nn.Module):
         outscale: float = 0.01,
         mean_scale: float = 5.0,
         init_std: float = 5.0,
+        unimix: float = 0.0,
     ) -> None:
         super().__init__()
         if dist not in ACTOR_DISTS:
@@ -58,6 +62,9 @@ class Actor(nn.Module):
         self.discrete, self.act_dim, self.dist = discrete, act_dim, dist
         self.min_std, self.max_std = min_std, max_std
         self.mean_scale, self.init_std = mean_scale, init_std
+        if not 0.0 <= unimix < 1.0:
+            raise ValueError(f"actor unimix={unimix} must lie in [0, 1)")
+        self.unimix = float(unimix)
         self.mlp = MLP(feat_dim, layers, units, act=act, norm=norm)
         self.out = Linear(self.mlp.out_features, act_dim if discrete else 2 * act_dim, outscale=outscale)
 
@@ -65,7 +72,7 @@ class Actor(nn.Module):
         """Distribution parameters: ``(logits, None)`` or ``(mean, std)``, each ``[..., A]``."""
         x = self.out(self.mlp(feat))
         if self.discrete:
-            return torch.log_softmax(x, -1), None
+            return dists.unimix_logits(x, self.unimix), None
         mean, std = x.chunk(2, -1)
         if self.dist == "trunc_normal":
             return dists.trunc_normal_params(mean, std, self.min_std)

@@ -72,6 +72,7 @@ class ActorConfig:
     outscale: float = doc(0.01, "initial scale of the output layer")
     mean_scale: float = doc(5.0, "tanh_normal: bound of the pre-squash mean")
     init_std: float = doc(5.0, "tanh_normal: initial standard deviation")
+    unimix: float = doc(0.01, "discrete actions: uniform mix of the action probabilities (V3 0.01; V2 0)")
     act: str = doc("silu", "activation")
     norm: str = doc("rms", "norm")
 

@@ -1,5 +1,8 @@
 """Actor and critic loss formulas."""
 
+import math
+
+import pytest
 import torch
 
 from reverie.agent.behavior import Actor, SlowCritic, critic_loss, policy_loss
@@ -19,15 +22,31 @@ def test_policy_loss_formula_and_gradient_paths():
     assert torch.allclose(logp.grad, -torch.tensor([[2.0, -0.5]]))
 
 
-def test_critic_loss_is_weighted_twohot_ce_plus_slow_regulariser():
+def hand_twohot_ce(logits, target, bins):
+    """−Σ_k twohot(target)_k · log_softmax(logits)_k, with the two-hot weights found by a loop over the bins."""
+    logp = torch.log_softmax(logits.double(), -1)
+    out = []
+    for row, y in zip(logp, target.tolist()):
+        k = max(i for i in range(len(bins)) if bins[i] <= y)  # the bin at or below y (targets stay inside the range)
+        w_hi = (y - bins[k]) / (bins[k + 1] - bins[k])
+        out.append(-((1 - w_hi) * row[k] + w_hi * row[k + 1]))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("slowreg", [0.3, 0.0])
+def test_critic_loss_is_weighted_twohot_ce_plus_slow_regulariser(slowreg):
+    torch.manual_seed(0)
     critic = TwoHotHead(4, layers=1, units=8, outscale=1.0)
-    feat = torch.randn(3, 4)
-    logits = critic.logits(feat)
-    target, slow = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 3.0, 0.5])
+    logits = critic.logits(torch.randn(3, 4)).detach()
+    target, slow = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.0, 3.0, 0.25])
     weight = torch.tensor([1.0, 0.5, 0.0])
-    got = critic_loss(critic, logits, target, slow, weight, 1.0)
-    expected = weight * (critic.loss(logits, target) + critic.loss(logits, slow))
-    assert torch.allclose(got, expected)
+    got = critic_loss(critic, logits, target, slow, weight, slowreg)
+    bins = critic.bins.double().tolist()
+    # weight · (CE(return) + slowreg · CE(slow critic)); slowreg = 0 drops the slow term entirely.
+    expected = weight.double() * (hand_twohot_ce(logits, target, bins) + slowreg * hand_twohot_ce(logits, slow, bins))
+    assert torch.allclose(got.double(), expected, rtol=1e-5, atol=1e-6)
+    if slowreg == 0:
+        assert torch.allclose(got.double(), weight.double() * hand_twohot_ce(logits, target, bins), rtol=1e-5, atol=1e-6)
 
 
 def test_slow_critic_ema():
@@ -51,8 +70,33 @@ def test_actor_continuous_and_discrete():
     assert torch.equal(actor.sample(feat, mode=True), mean)
     noise = torch.randn(5, 3)
     assert torch.allclose(actor.sample(feat, noise), mean + std * noise)
-    disc = Actor(10, 4, discrete=True, units=16)
-    a = disc.sample(feat)
-    assert torch.allclose(a.detach().sum(-1), torch.ones(5))
-    logp, ent = disc.logp_entropy(feat, a.detach())
-    assert torch.all(logp <= 0) and torch.all(ent <= torch.log(torch.tensor(4.0)) + 1e-6)
+
+
+def test_discrete_actor_logp_and_entropy_by_hand():
+    """logπ(a) = log_softmax(raw)[a] and H = −Σ p log p of the actor's raw output (here without unimix)."""
+    torch.manual_seed(0)
+    actor = Actor(10, 4, discrete=True, units=16, outscale=1.0)
+    feat = torch.randn(5, 10)
+    action = actor.sample(feat).detach()
+    assert torch.allclose(action.sum(-1), torch.ones(5))
+    logp, ent = actor.logp_entropy(feat, action)
+    raw = actor.out(actor.mlp(feat)).detach().double()
+    p = torch.exp(raw - raw.logsumexp(-1, keepdim=True))
+    index = action.argmax(-1)
+    assert torch.allclose(logp.double(), torch.log(p[torch.arange(5), index]), atol=1e-6)
+    assert torch.allclose(ent.double(), -(p * p.log()).sum(-1), atol=1e-6)
+    assert ent.min() < math.log(4) - 1e-3  # the outputs are far enough from uniform that the check above bites
+
+
+def test_discrete_actor_has_the_official_one_percent_unimix():
+    """danijar/dreamerv3 configs.yaml: ``policy: {..., unimix: 0.01}``: every action keeps probability ≥ 0.01 / K."""
+    from reverie.cli.config import compose
+
+    assert compose(["algo=dreamerv3"]).algo.actor.unimix == 0.01
+    assert compose(["algo=dreamerv2"]).algo.actor.unimix == 0.0  # V2's one-hot actor has no mix
+    actor = Actor(3, 4, discrete=True, units=8, outscale=1.0, unimix=0.01)
+    with torch.no_grad():
+        actor.out.weight.zero_()
+        actor.out.bias.copy_(torch.tensor([100.0, -100.0, -100.0, -100.0]))
+    logits, _ = actor.params(torch.zeros(1, 3))
+    assert torch.allclose(logits.exp(), torch.tensor([[0.99 + 0.0025, 0.0025, 0.0025, 0.0025]]), atol=1e-6)
