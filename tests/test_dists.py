@@ -23,6 +23,9 @@ def test_symexp_bins_are_symmetric_and_span_20_in_symlog():
     assert torch.equal(bins, -bins.flip(0))
     assert torch.allclose(dists.symlog(bins[[0, -1]]), torch.tensor([-20.0, 20.0]))
     assert torch.all(bins[1:] > bins[:-1])
+    # Evenly spaced in symlog space: steps of 40 / 254 (float32 symlog∘symexp loses ~1e-6 relative at |x| = 20).
+    steps = torch.diff(dists.symlog(bins.double()))
+    assert torch.allclose(steps, torch.full_like(steps, 40.0 / 254), atol=1e-5)
 
 
 def test_twohot_encode_by_hand():
@@ -103,11 +106,16 @@ def test_sampling_matches_probabilities():
 
 
 def test_categorical_kl_by_hand():
-    p = torch.tensor([0.5, 0.5])
-    q = torch.tensor([0.25, 0.75])
-    expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
-    kl = dists.categorical_kl(p.log()[None, None], q.log()[None, None])
-    assert torch.allclose(kl, torch.tensor([expected]))
+    """KL over [B=2, S=3, K=2]: each latent's KL from Σ_k p log(p/q), summed over S only (not over B or K alone)."""
+    p = torch.tensor([[[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]], [[0.3, 0.7], [0.5, 0.5], [0.6, 0.4]]], dtype=torch.float64)
+    q = torch.tensor([[[0.25, 0.75], [0.5, 0.5], [0.2, 0.8]], [[0.6, 0.4], [0.1, 0.9], [0.5, 0.5]]], dtype=torch.float64)
+    per_latent = [
+        [sum(pk * math.log(pk / qk) for pk, qk in zip(pl, ql)) for pl, ql in zip(pb, qb)] for pb, qb in zip(p.tolist(), q.tolist())
+    ]
+    kl = dists.categorical_kl(p.log(), q.log())
+    assert kl.shape == (2,)
+    assert torch.allclose(kl, torch.tensor([sum(b) for b in per_latent], dtype=torch.float64), atol=1e-12)
+    assert per_latent[0][2] == pytest.approx(0.0)  # identical latents add nothing
 
 
 def test_bounded_normal():
@@ -137,8 +145,13 @@ def test_twohot_loss_equals_dense_cross_entropy():
 
 
 def test_twohot_mean_equals_weighted_sum():
+    """Σ_k softmax(logits)_k · bins_k in float64 against moderate logits, which keep the mean near the small bins."""
     torch.manual_seed(0)
-    bins = dists.symexp_bins(255)
-    logits = torch.randn(16, 255)
-    naive = (torch.softmax(logits, -1).double() * bins.double()).sum(-1)
-    assert torch.allclose(dists.twohot_mean(logits, bins).double(), naive, rtol=1e-4, atol=1e-3)
+    bins = dists.symexp_bins(255).double()
+    # p_k ∝ exp(−2·|symlog b_k| + noise) decays faster than |b_k| grows: the mean is O(1), set by the small bins,
+    # so a wrong bin near zero shifts it by far more than 1e-9.
+    logits = -2.0 * dists.symlog(bins).abs() + torch.randn(16, 255, dtype=torch.float64)
+    naive = (torch.softmax(logits, -1) * bins).sum(-1)
+    got = dists.twohot_mean(logits, bins)
+    assert naive.abs().max() < 10
+    assert torch.allclose(got, naive, rtol=1e-9, atol=1e-9)

@@ -86,4 +86,7 @@ def test_disk_round_trip_after_wrapping(tmp_path):
     assert b.total == 200
     for key in a.data:
         assert np.array_equal(a.data[key], b.data[key]), key
-    assert len(list(tmp_path.glob("chunk_*.npz"))) <= 64 // 16 + 5
+    # Chunk i (steps 16i … 16i+15) is written when total reaches 16(i+1): 0 … 11 for 200 steps. Each write deletes
+    # the chunks below (total − capacity) // chunk_size, so after the last one (total 192) only the ones holding the
+    # capacity window remain: (192 − 64) // 16 = 8 up to 11, exactly the chunks load() reads, 200 − 64 = 136 → 8 … 11.
+    assert sorted(p.name for p in tmp_path.glob("chunk_*.npz")) == [f"chunk_{i:08d}.npz" for i in range(8, 12)]

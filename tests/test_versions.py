@@ -122,6 +122,7 @@ def test_joint_kl_with_free_nats_on_the_batch_mean():
     assert clipped.item() == pytest.approx(float(value.detach()) + 1.0)
     clipped.backward()
     assert post.grad is None or post.grad.abs().sum() == 0
+    assert prior.grad is None or prior.grad.abs().sum() == 0
 
 
 def test_kl_balancing_sends_0_8_of_the_gradient_to_the_prior_and_0_2_to_the_posterior():
@@ -168,6 +169,7 @@ def test_tanh_normal_density_by_change_of_variables():
     mean, std = dists.tanh_normal_params(torch.tensor([0.0, 20.0]), torch.tensor([0.0, -3.0]), mean_scale=5.0, init_std=5.0, min_std=1e-4)
     assert torch.allclose(mean, torch.tensor([0.0, 5 * math.tanh(4.0)]))
     assert std[0].item() == pytest.approx(5.0 + 1e-4, abs=1e-5)  # softplus(0 + softplus⁻¹(5)) + min_std
+    assert std[1].item() == pytest.approx(math.log1p(math.exp(-3.0 + math.log(math.expm1(5.0)))) + 1e-4, abs=1e-5)
     action = torch.tensor([0.5, 0.9])
     pre = torch.atanh(action)
     expected = torch.distributions.Normal(mean, std).log_prob(pre) - torch.log(1 - action.square())
@@ -181,10 +183,29 @@ def test_v1_v2_actors_sample_inside_the_bounds_with_gradients(dist):
     feat = torch.randn(200, 6)
     sample = actor.sample(feat)
     assert (sample.abs() <= 1).all()
+    # The sample is reparameterised: every actor parameter (all layers, mean and std halves) gets a gradient.
     grads = torch.autograd.grad(sample.sum(), list(actor.parameters()))
-    assert all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
-    logp, entropy = actor.logp_entropy(feat, sample.detach())
-    assert torch.isfinite(logp).all() and torch.isfinite(entropy).all()
+    for (name, _), g in zip(actor.named_parameters(), grads):
+        assert torch.isfinite(g).all() and g.abs().sum() > 0, name
+    std_rows = actor.out.weight.shape[0] // 2
+    assert grads[-2][std_rows:].abs().sum() > 0  # the std half of the output layer
+    action = sample.detach().clamp(-0.99, 0.99)
+    logp, entropy = actor.logp_entropy(feat, action)
+    mean, std = (x.detach().double() for x in actor.params(feat))
+    a = action.double()
+    if dist == "tanh_normal":
+        # Change of variables: log N(atanh a; μ, σ) − Σ log(1 − a²); the entropy estimate is −log π(a).
+        pre = torch.atanh(a)
+        expected = (torch.distributions.Normal(mean, std).log_prob(pre) - torch.log(1 - a.square())).sum(-1)
+        assert torch.allclose(logp.double(), expected, atol=1e-4)
+        assert torch.allclose(entropy.double(), -expected, atol=1e-4)
+    else:
+        lo, hi = (-1 - mean) / std, (1 - mean) / std
+        ref = stats.truncnorm(lo.numpy(), hi.numpy(), loc=mean.numpy(), scale=std.numpy())
+        assert np.allclose(logp.detach().numpy(), ref.logpdf(a.numpy()).sum(-1), atol=1e-4)
+        assert np.allclose(entropy.detach().numpy(), ref.entropy().sum(-1), atol=1e-4)
+    grads = torch.autograd.grad((logp + entropy).sum(), list(actor.parameters()))
+    assert all(g.abs().sum() > 0 for g in grads)  # logπ and H reach every parameter as well
 
 
 def test_policy_loss_dynamics_backprop_and_mix():
