@@ -395,3 +395,31 @@ def test_curve_learner_takes_only_allowed_actors(tmp_path):
     learner.close()
     assert set(learner.receiver.tracker.actors) == {"actor0"} and learner.counters["agent_steps"] > 100
     assert good.status()["weights_accepted"] == 1 and evil.status()["weights_accepted"] == 0
+
+
+def test_actor_refuses_a_policy_with_a_nonfinite_warmup_action(tmp_path, monkeypatch):
+    """A published policy whose warm-up action is NaN is refused (the actor keeps its policy).
+
+    Export already refuses NaN weights; this is the actor's own check, for a
+    model that is finite on the exporter's inputs but not on the actor's.
+    """
+    from conftest import make_agent
+
+    from reverie import envs
+    from reverie.realtime import actor as actor_module
+    from reverie.realtime.export import export_policy
+
+    env = envs.make("fake/vector", seed=0)
+    sidecar = export_policy(make_agent(env, overrides=tuple(TINY)), tmp_path / "p.onnx", obs_space=env.obs_space)
+
+    class NaNRuntime(actor_module.PolicyRuntime):
+        def step(self, obs, noise=None):
+            return np.full(self.meta["action"]["dim"], np.nan, np.float32)
+
+    monkeypatch.setattr(actor_module, "PolicyRuntime", NaNRuntime)
+    actor = actor_module.Actor(tiny_cfg(tmp_path))
+    try:
+        with pytest.raises(ValueError, match="non-finite action"):
+            actor._build((tmp_path / "p.onnx").read_bytes(), sidecar)
+    finally:
+        actor.close()
