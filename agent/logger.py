@@ -69,7 +69,10 @@ def plot_curve(metrics_path: str | Path, out_path: str | Path, *, title: str = "
     ax.set_ylabel("return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if ax.lines:
+        ax.legend(loc="lower right")
+    else:  # a run too short for a finished episode still gets its (empty) plot
+        ax.text(0.5, 0.5, "no finished episode yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(out_path)
     plt.close(fig)

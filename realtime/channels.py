@@ -56,6 +56,19 @@ def lower_thread_priority(niceness: int = 10) -> None:
         pass
 
 
+def max_frame_bytes(limits: Limits) -> int:
+    """ZeroMQ's ``MAXMSGSIZE`` for a receiver with ``limits``.
+
+    ZeroMQ applies it to each frame and drops the connection of a peer that
+    sends a larger one, while it arrives (the message is never seen, so it
+    is not counted as refused). No valid frame is larger than the header
+    plus all buffers; the exact limits are checked when the message is
+    decoded. A connecting socket is not reconnected after such a drop
+    (libzmq treats it as a protocol error): see :class:`WeightSubscriber`.
+    """
+    return limits.max_message_bytes + limits.max_header_bytes
+
+
 class ExperienceSender:
     """Actor side of the experience channel.
 
@@ -209,26 +222,36 @@ class ExperienceReceiver:
         self.schema, self.limits = schema, limits
         self.tracker = SequenceTracker()
         self.refused: collections.Counter = collections.Counter()
+        #: why the newest refused message was refused (for the logs).
+        self.last_error: str | None = None
         #: the newest status map of each actor, with ``received_at`` (wall clock) added.
         self.actor_status: dict[str, dict[str, Any]] = {}
         self._socket = self.context.socket(zmq.PULL)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes + limits.max_header_bytes)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(limits))
         if secure is not None:
             secure(self._socket)
         self._socket.bind(address)
         self.address = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
 
     def receive(self, timeout: float = 0.0, max_messages: int = 1000) -> list[Experience]:
-        """Valid chunks that arrived within ``timeout`` seconds (refused ones are counted)."""
+        """Valid chunks that arrived within ``timeout`` seconds.
+
+        A bad message never raises: it is counted in ``refused`` by reason
+        and skipped. Only a socket error (a closed context) escapes.
+        """
         out: list[Experience] = []
-        if not self._socket.poll(int(timeout * 1000)):
+        if not self.wait(timeout):
             return out
         while len(out) < max_messages:
             try:
                 frames = self._socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
+            except zmq.ZMQError:
+                if out:  # already counted by the tracker: hand them over; the error returns on the next call
+                    break
+                raise
             try:
                 if len(frames) == 1:  # status messages are one frame, experience at least two
                     actor, stats = decode_status(frames, limits=self.limits)
@@ -237,12 +260,21 @@ class ExperienceReceiver:
                 exp = decode_experience(frames, limits=self.limits, schema=self.schema)
             except ProtocolError as exc:
                 self.refused[exc.reason] += 1
+                self.last_error = str(exc)
+                continue
+            except Exception as exc:  # decoding refuses with ProtocolError; this is the net under it
+                self.refused["error"] += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 continue
             if self.tracker.accept(exp):
                 out.append(exp)
             else:
                 self.refused["duplicate_or_stale"] += 1
         return out
+
+    def wait(self, timeout: float = 0.0) -> bool:
+        """Whether a message is waiting, after up to ``timeout`` seconds (nothing is taken or counted)."""
+        return bool(self._socket.poll(int(timeout * 1000)))
 
     def stats(self) -> dict[str, Any]:
         """Per-actor arrivals, missing and duplicates, and refusals by reason."""
@@ -313,23 +345,63 @@ class WeightSubscriber:
         self.context = context or zmq.Context.instance()
         self.on_policy, self.build, self.limits = on_policy, build, limits
         self.version = -1
-        self.accepted = self.repeats = 0
+        self.accepted = self.repeats = self.reconnects = 0
         self.refused: collections.Counter = collections.Counter()
         self.last_error: str | None = None
-        self._socket = self.context.socket(zmq.SUB)
-        self._socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self._socket.setsockopt(zmq.LINGER, 0)
-        if secure is not None:
-            secure(self._socket)
-        self._socket.connect(address)
+        self.address, self._secure = address, secure
+        self._socket, self._monitor = self._connect()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="weight-subscriber", daemon=True)
         self._thread.start()
 
+    def _connect(self) -> tuple[zmq.Socket, zmq.Socket]:
+        """A connected SUB socket and the monitor of its disconnections."""
+        socket = self.context.socket(zmq.SUB)
+        socket.setsockopt(zmq.SUBSCRIBE, b"")
+        socket.setsockopt(zmq.LINGER, 0)
+        # An oversized model is cut off while it arrives instead of being buffered whole and refused after.
+        # libzmq then drops the connection for good (a protocol error is not retried), so the
+        # disconnections are watched and the subscriber connects again itself (_reconnect).
+        socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(self.limits))
+        # A fresh address each time: the default one is derived from a file descriptor, which the
+        # socket this one replaces may have just released while its monitor endpoint is still bound.
+        monitor = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED, addr=f"inproc://weight-monitor-{id(self)}-{self.reconnects}")
+        if self._secure is not None:
+            self._secure(socket)
+        socket.connect(self.address)
+        return socket, monitor
+
+    def _close_sockets(self) -> None:
+        self._socket.disable_monitor()
+        self._monitor.close(0)
+        self._socket.close(0)
+
+    def _reconnect(self) -> None:
+        # The learner went away (libzmq would retry by itself) or cut us off for an oversized
+        # message (it would not): a new socket covers both. Not disconnect()/connect() on the
+        # old one: that can expose the cut-off message's first frames to a read, and libzmq
+        # 4.3.5 then aborts the process (Assertion failed: !_more, src/fq.cpp:80). A closed
+        # socket is never read again; a whole policy it still held comes again with the
+        # learner's next republication (every few seconds).
+        self.reconnects += 1
+        self.last_error = "the weight connection dropped (learner away, or a message over the size limit); reconnected"
+        self._close_sockets()
+        self._socket, self._monitor = self._connect()
+
     def _run(self) -> None:
         lower_thread_priority()
         while not self._stop.is_set():
-            if not self._socket.poll(100):
+            poller = zmq.Poller()
+            poller.register(self._socket, zmq.POLLIN)
+            poller.register(self._monitor, zmq.POLLIN)
+            try:
+                ready = dict(poller.poll(100))
+                if self._monitor in ready:
+                    self._reconnect()
+                    continue
+            except zmq.ZMQError:
+                return
+            if self._socket not in ready:
                 continue
             try:
                 frames = self._socket.recv_multipart(copy=False)
@@ -359,4 +431,4 @@ class WeightSubscriber:
         """Stops the subscriber thread and closes the socket."""
         self._stop.set()
         self._thread.join(timeout=2)
-        self._socket.close(0)
+        self._close_sockets()

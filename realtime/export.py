@@ -13,6 +13,7 @@ import copy
 import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,6 @@ def export_policy(
     with torch.no_grad():
         torch.onnx.export(step, args, buffer, input_names=names, output_names=list(OUTPUTS), opset_version=OPSET, dynamo=False)
     data = buffer.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
     with torch.no_grad():
         outs = step(*args)
     describe = lambda n, t: {"name": n, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}  # noqa: E731
@@ -111,19 +110,48 @@ def export_policy(
         "sha256": sha256_bytes(data),
         **(metadata or {}),
     }
-    _check_roundtrip(path, step, args, names)
-    Path(f"{path}.json").write_text(json.dumps(sidecar, indent=1))
+    # Both files go to temporaries beside their targets and replace them only
+    # once the model passed the round trip: a failed export (e.g. NaN weights)
+    # leaves the previous model and sidecar as they were.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    side_path = Path(f"{path}.json")
+    tmp_model, tmp_side = path.with_name(f"{path.name}.tmp"), side_path.with_name(f"{side_path.name}.tmp")
+    try:
+        tmp_model.write_bytes(data)
+        tmp_side.write_text(json.dumps(sidecar, indent=1))
+        _check_roundtrip(tmp_model, step, args, names, label=path)
+        # Sidecar first, model second: once the new model is in place its
+        # sidecar already is, so a reader that takes the model and then its
+        # sidecar (WeightPublisher.publish) never pairs a new model with an
+        # old sidecar. Between the two renames an old model has a new sidecar;
+        # every reader checks the sidecar's sha256 against the model bytes
+        # (PolicyRuntime, decode_weights) and refuses that pair with a clear
+        # error. A reader that takes the sidecar first can straddle both
+        # renames; the same hash check refuses it.
+        os.replace(tmp_side, side_path)
+        os.replace(tmp_model, path)
+    finally:
+        tmp_model.unlink(missing_ok=True)
+        tmp_side.unlink(missing_ok=True)
     return sidecar
 
 
-def _check_roundtrip(path: Path, step: PolicyStep, args: tuple[torch.Tensor, ...], names: list[str]) -> None:
-    """Runs the file once in onnxruntime and compares with torch (catches a broken export early)."""
+def _check_roundtrip(
+    path: Path, step: PolicyStep, args: tuple[torch.Tensor, ...], names: list[str], *, label: str | Path | None = None
+) -> None:
+    """Runs the file once in onnxruntime and compares with torch (catches a broken export early).
+
+    ``label`` names the export in the error (``path`` may be a temporary file).
+    """
     import onnxruntime
 
+    label = path if label is None else label
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {n: a.numpy() for n, a in zip(names, args)})
     with torch.no_grad():
         want = step(*args)
     for name, g, w in zip(OUTPUTS, got, want):
+        if not np.isfinite(w.numpy()).all():
+            raise RuntimeError(f"ONNX export of {label}: output {name} is not finite in torch (NaN or inf in the weights)")
         if not np.allclose(g, w.numpy(), atol=1e-4):
-            raise RuntimeError(f"ONNX export of {path}: output {name} differs from torch by {np.abs(g - w.numpy()).max()}")
+            raise RuntimeError(f"ONNX export of {label}: output {name} differs from torch by {np.abs(g - w.numpy()).max()}")

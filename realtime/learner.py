@@ -13,6 +13,11 @@ replaced by the network:
 * every ``realtime.publish_every`` updates it exports the sampling policy and
   publishes it (the newest is republished every few seconds for actors that
   join later); the version counter survives restarts (``policy_version`` file);
+  an export that fails (e.g. NaN weights) is logged and counted, the actors
+  keep the previous policy, and training goes on;
+* a malformed message is refused and counted by the receiver; whatever ends
+  the loop (``stop()``, a signal or an exception), the state is checkpointed
+  on the way out unless the exception struck in the middle of changing it;
 * checkpoints hold the per-actor stream accounting, so after a crash and a
   restart every transition is accounted for: received, or counted missing;
 * status (counters of the learner and of each actor) goes to
@@ -21,10 +26,13 @@ replaced by the network:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import zmq
@@ -54,7 +62,8 @@ class Learner(Trainer):
 
     def __init__(self, cfg: DictConfig, *, addresses: Endpoints | None = None) -> None:
         super().__init__(cfg)  # agent, replay, counters; resumes a checkpoint in logdir
-        for key, value in (("version", 0), ("last_publish", 0), ("tracker", {}), ("returns", {}), ("writer", None)):
+        defaults = (("version", 0), ("last_publish", 0), ("publish_failures", 0), ("tracker", {}), ("returns", {}), ("writer", None))
+        for key, value in defaults:
             self.counters.setdefault(key, value)
         version_file = self.logdir / VERSION_FILE
         if version_file.exists():  # published after the last checkpoint: never reuse a number
@@ -71,6 +80,10 @@ class Learner(Trainer):
         self._stop = threading.Event()
         self._status_server = _StatusServer(self.context, addresses.status, lambda: self._status, self.security())
         self.last_return: float | None = None
+        self.last_publish_error: str | None = None
+        #: what the loop is changing (ingest, update) while it is; None between
+        #: those steps, where the state is consistent and may be saved.
+        self._changing: str | None = None
 
     # ----------------------------------------------------------- experience
     def can_train(self) -> bool:
@@ -129,6 +142,27 @@ class Learner(Trainer):
         self.counters["last_publish"] = self.counters["updates"]
         return version
 
+    def _try_publish(self) -> int | None:
+        """:meth:`publish` for the loop: a failure is logged and counted, not fatal.
+
+        The actors keep the previously published policy (the publisher still
+        republishes it, and the export left its files as they were); the next
+        attempt comes ``publish_every`` updates later, so a model that cannot be
+        exported does not cost an export per update.
+        """
+        try:
+            return self.publish()
+        except Exception as exc:
+            self.counters["publish_failures"] += 1
+            self.counters["last_publish"] = self.counters["updates"]
+            self.last_publish_error = f"{type(exc).__name__}: {exc}"
+            print(
+                f"reverie learner: publishing policy version {self.counters['version'] + 1} failed ({self.last_publish_error[:500]});"
+                f" actors keep version {self.counters['version']}, training goes on",
+                file=sys.stderr,
+            )
+            return None
+
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
         """Counters of the learner and, as last reported, of each actor."""
@@ -139,6 +173,8 @@ class Learner(Trainer):
             "agent_steps": self.counters["agent_steps"],
             "updates": self.counters["updates"],
             "policy_version": self.counters["version"],
+            "publish_failures": self.counters["publish_failures"],
+            "last_publish_error": self.last_publish_error,
             "replay_steps": len(self.replay),
             "train_ratio": self.counters["updates"] * self.cfg.batch_size * self.cfg.batch_length / max(1, self.counters["agent_steps"]),
             "episodes": self.counters["episodes"],
@@ -160,6 +196,30 @@ class Learner(Trainer):
         """Asks ``run`` to finish (checkpoint, export) at the next iteration."""
         self._stop.set()
 
+    @contextlib.contextmanager
+    def _change(self, what: str) -> Iterator[None]:
+        # Not reset when ``what`` raises: the state is then suspect and run() must not checkpoint it.
+        self._changing = what
+        yield
+        self._changing = None
+
+    def _save_on_exit(self, *, clean: bool) -> None:
+        """Checkpoint at the end of ``run``; after an exception (``clean`` False) a failure to save is only logged."""
+        if self._changing is not None:
+            print(
+                f"reverie learner: stopped in the middle of {self._changing}; the state may be half-updated,"
+                " so it is not saved and the last checkpoint stays (what arrived since is counted missing after a restart)",
+                file=sys.stderr,
+            )
+            return
+        try:
+            self.save()
+            self._refresh_status()
+        except Exception as exc:
+            if clean:
+                raise
+            print(f"reverie learner: the checkpoint on the way out failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
     def run(self, *, handle_signals: bool = True) -> dict[str, Any]:
         """Receives, trains and publishes until ``cfg.steps`` environment steps arrived or ``stop()``."""
         cfg, rt = self.cfg, self.cfg.realtime
@@ -168,19 +228,26 @@ class Learner(Trainer):
                 signal.signal(sig, lambda *_: self.stop())
         logger = MetricsLogger(self.logdir)
         self._start_time, self._wall_base = time.time(), self.counters["wall_s"]
-        self._status_server.start()
-        self.publish()
         window: list[dict[str, float]] = []
         window_time, window_updates = time.time(), self.counters["updates"]
         next_status = next_republish = 0.0
+        clean, self._changing = False, None
         try:
+            self._status_server.start()
+            self._try_publish()
             while self.env_steps < cfg.steps and not self._stop.is_set():
-                for exp in self.receiver.receive(timeout=0.0 if self.can_train() else 0.05):
-                    self.ingest(exp, logger)
+                # Wait outside, take in inside _change: receive() advances the stream accounting for
+                # the whole batch, so the state is only consistent again once all of it is in replay.
+                # Bad messages are refused and counted by receive() itself, never raised.
+                if self.receiver.wait(timeout=0.0 if self.can_train() else 0.05):
+                    with self._change("taking in received messages"):
+                        for exp in self.receiver.receive():
+                            self.ingest(exp, logger)
                 if self.can_train():
-                    window.append(self.update())
+                    with self._change("an update"):
+                        window.append(self.update())
                     if self.counters["updates"] - self.counters["last_publish"] >= rt.publish_every:
-                        self.publish()
+                        self._try_publish()
                 now = time.time()
                 if now >= next_republish:
                     self.publisher.republish()
@@ -195,6 +262,8 @@ class Learner(Trainer):
                     summary["train/updates"] = self.counters["updates"]
                     summary["train/replay_steps"] = len(self.replay)
                     summary["realtime/policy_version"] = self.counters["version"]
+                    summary["realtime/publish_failures"] = self.counters["publish_failures"]
+                    summary["realtime/refused"] = sum(self.receiver.refused.values())
                     summary["realtime/train_ratio"] = self._status.get("train_ratio", 0.0)
                     summary["time/wall_s"] = self.wall_s()
                     logger.write(self.env_steps, summary)
@@ -203,11 +272,13 @@ class Learner(Trainer):
                 self._maybe_checkpoint()
             if self.env_steps >= cfg.steps:
                 self._maybe_evaluate(logger, force=True)
-            self.save()
-            self._refresh_status()
+            clean = True
         finally:
-            logger.close()
-            self.close()
+            try:
+                self._save_on_exit(clean=clean)
+            finally:
+                logger.close()
+                self.close()
         self.finish(f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} (async)")
         return {
             "env_steps": self.env_steps,

@@ -12,16 +12,19 @@ message is one frame ``{v, kind, actor, stats}`` with a flat map of counters.
 
 Every decode validates everything it reads and raises :class:`ProtocolError`
 with a short reason code, so a receiver can count refusals per reason; no
-other exception escapes for malformed input.
+other exception escapes for malformed input (anything unforeseen a message
+provokes is refused with reason ``malformed``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -104,6 +107,25 @@ def encode_experience(*, actor: str, episode: int, seq: int, policy: int, arrays
     return [msgpack.packb(header), *(memoryview(a).cast("B") for a in arrays.values())]
 
 
+def _untrusted(decode: Callable[..., Any]) -> Callable[..., Any]:
+    """Makes ``decode`` refuse, never crash: any other exception becomes a ProtocolError (reason ``malformed``).
+
+    The explicit checks give the clear reasons; this is the net under them,
+    so a receiver that counts ProtocolErrors cannot be killed by a message.
+    """
+
+    @functools.wraps(decode)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return decode(*args, **kwargs)
+        except ProtocolError:
+            raise
+        except Exception as exc:  # includes RecursionError and MemoryError
+            raise ProtocolError("malformed", f"{type(exc).__name__}: {str(exc)[:200]}") from None
+
+    return wrapper
+
+
 def _buffer(frame: Any) -> memoryview:
     # zmq.Frame exposes .buffer; bytes and memoryviews are used as they are.
     return memoryview(getattr(frame, "buffer", frame)).cast("B")
@@ -123,20 +145,31 @@ def _header(frames: Sequence[Any], limits: Limits, kind: str) -> dict[str, Any]:
         raise ProtocolError("msgpack", str(exc)[:200]) from None
     if not isinstance(header, dict):
         raise ProtocolError("schema", f"header is {type(header).__name__}, not a map")
-    if header.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError("version", f"protocol version {header.get('v')!r}, expected {PROTOCOL_VERSION}")
+    if header.get("v") != PROTOCOL_VERSION or isinstance(header.get("v"), bool):  # True == 1
+        raise ProtocolError("version", f"protocol version {_short(header.get('v'))}, expected {PROTOCOL_VERSION}")
     if header.get("kind") != kind:
-        raise ProtocolError("schema", f"message kind {header.get('kind')!r}, expected {kind!r}")
+        raise ProtocolError("schema", f"message kind {_short(header.get('kind'))}, expected {kind!r}")
     return header
 
 
 def _field(header: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = header.get(name)
     if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        raise ProtocolError("schema", f"header field {name!r} is {value!r}")
+        raise ProtocolError("schema", f"header field {name!r} is {_short(value)}")
     return value
 
 
+def _short(value: Any) -> str:
+    # A refusal message quotes the offending value, but never all 64 KiB of it.
+    text = repr(value)
+    return text if len(text) <= 100 else f"{text[:100]}…"
+
+
+def _is_dim(d: Any) -> bool:
+    return isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 2**31
+
+
+@_untrusted
 def decode_experience(
     frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS, schema: dict[str, tuple[str, tuple[int, ...]]] | None = None
 ) -> Experience:
@@ -151,7 +184,8 @@ def decode_experience(
 
     Raises:
         ProtocolError: with reason ``frames``, ``header_size``, ``msgpack``,
-            ``version``, ``schema``, ``dtype``, ``shape``, ``size`` or ``nonfinite``.
+            ``version``, ``schema``, ``dtype``, ``shape``, ``size``,
+            ``nonfinite`` or ``malformed``.
     """
     header = _header(frames, limits, "exp")
     actor = _field(header, "actor", str)
@@ -163,20 +197,18 @@ def decode_experience(
     keys, dtypes, shapes = (_field(header, n, list) for n in ("keys", "dtypes", "shapes"))
     if not keys or not len(keys) == len(dtypes) == len(shapes) == len(frames) - 1:
         raise ProtocolError("frames", f"{len(keys)} keys, {len(dtypes)} dtypes, {len(shapes)} shapes for {len(frames) - 1} buffers")
-    if len(set(map(str, keys))) != len(keys) or not all(isinstance(k, str) for k in keys):
+    # Types first: everything below hashes, compares and multiplies these values.
+    if not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
         raise ProtocolError("schema", "keys must be distinct strings")
+    for key, dtype, shape in zip(keys, dtypes, shapes):
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise ProtocolError("dtype", f"{key!r}: dtype {_short(dtype)} not allowed")
+        if not isinstance(shape, list) or not shape or not all(_is_dim(d) for d in shape):
+            raise ProtocolError("shape", f"{key!r}: bad shape {_short(shape)} (a list of 0…2**31)")
     if schema is not None and set(keys) != set(schema):
         raise ProtocolError("schema", f"keys {sorted(keys)} differ from the expected {sorted(schema)}")
     total, arrays, steps = 0, {}, None
     for key, dtype, shape, frame in zip(keys, dtypes, shapes, frames[1:]):
-        if dtype not in DTYPES:
-            raise ProtocolError("dtype", f"{key!r}: dtype {dtype!r} not allowed")
-        if (
-            not isinstance(shape, list)
-            or not shape
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 2**31 for d in shape)
-        ):
-            raise ProtocolError("shape", f"{key!r}: bad shape {shape!r}")
         if steps is None:
             steps = shape[0]
         if shape[0] != steps or not 0 < steps <= limits.max_steps:
@@ -186,11 +218,11 @@ def decode_experience(
                 "dtype" if dtype != schema[key][0] else "shape",
                 f"{key!r}: got {dtype} {shape[1:]}, expected {schema[key][0]} {list(schema[key][1])}",
             )
-        itemsize = np.dtype(dtype).itemsize
-        expected = int(np.prod(shape, dtype=np.int64)) * itemsize
+        # Python ints: a numpy product wraps past 2**63 (2**64 bytes would read as 0 and pass an empty frame).
+        expected = math.prod(shape) * np.dtype(dtype).itemsize
         total += expected
         if total > limits.max_message_bytes:
-            raise ProtocolError("size", f"message larger than {limits.max_message_bytes} bytes")
+            raise ProtocolError("size", f"{key!r}: {dtype} {shape} makes the message larger than {limits.max_message_bytes} bytes")
         buffer = _buffer(frame)
         if buffer.nbytes != expected:
             raise ProtocolError("size", f"{key!r}: {buffer.nbytes} bytes for {dtype} {shape} ({expected} expected)")
@@ -214,6 +246,7 @@ def encode_weights(*, version: int, onnx_bytes: bytes, sidecar: dict[str, Any], 
     return [msgpack.packb(header), onnx_bytes]
 
 
+@_untrusted
 def decode_weights(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) -> tuple[int, memoryview, dict[str, Any]]:
     """Validates a weight message; returns ``(version, onnx_bytes, sidecar)`` (the bytes as a view of the frame).
 
@@ -221,22 +254,28 @@ def decode_weights(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) ->
 
     Raises:
         ProtocolError: for a malformed message or a sha256 that does not match
-            the bytes (reason ``hash``) or the sidecar's own hash.
+            the bytes (reason ``hash``) or the sidecar's own hash (never
+            another exception, see :func:`_untrusted`).
     """
     header = _header(frames, limits, "weights")
     if len(frames) != 2:
         raise ProtocolError("frames", f"{len(frames)} frames, expected 2")
     version = _field(header, "version", int)
+    if version < 0:
+        raise ProtocolError("schema", f"version {version} is negative")
     digest = _field(header, "sha256", str)
     payload = _buffer(frames[1])  # no copy: a model can be tens of MB
     if len(payload) > limits.max_message_bytes:
         raise ProtocolError("size", f"model larger than {limits.max_message_bytes} bytes")
     if hashlib.sha256(payload).hexdigest() != digest:
         raise ProtocolError("hash", "sha256 of the model bytes does not match the header")
+    text = _field(header, "sidecar", str)
     try:
-        sidecar = json.loads(_field(header, "sidecar", str))
+        sidecar = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProtocolError("schema", f"sidecar is not JSON: {exc}") from None
+    except RecursionError:  # "[[[[…" fits the header limit and exhausts the parser's stack
+        raise ProtocolError("schema", "sidecar JSON is nested too deeply") from None
     if not isinstance(sidecar, dict) or sidecar.get("sha256") != digest:
         raise ProtocolError("hash", "the sidecar's sha256 does not match the model")
     sent_at = header.get("time", 0.0)
@@ -253,6 +292,7 @@ def encode_status(*, actor: str, stats: dict[str, Any]) -> list[Any]:
     return [msgpack.packb({"v": PROTOCOL_VERSION, "kind": "status", "actor": actor, "stats": stats})]
 
 
+@_untrusted
 def decode_status(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) -> tuple[str, dict[str, Any]]:
     """Validates a status message; returns ``(actor, stats)``.
 

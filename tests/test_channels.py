@@ -201,3 +201,59 @@ def test_thousand_malformed_weight_messages_are_refused_and_the_old_policy_stays
     assert sent == 1000 and received == [1] and subscriber.version == 1 and subscriber._thread.is_alive()
     assert {"msgpack", "schema", "hash", "model"} <= set(subscriber.refused)
     subscriber.close(), publisher.close(), ctx.term()
+
+
+def test_type_confused_and_overflowing_headers_are_counted_and_the_receiver_stays_up(monkeypatch):
+    import msgpack
+
+    from reverie.realtime import channels
+    from reverie.realtime.protocol import encode_experience
+
+    ctx = zmq.Context()
+    receiver = ExperienceReceiver("tcp://127.0.0.1:*", context=ctx)  # no schema: the decode goes all the way to the sizes
+    raw = ctx.socket(zmq.PUSH)
+    raw.connect(receiver.address)
+    frames = [bytes(f) for f in encode_experience(actor="x", episode=0, seq=0, policy=0, arrays={"x": np.zeros((1, 4), np.uint8)})]
+    header = msgpack.unpackb(frames[0])
+    raw.send_multipart([msgpack.packb(dict(header, dtypes=[["float32"]])), frames[1]])  # once a TypeError
+    raw.send_multipart([msgpack.packb(dict(header, shapes={"x": [1, 4]})), frames[1]])
+    raw.send_multipart([msgpack.packb(dict(header, shapes=[[1, 2**31, 2**31, 4]])), b""])  # 2**64 bytes: once read as 0
+    assert wait_for(lambda: (receiver.receive(timeout=0.05), sum(receiver.refused.values()) == 3)[1])
+    assert receiver.refused == {"dtype": 1, "size": 1, "schema": 1} and "2147483648" in receiver.last_error
+    # Whatever else a decode might raise is refused and counted too; the next message still arrives.
+    real = channels.decode_experience
+    monkeypatch.setattr(channels, "decode_experience", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("unforeseen")))
+    raw.send_multipart(frames)
+    assert wait_for(lambda: (receiver.receive(timeout=0.05), receiver.refused["error"] == 1)[1])
+    assert "RuntimeError: unforeseen" in receiver.last_error
+    monkeypatch.setattr(channels, "decode_experience", real)
+    raw.send_multipart(frames)
+    assert [e.actor for e in collect(receiver, 1)] == ["x"] and sum(receiver.refused.values()) == 4
+    raw.close(0), receiver.close(), ctx.term()
+
+
+def test_oversized_weights_are_cut_off_and_the_subscriber_reconnects(policy_file):
+    from reverie.realtime.protocol import Limits
+
+    size = len(policy_file.read_bytes())
+    ctx = zmq.Context()
+    publisher = WeightPublisher("tcp://127.0.0.1:*", context=ctx)
+    received = []
+    limits = Limits(max_message_bytes=size + 1000)
+    subscriber = WeightSubscriber(
+        publisher.address,
+        lambda v, rt: received.append(v),
+        build=lambda b, s: PolicyRuntime(None, sidecar=s, model_bytes=b),
+        context=ctx,
+        limits=limits,
+    )
+    assert subscriber._socket.getsockopt(zmq.MAXMSGSIZE) == size + 1000 + limits.max_header_bytes
+    assert wait_for(lambda: (publisher.publish(1, policy_file), bool(received))[1])  # connected
+    # A frame over the limit: ZeroMQ drops the connection mid-message (never buffered whole)
+    # and would not reconnect by itself; the subscriber does, and the next policy arrives.
+    # (PUB drops messages for a busy subscriber: resend until it has been cut off.)
+    oversized = [b"header", b"\0" * (3 * size)]
+    assert wait_for(lambda: (publisher._socket.send_multipart(oversized), subscriber.reconnects >= 1)[1])
+    assert wait_for(lambda: (publisher.publish(2, policy_file), len(received) == 2)[1])
+    assert received == [1, 2] and subscriber._thread.is_alive() and not subscriber.refused
+    subscriber.close(), publisher.close(), ctx.term()
