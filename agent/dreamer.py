@@ -251,12 +251,14 @@ class Dreamer(nn.Module):
         else:
             total.backward()
         info = self.optimizer.step()
-        self.slow_critic.update(self.critic)
+        if not info.get("skipped"):  # a non-finite gradient changed nothing: neither does the slow critic
+            self.slow_critic.update(self.critic)
         metrics = {f"loss/{k}": v.mean() for k, v in losses.items()} | metrics
         out = {k: float(v.detach()) for k, v in metrics.items()}
         out["loss/total"] = float(total.detach())
         out["train/grad_norm"] = info.get("grad_norm", 0.0)
         out["train/lr"] = info.get("lr", 0.0)
+        out["train/skipped_nonfinite"] = info.get("skipped", 0.0)
         out |= {f"train/{k}": v for k, v in info.items() if k.startswith("grad_norm/")}
         latents = {
             "deter": post["deter"].detach().to(torch.float16).cpu().numpy(),

@@ -6,10 +6,16 @@ gradients (β₂ = 0.999, bias-corrected, ε = 1e-20); the result is averaged wi
 momentum (β₁ = 0.9, bias-corrected) and applied with a learning rate that
 warms up linearly from 0 over ``warmup`` updates. Reference: danijar/dreamerv3
 ``embodied/jax/opt.py``; LaProp (Ziyin et al., 2020).
+
+Both optimisers here skip a step whose gradient norm is not finite: nothing
+changes (parameters, moments, step count) and ``info['skipped']`` is 1. The
+official code applies such a step; one NaN would then ruin every parameter
+it reaches and the checkpoints after it, which a long robot run cannot afford.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -44,16 +50,19 @@ class LaProp(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None) -> dict[str, float]:  # type: ignore[override]
         """One update; returns the learning rate used and the gradient norm."""
-        info: dict[str, float] = {}
+        info: dict[str, float] = {"skipped": 0.0}
         for group in self.param_groups:
-            # The update count lives in the group so state_dict() saves it.
-            count = group["count"]
-            group["count"] = count + 1
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
             grads = [p.grad for p in params]
             info["grad_norm"] = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+            if not math.isfinite(info["grad_norm"]):
+                info["skipped"] = 1.0
+                continue
+            # The update count lives in the group so state_dict() saves it.
+            count = group["count"]
+            group["count"] = count + 1
             if group["agc"]:
                 gnorm = torch.stack(torch._foreach_norm(grads))
                 pnorm = torch.stack(torch._foreach_norm(params))
@@ -114,7 +123,7 @@ class ClippedAdam(torch.optim.AdamW):
     @torch.no_grad()
     def step(self, closure=None) -> dict[str, float]:  # type: ignore[override]
         """Clips each group, then one Adam update; returns the world model's gradient norm and learning rate."""
-        info: dict[str, float] = {}
+        info: dict[str, float] = {"skipped": 0.0}
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -124,7 +133,10 @@ class ClippedAdam(torch.optim.AdamW):
             else:
                 norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
             info[f"grad_norm/{group['name']}"] = float(norm)
-        super().step()
+        if all(math.isfinite(v) for k, v in info.items() if k.startswith("grad_norm/")):
+            super().step()
+        else:
+            info["skipped"] = 1.0
         first = self.param_groups[0]
         info["grad_norm"] = info.get(f"grad_norm/{first['name']}", 0.0)
         info["lr"] = first["lr"]

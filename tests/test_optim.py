@@ -56,3 +56,30 @@ def test_adaptive_clipping_bounds_the_update_ratio():
     opt.step()
     # After clipping the gradient has norm 0.3 · 4; LaProp normalises it to ±1 per element.
     assert torch.allclose(param.detach(), torch.full((4,), 1.0), atol=1e-5)
+
+
+def test_nonfinite_gradient_step_changes_nothing():
+    """A NaN/inf gradient is skipped: parameters, moments and step count stay; the next finite step matches the reference."""
+    from reverie.agent.optim import ClippedAdam
+
+    torch.manual_seed(0)
+    start = torch.randn(6)
+    grads = [torch.randn(6) for _ in range(3)]
+    param = torch.nn.Parameter(start.clone())
+    opt = LaProp([param], lr=0.1, warmup=2)
+    for i, g in enumerate(grads):
+        if i == 1:
+            param.grad = torch.full((6,), float("nan"))
+            assert opt.step()["skipped"] == 1.0
+            param.grad = torch.tensor([0.0, float("inf"), 0, 0, 0, 0])
+            assert opt.step()["skipped"] == 1.0
+        param.grad = g.clone()
+        assert opt.step()["skipped"] == 0.0
+    assert opt.param_groups[0]["count"] == 3
+    assert torch.allclose(param.detach(), reference(start, grads, 0.1, 2), atol=1e-6)
+
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    adam = ClippedAdam({"model": ([a], 0.1), "actor": ([b], 0.1)})
+    a.grad, b.grad = torch.ones(2), torch.tensor([float("nan"), 0.0])
+    assert adam.step()["skipped"] == 1.0  # one bad group skips the whole step
+    assert torch.equal(a.detach(), torch.ones(2)) and torch.equal(b.detach(), torch.ones(2)) and not adam.state
