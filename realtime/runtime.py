@@ -107,14 +107,16 @@ class PolicyRuntime:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"sidecar {side_path} is not valid JSON: {exc}") from exc
         _validate_sidecar(meta)
-        # From a file, onnxruntime reads it itself: no copy of the model is
-        # made while holding the GIL (a control thread may be running beside us).
+        # After a hash check by the caller (a hot swap) onnxruntime reads the
+        # file itself: no copy of the model is made while holding the GIL (a
+        # control thread may be running beside us). Otherwise the bytes that
+        # were hashed are the bytes loaded: a file replaced between the check
+        # and the load cannot slip in unchecked.
         if hash_checked:
             digest = meta.get("sha256")
-        elif model_bytes is None:
-            with open(path, "rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
         else:
+            if model_bytes is None:
+                model_bytes = Path(path).read_bytes()
             digest = hashlib.sha256(model_bytes).hexdigest()
         if digest != meta.get("sha256"):
             raise ValueError(f"sha256 mismatch: model is {digest[:16]}…, sidecar says {str(meta.get('sha256'))[:16]}…")
