@@ -3,7 +3,9 @@
 One JSON line per measurement with ``preset``, ``obs`` (vector | pixels),
 ``runtime`` (torch | onnxruntime), ``p50_us``, ``p99_us``, ``p999_us`` and
 ``floor_us``: the weight-streaming floor of the model (bytes of the policy
-step's parameters ÷ memory read bandwidth measured in the same run).
+step's parameters ÷ memory read bandwidth measured in the same run), and
+``compute_floor_us``: the step's matrix-product and convolution FLOPs ÷ the
+best fp32 product rate of this thread measured in the same run.
 
     python bench/policy_latency.py --presets 1m 12m --obs vector pixels --steps 10000
 """
@@ -38,6 +40,66 @@ def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
     return data.nbytes / best
 
 
+def _time_median(run, repeats: int) -> float:
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def peak_flops(n: int = 1024, repeats: int = 20) -> float:
+    """This thread's best fp32 rate (FLOP/s) over an n³ product (torch, onnxruntime) and a 5×5 convolution (onnxruntime).
+
+    The convolution is the 12m encoder's largest (32 → 48 channels at 32×32);
+    onnxruntime's convolution kernel runs faster than either library's plain
+    product here, so the floor takes the best of the three.
+    """
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    x = rng.standard_normal((1, 32, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((48, 32, 5, 5)).astype(np.float32)
+    value = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    matmul = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])], "mm", [value("a", [n, n]), value("b", [n, n])], [value("c", [n, n])]
+    )
+    conv = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[2, 2, 2, 2])],
+        "conv",
+        [value("x", list(x.shape))],
+        [value("y", [1, 48, 32, 32])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = lambda graph: ort.InferenceSession(helper.make_model(graph).SerializeToString(), options, providers=["CPUExecutionProvider"])  # noqa: E731
+    mm_session, conv_session = session(matmul), session(conv)
+    rates = [
+        2 * n**3 / _time_median(lambda: torch.from_numpy(a) @ torch.from_numpy(a), repeats),
+        2 * n**3 / _time_median(lambda: mm_session.run(None, {"a": a, "b": a}), repeats),
+        2 * w.size * 32 * 32 / _time_median(lambda: conv_session.run(None, {"x": x}), 10 * repeats),
+    ]
+    return max(rates)
+
+
+def step_flops(step: PolicyStep, example: list[torch.Tensor]) -> dict[str, int]:
+    """FLOPs of one policy step's matrix products and convolutions (elementwise work not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        step(*example)
+    per_op = counter.get_flop_counts()["Global"]
+    conv = sum(int(n) for op, n in per_op.items() if "convolution" in str(op))
+    return {"flops": int(counter.get_total_flops()), "conv_flops": conv}
+
+
 def percentiles(samples: list[float]) -> dict[str, float]:
     us = np.array(samples) * 1e6
     return {
@@ -48,7 +110,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-def measure(preset: str, obs_kind: str, steps: int, bandwidth: float) -> list[dict]:
+def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: float) -> list[dict]:
     env = envs.make("dmc/cartpole_swingup" if obs_kind == "vector" else "fake/pixels", obs=obs_kind, seed=0)
     torch.manual_seed(0)
     agent = build_agent(compose([f"size={preset}", f"obs={obs_kind}"]), env.obs_space, env.act_space).eval()
@@ -81,6 +143,9 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float) -> list[di
             if i >= 100:
                 times.append(time.perf_counter() - start)
     assert np.all(np.isfinite(action))
+    o = obs_seq[0]
+    example = [*(torch.from_numpy(np.ascontiguousarray(o[k]))[None] for k in keys), deter, stoch, prev, torch.tensor([False]), noise]
+    flops = step_flops(step, example)
     base = {
         "name": "policy_latency",
         "preset": preset,
@@ -89,6 +154,10 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float) -> list[di
         "model_bytes": model_bytes,
         "floor_us": floor_us,
         "bandwidth_gb_s": bandwidth / 1e9,
+        **flops,
+        # The products alone at this thread's best measured rate: no runtime can beat it.
+        "compute_floor_us": flops["flops"] / peak * 1e6,
+        "peak_gflop_s": peak / 1e9,
     }
     out.append({**base, "runtime": "torch", **percentiles(times)})
     # onnxruntime
@@ -115,10 +184,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     bandwidth = read_bandwidth()
+    peak = peak_flops()
     info = machine()
     for preset in args.presets:
         for obs_kind in args.obs:
-            for record in measure(preset, obs_kind, args.steps, bandwidth):
+            for record in measure(preset, obs_kind, args.steps, bandwidth, peak):
                 emit({**record, "machine": info})
 
 
