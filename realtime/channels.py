@@ -207,6 +207,9 @@ class ExperienceReceiver:
         address: where to bind, e.g. ``tcp://127.0.0.1:5555``.
         schema: ``{key: (dtype, shape)}`` every chunk must match.
         limits: message size limits.
+        max_actors: distinct actor ids accounted for; messages of further new
+            ids are refused (reason ``actors``), so the tables stay bounded
+            whatever ids arrive.
     """
 
     def __init__(
@@ -215,11 +218,12 @@ class ExperienceReceiver:
         *,
         schema: dict[str, tuple[str, tuple[int, ...]]] | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        max_actors: int = 4096,
         context: zmq.Context | None = None,
         secure: Callable[[zmq.Socket], None] | None = None,
     ) -> None:
         self.context = context or zmq.Context.instance()
-        self.schema, self.limits = schema, limits
+        self.schema, self.limits, self.max_actors = schema, limits, int(max_actors)
         self.tracker = SequenceTracker()
         self.refused: collections.Counter = collections.Counter()
         #: why the newest refused message was refused (for the logs).
@@ -255,9 +259,13 @@ class ExperienceReceiver:
             try:
                 if len(frames) == 1:  # status messages are one frame, experience at least two
                     actor, stats = decode_status(frames, limits=self.limits)
+                    if actor not in self.actor_status and len(self.actor_status) >= self.max_actors:
+                        raise ProtocolError("actors", f"more than {self.max_actors} actor ids")
                     self.actor_status[actor] = {**stats, "received_at": time.time()}
                     continue
                 exp = decode_experience(frames, limits=self.limits, schema=self.schema)
+                if exp.actor not in self.tracker.actors and len(self.tracker.actors) >= self.max_actors:
+                    raise ProtocolError("actors", f"more than {self.max_actors} actor ids")
             except ProtocolError as exc:
                 self.refused[exc.reason] += 1
                 self.last_error = str(exc)

@@ -56,6 +56,29 @@ def test_round_trip_and_gap_accounting():
     sender.close(), receiver.close(), ctx.term()
 
 
+def test_actor_tables_stay_bounded():
+    """Experience and status from more distinct actor ids than max_actors: the extra ids are refused and counted."""
+    from reverie.realtime.protocol import encode_status
+
+    ctx = zmq.Context()
+    receiver = ExperienceReceiver("tcp://127.0.0.1:*", schema=SCHEMA, context=ctx, max_actors=2)
+    senders = [ExperienceSender(receiver.address, f"actor-{i}", context=ctx) for i in range(3)]
+    for sender in senders:
+        sender.send(chunk(), episode=0, policy=1)
+    got = collect(receiver, 2)
+    assert wait_for(lambda: receiver.receive(timeout=0.05) == [] and receiver.refused["actors"] == 1)
+    assert len(got) == 2 and len(receiver.tracker.actors) == 2
+    status = ctx.socket(zmq.PUSH)
+    status.connect(receiver.address)
+    for i in range(5):
+        status.send_multipart(encode_status(actor=f"status-{i}", stats={"ticks": i}))
+    assert wait_for(lambda: receiver.receive(timeout=0.05) == [] and receiver.refused["actors"] == 4)
+    assert len(receiver.actor_status) == 2
+    for sender in senders:
+        sender.close()
+    status.close(0), receiver.close(), ctx.term()
+
+
 def test_malformed_flood_is_refused_counted_and_the_receiver_stays_up():
     ctx = zmq.Context()
     receiver = ExperienceReceiver("tcp://127.0.0.1:*", schema=SCHEMA, context=ctx)
