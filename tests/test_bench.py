@@ -29,6 +29,39 @@ def test_policy_latency():
     assert all(r["p99_us"] > 0 and r["floor_us"] > 0 for r in rows)
 
 
+@pytest.mark.slow
+def test_flop_floor_counts_the_1m_update():
+    (row,) = run("flop_floor.py", "--presets", "1m")
+    assert row["preset"] == "1m" and row["update_gflop"] > 1
+    for precision in ("fp32", "bf16"):
+        assert row[f"floor_s_{precision}"] == pytest.approx(row["update_gflop"] / row[f"peak_gflop_s_{precision}"], rel=1e-9)
+    assert sum(row["per_op_gflop"].values()) == pytest.approx(row["update_gflop"], rel=1e-9)
+
+
+def test_policy_step_conv_flops_by_hand():
+    """The 12m pixel encoder's FLOPs: Σ 2·H·W·C_out·C_in·k² over its four same-padded 5×5 convolutions at 64, 32, 16, 8."""
+    sys.path.insert(0, str(BENCH))
+    import numpy as np
+    import torch
+    from policy_latency import step_flops
+
+    from reverie import envs
+    from reverie.agent.builder import build_agent
+    from reverie.cli.config import compose
+    from reverie.realtime.policy_step import PolicyStep
+
+    env = envs.make("fake/pixels", obs="pixels", seed=0)
+    agent = build_agent(compose(["size=12m", "obs=pixels"]), env.obs_space, env.act_space).eval()
+    step = PolicyStep(agent)
+    rssm = agent.wm.rssm
+    example = [torch.zeros(1, 64, 64, 3, dtype=torch.uint8), torch.zeros(1, rssm.deter), torch.zeros(1, rssm.stoch, rssm.classes)]
+    example += [torch.zeros(1, agent.act_dim), torch.tensor([False]), torch.from_numpy(np.zeros((1, step.noise_dim), np.float32))]
+    channels = [3, 32, 48, 64, 64]  # depth 16 × mults (2, 3, 4, 4)
+    expected = sum(2 * s * s * channels[i + 1] * channels[i] * 25 for i, s in enumerate((64, 32, 16, 8)))
+    assert expected == 150_732_800
+    assert step_flops(step, example)["conv_flops"] == expected
+
+
 def test_stall_probe():
     (row,) = run("stall_probe.py", "--seconds", "0.3", "--min-gap-ms", "0")
     # With no minimum, every clock read counts: a positive largest gap and ordered counts.
