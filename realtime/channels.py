@@ -306,6 +306,7 @@ class WeightPublisher:
         self._socket.bind(address)
         self.address = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.version = -1
+        self._refused_model: tuple[int, Any] | None = None  # (version, sha256) of the last model build refused
         self._last: tuple[int, bytes, dict] | None = None
 
     def publish(self, version: int, onnx_path: str | Path) -> None:
@@ -422,6 +423,11 @@ class WeightSubscriber:
                     continue
                 if version < self.version:
                     raise ProtocolError("stale", f"version {version} is not newer than {self.version}")
+                if (version, sidecar.get("sha256")) == self._refused_model:
+                    # The learner republishes its newest policy every few seconds: a
+                    # model refused once is not built again (a build stalls the loop).
+                    self.repeats += 1
+                    continue
                 runtime = self.build(payload, sidecar)
             except ProtocolError as exc:
                 self.refused[exc.reason] += 1
@@ -430,6 +436,7 @@ class WeightSubscriber:
             except Exception as exc:  # a model onnxruntime or the signature check refuses
                 self.refused["model"] += 1
                 self.last_error = str(exc)
+                self._refused_model = (version, sidecar.get("sha256"))
                 continue
             self.version = version
             self.accepted += 1

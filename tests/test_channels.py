@@ -152,6 +152,10 @@ def test_weights_accepted_refused_and_old_policy_kept(policy_file, tmp_path):
     bad_frames = encode_weights(version=3, onnx_bytes=data, sidecar=bad)
     assert wait_for(lambda: (publisher._socket.send_multipart(bad_frames), subscriber.refused["model"] >= 1)[1])
     assert received == [1] and subscriber.version == 1  # the old policy stays
+    # The learner republishes its newest policy: a refused model is not built again.
+    repeats = subscriber.repeats
+    assert wait_for(lambda: (publisher._socket.send_multipart(bad_frames), subscriber.repeats >= repeats + 3)[1])
+    assert subscriber.refused["model"] == 1
     subscriber.close(), publisher.close(), ctx.term()
 
 
