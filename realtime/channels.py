@@ -306,7 +306,6 @@ class WeightPublisher:
         self._socket.bind(address)
         self.address = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.version = -1
-        self._refused_model: tuple[int, Any] | None = None  # (version, sha256) of the last model build refused
         self._last: tuple[int, bytes, dict] | None = None
 
     def publish(self, version: int, onnx_path: str | Path) -> None:
@@ -355,6 +354,7 @@ class WeightSubscriber:
         self.on_policy, self.build, self.limits = on_policy, build, limits
         self.version = -1
         self.accepted = self.repeats = self.reconnects = 0
+        self._refused_model: tuple[int, Any] | None = None  # (version, sha256) of the last model build refused
         self.refused: collections.Counter = collections.Counter()
         self.last_error: str | None = None
         self.address, self._secure = address, secure
