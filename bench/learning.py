@@ -69,14 +69,15 @@ def run_seeds(args: argparse.Namespace) -> dict[int, dict]:
 
 
 def run_label(logdir: Path) -> str:
-    """``<algo>-<size>-seed<seed>`` from the run's config.yaml (the folder name when there is none)."""
+    """``<algo>-<size>[-<precision>]-seed<seed>`` from the run's config.yaml (the folder name when there is none)."""
     config = logdir / "config.yaml"
     if not config.exists():
         return logdir.name
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(config)
-    return f"{cfg.algo.name}-{cfg.size.name}-seed{cfg.seed}"
+    precision = cfg.get("precision", "fp32")
+    return f"{cfg.algo.name}-{cfg.size.name}{'' if precision == 'fp32' else '-' + precision}-seed{cfg.seed}"
 
 
 def summarize(logdirs: list[Path], env: str, runs: dict[int, dict] | None = None) -> dict:
