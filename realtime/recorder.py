@@ -37,6 +37,10 @@ def experience_schema(obs_space: dict[str, Space], act_space: Space, *, deter: i
     return schema
 
 
+#: Which dtype kinds an observation may have, by the kind of its stream buffer, besides the same dtype.
+_CONVERTS_TO = {"f": "fiub", "b": "biu"}
+
+
 class ExperienceRecorder:
     """The control loop's recorder: fills chunk buffers and hands full chunks to ``send``.
 
@@ -87,7 +91,8 @@ class ExperienceRecorder:
         for key in self.obs_keys:
             value, buffer = np.asarray(obs[key]), self.buffers[key]
             # Casting would hide a driver bug (a float image becomes zeros): refuse it, lose the step.
-            if value.dtype != buffer.dtype and not (buffer.dtype.kind == "f" and value.dtype.kind in "fiub"):
+            # Numbers may widen into float keys and integers serve as flags; nothing else converts.
+            if value.dtype != buffer.dtype and value.dtype.kind not in _CONVERTS_TO.get(buffer.dtype.kind, ""):
                 self.skipped += 1
                 self._break = True
                 raise ValueError(f"observation {key!r}: dtype {value.dtype}, the stream carries {buffer.dtype}")

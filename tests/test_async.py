@@ -92,7 +92,7 @@ def test_recorder_refuses_a_wrong_dtype_and_breaks_the_sequence():
     rec.record({**obs(0, first=True, x=np.zeros(2, np.float64)), "image": image}, np.zeros(1, np.float32), policy)
     with pytest.raises(ValueError, match="'image': dtype float32"):
         rec.record({**obs(1), "image": image.astype(np.float32) / 255}, np.zeros(1, np.float32), policy)
-    rec.record({**obs(2), "image": image}, np.zeros(1, np.float32), policy)
+    rec.record({**obs(2), "image": image, "is_last": 0}, np.zeros(1, np.float32), policy)  # an int flag is fine
     rec.flush()
     assert rec.skipped == 1 and sent[0]["reward"].tolist() == [0, 2] and sent[0]["is_first"].tolist() == [True, True]
 
