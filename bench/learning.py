@@ -138,7 +138,7 @@ def plot(summary: dict, path: Path) -> None:
     ax.set_ylabel("return")
     ax.set_title(summary["env"])
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
