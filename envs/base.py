@@ -99,6 +99,20 @@ class RawEnv:
         return self._act_space
 
 
+#: Which dtype kinds a value may have, by the kind of the array it goes into, besides that array's own dtype:
+#: numbers widen into floats and integers serve as flags; nothing else converts.
+_CONVERTS_TO = {"f": "fiub", "b": "biu"}
+
+
+def dtype_fits(given: np.dtype, expected: np.dtype) -> bool:
+    """Whether a value of dtype ``given`` may be stored into an array of dtype ``expected`` without changing meaning.
+
+    Images must already be uint8: a float image in [0, 1] stored as uint8 would
+    silently become zeros.
+    """
+    return given == expected or given.kind in _CONVERTS_TO.get(expected.kind, "")
+
+
 def basic_spaces() -> dict[str, Space]:
     """Spaces of the keys every observation has: reward, is_first, is_last, is_terminal."""
     return {

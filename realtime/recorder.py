@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from reverie.envs.base import Space
+from reverie.envs.base import Space, dtype_fits
 
 Schema = dict[str, tuple[str, tuple[int, ...]]]
 #: Keys of a replay step that are not observation keys.
@@ -35,10 +35,6 @@ def experience_schema(obs_space: dict[str, Space], act_space: Space, *, deter: i
     schema["deter"] = ("float16", (int(deter),))
     schema["stoch"] = ("uint8", (int(stoch),))
     return schema
-
-
-#: Which dtype kinds an observation may have, by the kind of its stream buffer, besides the same dtype.
-_CONVERTS_TO = {"f": "fiub", "b": "biu"}
 
 
 class ExperienceRecorder:
@@ -91,8 +87,7 @@ class ExperienceRecorder:
         for key in self.obs_keys:
             value, buffer = np.asarray(obs[key]), self.buffers[key]
             # Casting would hide a driver bug (a float image becomes zeros): refuse it, lose the step.
-            # Numbers may widen into float keys and integers serve as flags; nothing else converts.
-            if value.dtype != buffer.dtype and value.dtype.kind not in _CONVERTS_TO.get(buffer.dtype.kind, ""):
+            if not dtype_fits(value.dtype, buffer.dtype):
                 self.skipped += 1
                 self._break = True
                 raise ValueError(f"observation {key!r}: dtype {value.dtype}, the stream carries {buffer.dtype}")

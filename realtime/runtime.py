@@ -15,23 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from reverie.envs.base import dtype_fits
+
 from .export import CARRY_INPUTS, FORMAT, OUTPUTS, obs_input
 
 _DTYPES = {"float32": np.float32, "uint8": np.uint8, "bool": np.bool_, "int64": np.int64}
 _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(int64)": "int64"}
-
-
-def _castable(given: np.dtype, expected: np.dtype) -> bool:
-    """Whether a value of ``given`` dtype may go into an input of ``expected`` dtype without losing meaning.
-
-    Images must already be uint8 (a float image in [0, 1] would silently become
-    zeros); float inputs take any real number type.
-    """
-    if expected == np.uint8:
-        return given == np.uint8
-    if expected.kind == "f":
-        return given.kind in "fiub"
-    return np.can_cast(given, expected, casting="same_kind")
 
 
 def _validate_sidecar(meta: Any) -> None:
@@ -227,7 +216,7 @@ class PolicyRuntime:
             value = np.asarray(obs[key])
             if value.shape != buffer.shape[1:]:
                 raise ValueError(f"observation {key!r}: shape {value.shape}, model expects {buffer.shape[1:]}")
-            if not _castable(value.dtype, buffer.dtype):
+            if not dtype_fits(value.dtype, buffer.dtype):
                 raise ValueError(f"observation {key!r}: dtype {value.dtype}, model expects {buffer.dtype}")
             if value.dtype.kind in "fc" and not np.isfinite(value).all():
                 raise ValueError(f"observation {key!r} has non-finite values")

@@ -204,12 +204,13 @@ def test_runtime_rejects_bad_observations(exported):
 
 def test_image_inputs_must_be_uint8():
     """A float image in [0, 1] cast to uint8 would be all zeros: refused instead."""
-    from reverie.realtime.runtime import _castable
+    from reverie.envs.base import dtype_fits
 
-    assert _castable(np.dtype(np.uint8), np.dtype(np.uint8))
-    assert not _castable(np.dtype(np.float32), np.dtype(np.uint8))
-    assert not _castable(np.dtype(np.int64), np.dtype(np.uint8))
-    assert _castable(np.dtype(np.float64), np.dtype(np.float32)) and _castable(np.dtype(np.int32), np.dtype(np.float32))
+    assert dtype_fits(np.dtype(np.uint8), np.dtype(np.uint8))
+    assert not dtype_fits(np.dtype(np.float32), np.dtype(np.uint8))
+    assert not dtype_fits(np.dtype(np.int64), np.dtype(np.uint8))
+    assert dtype_fits(np.dtype(np.float64), np.dtype(np.float32)) and dtype_fits(np.dtype(np.int32), np.dtype(np.float32))
+    assert dtype_fits(np.dtype(np.int64), np.dtype(np.bool_)) and not dtype_fits(np.dtype(np.float32), np.dtype(np.bool_))
 
 
 def test_runtime_checks_the_spaces_of_a_source(exported):
