@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny, fast agent configuration for end-to-end runs."""
 
 import os
+import time
 
 import pytest
 
@@ -77,3 +78,22 @@ def fake_batch(B=3, L=9, *, deter=64, stoch=8, classes=4, act_dim=2):
     }
     data["is_first"][:, 3] = True
     return data
+
+
+def wait_for(predicate, timeout=5.0):
+    """Polls ``predicate`` every 20 ms until it holds or ``timeout`` seconds pass; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def chunk_of(schema, steps, *, first=False, last=False, reward=1.0):
+    """A zero-filled experience chunk of ``steps`` steps for ``schema`` (reward, is_first, is_last set)."""
+    import numpy as np
+
+    arrays = {k: np.zeros((steps, *shape), dtype) for k, (dtype, shape) in schema.items()}
+    arrays["reward"][:] = reward
+    arrays["is_first"][0] = first
+    arrays["is_last"][-1] = last
+    return arrays

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import TINY
+from conftest import TINY, chunk_of
 
 from reverie.cli.config import compose
 from reverie.realtime.protocol import Experience
@@ -121,14 +121,6 @@ def test_launcher_gives_up_only_on_a_crash_loop(monkeypatch):
 
 def tiny_cfg(tmp_path, *extra):
     return compose([*TINY, "env=fake/vector", f"logdir={tmp_path / 'run'}", f"realtime.ipc_dir={tmp_path / 'ipc'}", *extra])
-
-
-def chunk_of(schema, steps, *, first=False, last=False, reward=1.0):
-    arrays = {k: np.zeros((steps, *shape), dtype) for k, (dtype, shape) in schema.items()}
-    arrays["reward"][:] = reward
-    arrays["is_first"][0] = first
-    arrays["is_last"][-1] = last
-    return arrays
 
 
 def test_learner_ingest_marks_seams_counts_returns_and_earns_credit(tmp_path):

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from conftest import make_agent
+from conftest import make_agent, wait_for
 
 from reverie import envs
 from reverie.realtime.channels import ExperienceReceiver, ExperienceSender, WeightPublisher, WeightSubscriber
@@ -32,13 +32,6 @@ def collect(receiver, count, timeout=5.0):
     while len(got) < count and time.monotonic() < deadline:
         got += receiver.receive(timeout=0.05)
     return got
-
-
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_round_trip_and_gap_accounting():

@@ -2,14 +2,12 @@
 
 import json
 import threading
-import time
 
 import msgpack
-import numpy as np
 import pytest
 import torch
 import zmq
-from conftest import TINY, make_agent
+from conftest import TINY, chunk_of, make_agent, wait_for
 
 from reverie import envs
 from reverie.cli.config import compose
@@ -22,19 +20,6 @@ def tiny_cfg(tmp_path, *extra):
     return compose(
         [*TINY, "env=fake/vector", f"logdir={tmp_path / 'run'}", f"realtime.ipc_dir={tmp_path / 'ipc'}", "eval_episodes=0", *extra]
     )
-
-
-def chunk_of(schema, steps, *, first=False):
-    arrays = {k: np.zeros((steps, *shape), dtype) for k, (dtype, shape) in schema.items()}
-    arrays["is_first"][0] = first
-    return arrays
-
-
-def wait_for(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return predicate()
 
 
 def start(learner, stop_after):
@@ -94,8 +79,8 @@ def test_bad_messages_are_counted_and_skipped_and_stop_saves_what_arrived(tmp_pa
         for frames in bad:
             raw.send_multipart(frames)
         sender.send(chunk_of(schema, 10, first=i == 0), episode=0, policy=0)
-    assert wait_for(lambda: learner.receiver.tracker.actors.get("a", {}).get("messages") == 3)
-    assert wait_for(lambda: sum(learner.receiver.refused.values()) == 3 * len(bad))
+    assert wait_for(lambda: learner.receiver.tracker.actors.get("a", {}).get("messages") == 3, timeout=20.0)
+    assert wait_for(lambda: sum(learner.receiver.refused.values()) == 3 * len(bad), timeout=20.0)
     assert thread.is_alive() and {"dtype", "shape", "schema", "msgpack"} == set(learner.receiver.refused)
     learner.stop()
     thread.join(60)
@@ -124,7 +109,7 @@ def test_a_failing_export_is_logged_counted_and_training_goes_on(tmp_path, stop_
     learner.ingest(Experience("a", 0, 0, 0, chunk_of(learner.receiver.schema, 40, first=True)))  # owes ~40 updates
     thread, outcome = start(learner, stop_after)
     published = tmp_path / "run" / "published" / "policy.onnx"
-    assert wait_for(lambda: learner.counters["publish_failures"] >= 2 and learner.counters["updates"] >= 5)
+    assert wait_for(lambda: learner.counters["publish_failures"] >= 2 and learner.counters["updates"] >= 5, timeout=20.0)
     assert thread.is_alive()
     # The actors keep version 1: the publisher still holds it and the files on disk are untouched.
     assert learner.counters["version"] == learner.publisher.version == 1
