@@ -149,9 +149,7 @@ class PolicyRuntime:
         missing = set(actual) - set(declared)
         if missing:
             raise ValueError(f"model inputs {sorted(missing)} are missing from the sidecar")
-        for name in (*(obs_input(k) for k in self.meta["obs_keys"]), *CARRY_INPUTS):
-            if name not in declared:
-                raise ValueError(f"sidecar lacks input {name!r}")
+        # That the sidecar declares every observation and carry input was checked by _validate_sidecar.
         outputs = [o.name for o in self.session.get_outputs()]
         if outputs != list(OUTPUTS):
             raise ValueError(f"model outputs {outputs}, expected {list(OUTPUTS)}")
