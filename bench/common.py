@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,3 +34,15 @@ def machine() -> dict[str, Any]:
 def emit(record: dict[str, Any]) -> None:
     """Prints one JSON object per line (flushed, so partial runs are usable)."""
     print(json.dumps(record), flush=True)
+
+
+def median_seconds(run: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
+    """Median wall time of ``run()`` over ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

@@ -14,12 +14,10 @@ the time the products alone would take at peak and the updates/s that bounds.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
-from common import emit, machine
+from common import emit, machine, median_seconds
 from torch.utils.flop_counter import FlopCounterMode
 from train_throughput import synthetic_batch
 
@@ -31,14 +29,7 @@ def peak_matmul_flops(dtype: torch.dtype, m: int, k: int, n: int, repeats: int =
     """Median FLOP/s of an (m×k)·(k×n) product on this thread (best case: one big product)."""
     a = torch.randn(m, k).to(dtype)
     b = torch.randn(k, n).to(dtype)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * m * k * n / statistics.median(times)
+    return 2 * m * k * n / median_seconds(lambda: a @ b, repeats)
 
 
 def count_update_flops(overrides: list[str]) -> tuple[int, dict[str, int], dict]:

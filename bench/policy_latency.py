@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import emit, machine
+from common import emit, machine, median_seconds
 
 from reverie import envs
 from reverie.agent.builder import build_agent
@@ -38,17 +38,6 @@ def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
         data.sum()
         best = min(best, time.perf_counter() - start)
     return data.nbytes / best
-
-
-def _time_median(run, repeats: int) -> float:
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def peak_flops(n: int = 1024, repeats: int = 20) -> float:
@@ -81,9 +70,9 @@ def peak_flops(n: int = 1024, repeats: int = 20) -> float:
     session = lambda graph: ort.InferenceSession(helper.make_model(graph).SerializeToString(), options, providers=["CPUExecutionProvider"])  # noqa: E731
     mm_session, conv_session = session(matmul), session(conv)
     rates = [
-        2 * n**3 / _time_median(lambda: torch.from_numpy(a) @ torch.from_numpy(a), repeats),
-        2 * n**3 / _time_median(lambda: mm_session.run(None, {"a": a, "b": a}), repeats),
-        2 * w.size * 32 * 32 / _time_median(lambda: conv_session.run(None, {"x": x}), 10 * repeats),
+        2 * n**3 / median_seconds(lambda: torch.from_numpy(a) @ torch.from_numpy(a), repeats),
+        2 * n**3 / median_seconds(lambda: mm_session.run(None, {"a": a, "b": a}), repeats),
+        2 * w.size * 32 * 32 / median_seconds(lambda: conv_session.run(None, {"x": x}), 10 * repeats),
     ]
     return max(rates)
 
