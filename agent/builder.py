@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from reverie import envs
 from reverie.envs.base import Space, model_keys
+from reverie.envs.step_spec import StepSpec
 
 from .dreamer import Dreamer
 
@@ -22,6 +23,19 @@ def make_env(cfg: DictConfig, seed: int) -> envs.Env:
     options = _plain(e.get("options")) or {}
     return envs.make(
         e.name, obs=cfg.obs, seed=seed, action_repeat=e.action_repeat, time_limit=e.time_limit, size=(e.size, e.size), **options
+    )
+
+
+def step_spec(cfg: DictConfig, obs_space: dict[str, Space], act_space: Space) -> StepSpec:
+    """What the values of one replay step of ``cfg``'s model and environment mean (for validation)."""
+    categorical = cfg.algo.rssm.get("latent", "categorical") == "categorical"
+    return StepSpec.build(
+        obs_space,
+        act_space,
+        deter=cfg.size.deter,
+        stoch=cfg.algo.rssm.stoch,
+        classes=cfg.size.classes if categorical else 1,
+        magnitude=cfg.replay.max_magnitude,
     )
 
 

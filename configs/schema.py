@@ -176,6 +176,9 @@ class ReplayConfig:
 
     capacity: int = doc(1_000_000, "steps kept in replay")
     chunk_size: int = doc(1024, "steps per chunk file on disk")
+    max_magnitude: float = doc(
+        1e6, "largest magnitude of a stored float (observations, reward); larger values are refused as no measurement"
+    )
 
 
 @dataclass
@@ -198,6 +201,8 @@ class RealtimeConfig:
     publish_every: int = doc(100, "learner updates between weight publications")
     status_every_s: float = doc(1.0, "seconds between status reports")
     curve: bool = doc(False, "authenticate and encrypt every socket with ZeroMQ CURVE")
+    insecure: bool = doc(False, "allow tcp without CURVE: plaintext, and anyone who reaches the ports can inject experience or weights")
+    seq_window: int = doc(4096, "without CURVE: a sequence-number jump beyond this many messages counts as a reset, not as missing")
     keys: str = doc("keys", "CURVE key folder from `reverie keys` (learner.key*, actor.key*)")
 
 

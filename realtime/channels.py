@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import zmq
 
+from reverie.envs.step_spec import StepSpec
+
 from .protocol import (
     DEFAULT_LIMITS,
     Experience,
@@ -203,13 +205,24 @@ class ExperienceSender:
 class ExperienceReceiver:
     """Learner side of the experience channel: validates and accounts for every message.
 
+    A message is checked in three stages, and a refusal at any of them is
+    counted by reason (``refused``; per actor in the tracker's entries once
+    the header could be read) and leaves nothing behind: its form (sizes,
+    dtypes, shapes, finiteness: :func:`decode_experience`), its place in its
+    actor's stream (duplicates, stale sessions, episode structure:
+    :class:`SequenceTracker`) and the meaning of its values (``spec``: class
+    indices, flags, action bounds, magnitudes).
+
     Args:
         address: where to bind, e.g. ``tcp://127.0.0.1:5555``.
-        schema: ``{key: (dtype, shape)}`` every chunk must match.
+        schema: ``{key: (dtype, shape)}`` every chunk must match (taken from
+            ``spec`` when that is given).
+        spec: what each value means; None checks the form only.
         limits: message size limits.
-        max_actors: distinct actor ids accounted for; messages of further new
-            ids are refused (reason ``actors``), so the tables stay bounded
-            whatever ids arrive.
+        max_actors: distinct actor ids accounted for; a new id beyond them
+            evicts the one idle longest (see :class:`SequenceTracker`).
+        seq_window: None when the senders are authenticated (CURVE); else the
+            bound on sequence-number jumps (see :class:`SequenceTracker`).
     """
 
     def __init__(
@@ -217,19 +230,23 @@ class ExperienceReceiver:
         address: str,
         *,
         schema: dict[str, tuple[str, tuple[int, ...]]] | None = None,
+        spec: StepSpec | None = None,
         limits: Limits = DEFAULT_LIMITS,
         max_actors: int = 4096,
+        seq_window: int | None = None,
         context: zmq.Context | None = None,
         secure: Callable[[zmq.Socket], None] | None = None,
     ) -> None:
         self.context = context or zmq.Context.instance()
-        self.schema, self.limits, self.max_actors = schema, limits, int(max_actors)
-        self.tracker = SequenceTracker()
+        self.spec = spec
+        self.schema = spec.schema if spec is not None else schema
+        self.limits, self.max_actors = limits, int(max_actors)
+        self.tracker = SequenceTracker(window=seq_window, max_actors=self.max_actors)
         self.refused: collections.Counter = collections.Counter()
         #: why the newest refused message was refused (for the logs).
         self.last_error: str | None = None
-        #: the newest status map of each actor, with ``received_at`` (wall clock) added.
-        self.actor_status: dict[str, dict[str, Any]] = {}
+        #: the newest status map of each actor, with ``received_at`` (wall clock) added; the idlest goes first when full.
+        self.actor_status: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._socket = self.context.socket(zmq.PULL)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(limits))
@@ -237,6 +254,10 @@ class ExperienceReceiver:
             secure(self._socket)
         self._socket.bind(address)
         self.address = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    def _validate(self, exp: Experience) -> None:
+        if self.spec is not None:
+            self.spec.check(exp.arrays)
 
     def receive(self, timeout: float = 0.0, max_messages: int = 1000) -> list[Experience]:
         """Valid chunks that arrived within ``timeout`` seconds.
@@ -259,25 +280,28 @@ class ExperienceReceiver:
             try:
                 if len(frames) == 1:  # status messages are one frame, experience at least two
                     actor, stats = decode_status(frames, limits=self.limits)
-                    if actor not in self.actor_status and len(self.actor_status) >= self.max_actors:
-                        raise ProtocolError("actors", f"more than {self.max_actors} actor ids")
+                    self.actor_status.pop(actor, None)
+                    while len(self.actor_status) >= self.max_actors:
+                        self.actor_status.popitem(last=False)
                     self.actor_status[actor] = {**stats, "received_at": time.time()}
                     continue
                 exp = decode_experience(frames, limits=self.limits, schema=self.schema)
-                if exp.actor not in self.tracker.actors and len(self.tracker.actors) >= self.max_actors:
-                    raise ProtocolError("actors", f"more than {self.max_actors} actor ids")
+                accepted = self.tracker.accept(exp, self._validate)
             except ProtocolError as exc:
                 self.refused[exc.reason] += 1
                 self.last_error = str(exc)
+                if exc.origin is not None:
+                    self.tracker.refuse_arrival(*exc.origin, exc.reason, str(exc))
                 continue
             except Exception as exc:  # decoding refuses with ProtocolError; this is the net under it
                 self.refused["error"] += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 continue
-            if self.tracker.accept(exp):
+            if accepted:
                 out.append(exp)
             else:
-                self.refused["duplicate_or_stale"] += 1
+                self.refused[self.tracker.reason] += 1
+                self.last_error = f"message {exp.seq} of actor {exp.actor!r}: {self.tracker.detail}"
         return out
 
     def wait(self, timeout: float = 0.0) -> bool:
@@ -286,7 +310,12 @@ class ExperienceReceiver:
 
     def stats(self) -> dict[str, Any]:
         """Per-actor arrivals, missing and duplicates, and refusals by reason."""
-        return {"actors": self.tracker.state(), "refused": dict(self.refused), "actor_status": dict(self.actor_status)}
+        return {
+            "actors": self.tracker.state(),
+            "retired": dict(self.tracker.retired),
+            "refused": dict(self.refused),
+            "actor_status": dict(self.actor_status),
+        }
 
     def close(self) -> None:
         """Closes the socket."""

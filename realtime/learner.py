@@ -45,7 +45,6 @@ from reverie.agent.train import Trainer, window_summary
 from .channels import ExperienceReceiver, WeightPublisher
 from .endpoints import Endpoints, Security, endpoints
 from .protocol import Experience
-from .recorder import experience_schema
 
 #: Seconds between republications of the newest policy.
 REPUBLISH_S = 2.0
@@ -62,7 +61,15 @@ class Learner(Trainer):
 
     def __init__(self, cfg: DictConfig, *, addresses: Endpoints | None = None) -> None:
         super().__init__(cfg)  # agent, replay, counters; resumes a checkpoint in logdir
-        defaults = (("version", 0), ("last_publish", 0), ("publish_failures", 0), ("tracker", {}), ("returns", {}), ("writer", None))
+        defaults = (
+            ("version", 0),
+            ("last_publish", 0),
+            ("publish_failures", 0),
+            ("tracker", {}),
+            ("tracker_retired", {}),
+            ("returns", {}),
+            ("writer", None),
+        )
         for key, value in defaults:
             self.counters.setdefault(key, value)
         version_file = self.logdir / VERSION_FILE
@@ -71,9 +78,12 @@ class Learner(Trainer):
         addresses = addresses or endpoints(cfg, bind=True)
         self.context = zmq.Context()
         self.security = Security(cfg, self.context, server=True)
-        schema = experience_schema(self.env.obs_space, self.env.act_space, deter=cfg.size.deter, stoch=cfg.algo.rssm.stoch)
-        self.receiver = ExperienceReceiver(addresses.experience, schema=schema, context=self.context, secure=self.security())
-        self.receiver.tracker.load_state(self.counters["tracker"])
+        # Unauthenticated senders can forge the accounting fields: bound them (see SequenceTracker).
+        window = None if self.security.enabled else int(cfg.realtime.seq_window)
+        self.receiver = ExperienceReceiver(
+            addresses.experience, spec=self.spec, seq_window=window, context=self.context, secure=self.security()
+        )
+        self.receiver.tracker.load_state(self.counters["tracker"], self.counters["tracker_retired"])
         self.publisher = WeightPublisher(addresses.weights, context=self.context, secure=self.security())
         self.addresses = addresses
         self._status: dict[str, Any] = {}
@@ -180,7 +190,10 @@ class Learner(Trainer):
             "episodes": self.counters["episodes"],
             "last_return": self.last_return,
             "received": stats["actors"],
+            "retired_actors": stats["retired"],
             "refused": stats["refused"],
+            "dropped_batches": self.counters["dropped_batches"],
+            "quarantined_rows": self.replay.quarantined,
             "actors": stats["actor_status"],
             "steps_target": self.cfg.steps,
             "wall_s": self.wall_s(),
@@ -264,6 +277,8 @@ class Learner(Trainer):
                     summary["realtime/policy_version"] = self.counters["version"]
                     summary["realtime/publish_failures"] = self.counters["publish_failures"]
                     summary["realtime/refused"] = sum(self.receiver.refused.values())
+                    summary["train/dropped_batches"] = self.counters["dropped_batches"]
+                    summary["replay/quarantined"] = self.replay.quarantined
                     summary["realtime/train_ratio"] = self._status.get("train_ratio", 0.0)
                     summary["time/wall_s"] = self.wall_s()
                     logger.write(self.env_steps, summary)
@@ -290,6 +305,7 @@ class Learner(Trainer):
     def save(self) -> None:
         """Checkpoint with the stream accounting (see :meth:`Trainer.save`)."""
         self.counters["tracker"] = self.receiver.tracker.state()
+        self.counters["tracker_retired"] = dict(self.receiver.tracker.retired)
         super().save()
 
     def close(self) -> None:

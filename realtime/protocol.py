@@ -18,6 +18,7 @@ provokes is refused with reason ``malformed``).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -41,6 +42,8 @@ class ProtocolError(ValueError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+        #: ``(actor, session, seq)`` of an experience message whose header was sound, else None.
+        self.origin: tuple[str, int, int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +197,24 @@ def decode_experience(
     session, episode, seq, policy = (_field(header, n, int) for n in ("session", "episode", "seq", "policy"))
     if min(session, episode, seq, policy) < 0:
         raise ProtocolError("schema", "session, episode, seq and policy must be non-negative")
+    try:
+        return _decode_arrays(header, frames, limits, schema, actor, session, episode, seq, policy)
+    except ProtocolError as exc:
+        exc.origin = (actor, session, seq)  # the header was sound: the sender's stream can still account for it
+        raise
+
+
+def _decode_arrays(
+    header: dict[str, Any],
+    frames: Sequence[Any],
+    limits: Limits,
+    schema: dict[str, tuple[str, tuple[int, ...]]] | None,
+    actor: str,
+    session: int,
+    episode: int,
+    seq: int,
+    policy: int,
+) -> Experience:
     keys, dtypes, shapes = (_field(header, n, list) for n in ("keys", "dtypes", "shapes"))
     if not keys or not len(keys) == len(dtypes) == len(shapes) == len(frames) - 1:
         raise ProtocolError("frames", f"{len(keys)} keys, {len(dtypes)} dtypes, {len(shapes)} shapes for {len(frames) - 1} buffers")
@@ -315,6 +336,12 @@ def decode_status(frames: Sequence[Any], *, limits: Limits = DEFAULT_LIMITS) -> 
     return actor, stats
 
 
+#: Sessions per actor whose numbering is remembered, and sequence numbers per actor that count as
+#: duplicates when seen again (without CURVE; see SequenceTracker).
+RECENT_SESSIONS = 4
+RECENT_SEQS = 32
+
+
 class SequenceTracker:
     """Per-actor accounting of what arrived, what was refused and what is missing.
 
@@ -323,38 +350,170 @@ class SequenceTracker:
     below the last one is a duplicate (refused). A larger ``session`` is a
     restarted actor: its numbering starts again (the counts accumulate); a
     message of an older session is refused as stale.
+
+    Without authentication (``window`` set: CURVE off) anyone can send under
+    any actor id, so the header fields that drive the accounting are bounded:
+    a sequence number more than ``window`` ahead of or behind the expected one
+    counts as a reset of that actor's numbering (``resets``), never as
+    ``window``-many missing messages; a switch back to one of the last few
+    sessions resumes its numbering; and only a number among the last
+    ``RECENT_SEQS`` seen is a duplicate, so a forged number ahead cannot turn
+    the real actor's later messages into duplicates or stale ones.
+
+    The table holds at most ``max_actors`` ids; a new id evicts the one idle
+    longest, whose counts move to :attr:`retired` (totals), so a flood of ids
+    can neither grow the table nor lock out a new actor.
+
+    A message is also checked against the episode structure its header
+    claims: the chunk after an episode's end, or of a new episode number, must
+    start with ``is_first``, and episode numbers never decrease within a session.
     """
 
-    def __init__(self) -> None:
-        self.actors: dict[str, dict[str, Any]] = {}
+    #: Counters of one actor that add up across evictions.
+    TOTALS = ("sessions", "messages", "steps", "missing", "duplicates", "stale", "resets")
+
+    def __init__(self, *, window: int | None = None, max_actors: int = 4096) -> None:
+        self.window = None if window is None else int(window)
+        self.max_actors = int(max_actors)
+        self.actors: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        #: counts of evicted actors, summed.
+        self.retired: dict[str, int] = dict.fromkeys(self.TOTALS, 0)
+        #: why the last refused message was refused (a reason code, and in words).
+        self.reason: str | None = None
+        self.detail: str = ""
 
     def _entry(self, actor: str) -> dict[str, Any]:
-        return self.actors.setdefault(
-            actor, {"session": -1, "sessions": 0, "messages": 0, "steps": 0, "missing": 0, "duplicates": 0, "stale": 0, "next": 0}
-        )
+        entry = self.actors.get(actor)
+        if entry is not None:
+            self.actors.move_to_end(actor)
+            return entry
+        while len(self.actors) >= self.max_actors:
+            _, old = self.actors.popitem(last=False)
+            for key in self.TOTALS:
+                self.retired[key] += int(old.get(key, 0))
+            self.retired["evicted"] = self.retired.get("evicted", 0) + 1
+        entry = {**dict.fromkeys(self.TOTALS, 0), "session": -1, "next": 0, "episode": -1, "ended": True, "refused": {}}
+        self.actors[actor] = entry
+        return entry
 
-    def accept(self, exp: Experience) -> bool:
-        """Records an arrival; False (and counted) for a duplicate or a stale session."""
+    def accept(self, exp: Experience, validate: Callable[[Experience], None] | None = None) -> bool:
+        """Records an arrival; False (reason in :attr:`reason`, counted per actor) when it is refused.
+
+        Args:
+            exp: the decoded message.
+            validate: checks the values by meaning and raises a ``ValueError``
+                with a ``reason`` attribute to refuse them. A message refused
+                here still counts as arrived (it is not missing).
+        """
+        self.reason = None
         entry = self._entry(exp.actor)
-        if exp.session < entry["session"]:
-            entry["stale"] += 1
+        follows = self._advance(entry, exp.session, exp.seq)
+        if follows is None:
             return False
-        if exp.session > entry["session"]:
-            entry["session"], entry["next"] = exp.session, 0
-            entry["sessions"] += 1
-        if exp.seq < entry["next"]:
-            entry["duplicates"] += 1
-            return False
-        entry["missing"] += exp.seq - entry["next"]
-        entry["next"] = exp.seq + 1
+        try:
+            if validate is not None:
+                validate(exp)
+            if follows:
+                _check_episode(exp, entry)
+        except ValueError as exc:
+            return self._refuse(entry, getattr(exc, "reason", "meaning"), str(exc))
         entry["messages"] += 1
         entry["steps"] += exp.steps
+        entry["episode"] = exp.episode
+        last = exp.arrays.get("is_last")
+        entry["ended"] = bool(last[-1]) if last is not None else False
         return True
 
-    def state(self) -> dict[str, dict[str, Any]]:
-        """A copy of the counters (for checkpoints)."""
-        return {actor: dict(entry) for actor, entry in self.actors.items()}
+    def refuse_arrival(self, actor: str, session: int, seq: int, reason: str, detail: str = "") -> None:
+        """A message whose header was sound but whose arrays were refused: it arrived (not missing), counted per actor."""
+        self.reason = None
+        entry = self._entry(actor)
+        if self._advance(entry, session, seq) is not None:
+            self._refuse(entry, reason, detail)
 
-    def load_state(self, state: dict[str, dict[str, Any]]) -> None:
-        """Restores :meth:`state`."""
-        self.actors = {actor: dict(entry) for actor, entry in state.items()}
+    def _advance(self, entry: dict[str, Any], session: int, seq: int) -> bool | None:
+        """Moves the actor's numbering past ``seq``; whether the message directly follows the last one, None when refused."""
+        bounded = self.window is not None
+        if session != entry["session"]:
+            if session < entry["session"] and not bounded:
+                self._refuse(entry, "stale")
+                return None
+            # Unauthenticated, a session switch may be forged: remember where the last few sessions stood,
+            # so that the real one continues its numbering when its messages come back.
+            recent = entry.setdefault("recent", {})
+            if entry["session"] >= 0:
+                recent[entry["session"]] = entry["next"]
+            known = recent.pop(session, None) if bounded else None
+            while len(recent) > RECENT_SESSIONS:
+                recent.pop(next(iter(recent)))
+            if known is None:
+                entry["sessions"] += 1
+            else:
+                entry["resets"] += 1
+            entry.update(session=session, next=known or 0, episode=-1, ended=True)
+        gap = seq - entry["next"]
+        if not bounded:
+            if gap < 0:
+                entry["duplicates"] += 1
+                self._refuse(entry, "duplicate")
+                return None
+            entry["missing"] += gap
+            entry["next"] = seq + 1
+            return gap == 0 and entry["episode"] >= 0
+        # Unauthenticated: a forged number ahead must not turn the real messages behind it into duplicates,
+        # so only a number seen among the last few is one; an older unseen number fills a gap.
+        seen = entry.setdefault("seen", [])
+        if seq in seen:
+            entry["duplicates"] += 1
+            self._refuse(entry, "duplicate")
+            return None
+        seen.append(seq)
+        del seen[:-RECENT_SEQS]
+        if abs(gap) > self.window:
+            entry["resets"] += 1
+        elif gap > 0:
+            entry["missing"] += gap
+        elif gap < 0 and entry["missing"]:
+            entry["missing"] -= 1  # it was counted missing when a later number arrived
+        if gap >= 0 or abs(gap) > self.window:
+            entry["next"] = seq + 1
+        return gap == 0 and entry["episode"] >= 0
+
+    def _refuse(self, entry: dict[str, Any], reason: str, detail: str = "") -> bool:
+        self.detail = detail or reason
+        if reason == "stale":
+            entry["stale"] += 1
+        entry["refused"][reason] = entry["refused"].get(reason, 0) + 1
+        self.reason = reason
+        return False
+
+    def state(self) -> dict[str, dict[str, Any]]:
+        """A copy of the per-actor counters (for checkpoints); :attr:`retired` holds the evicted ones' totals."""
+        return {
+            actor: {
+                **entry,
+                "refused": dict(entry.get("refused", {})),
+                "recent": dict(entry.get("recent", {})),
+                "seen": list(entry.get("seen", [])),
+            }
+            for actor, entry in self.actors.items()
+        }
+
+    def load_state(self, state: dict[str, dict[str, Any]], retired: dict[str, int] | None = None) -> None:
+        """Restores :meth:`state` (and :attr:`retired`); entries of older checkpoints get the new fields."""
+        fresh = {**dict.fromkeys(self.TOTALS, 0), "session": -1, "next": 0, "episode": -1, "ended": True, "refused": {}}
+        self.actors = collections.OrderedDict((actor, {**fresh, **entry}) for actor, entry in state.items())
+        self.retired = {**dict.fromkeys(self.TOTALS, 0), **(retired or {})}
+
+
+def _check_episode(exp: Experience, entry: dict[str, Any]) -> None:
+    """The chunk that directly follows another of its actor session must continue its episode structure."""
+    first = exp.arrays.get("is_first")
+    if first is None:
+        return
+    starts = bool(first[0])
+    if exp.episode < entry["episode"]:
+        raise ProtocolError("episode", f"episode {exp.episode} after episode {entry['episode']}")
+    if (entry["ended"] or exp.episode != entry["episode"]) and not starts:
+        why = "the previous chunk ended its episode" if entry["ended"] else f"episode {entry['episode']} became {exp.episode}"
+        raise ProtocolError("episode", f"{why}, but the chunk does not start with is_first")

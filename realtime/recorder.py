@@ -15,14 +15,11 @@ from typing import Any
 import numpy as np
 
 from reverie.envs.base import Space, dtype_fits
-
-Schema = dict[str, tuple[str, tuple[int, ...]]]
-#: Keys of a replay step that are not observation keys.
-EXTRA_KEYS = ("action", "deter", "stoch")
+from reverie.envs.step_spec import EXTRA_KEYS, Schema, StepSpec
 
 
 def experience_schema(obs_space: dict[str, Space], act_space: Space, *, deter: int, stoch: int) -> Schema:
-    """``{key: (dtype, shape)}`` of one replay step.
+    """``{key: (dtype, shape)}`` of one replay step (the form of :class:`StepSpec`).
 
     Args:
         obs_space: the environment's observation spaces (``log/`` keys are left out).
@@ -30,11 +27,7 @@ def experience_schema(obs_space: dict[str, Space], act_space: Space, *, deter: i
         deter: size of the recurrent state.
         stoch: number of categorical latents.
     """
-    schema = {k: (np.dtype(s.dtype).name, tuple(s.shape)) for k, s in obs_space.items() if not k.startswith("log/")}
-    schema["action"] = (np.dtype(act_space.dtype).name, tuple(act_space.shape))
-    schema["deter"] = ("float16", (int(deter),))
-    schema["stoch"] = ("uint8", (int(stoch),))
-    return schema
+    return StepSpec.build(obs_space, act_space, deter=deter, stoch=stoch, classes=1).schema
 
 
 class ExperienceRecorder:
