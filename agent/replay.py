@@ -6,10 +6,15 @@ latents are refreshed by training (``update_latents``) and used as the start
 state of sampled sequences, so a sequence need not be warmed up from zeros
 (the official ``replay_context``).
 
+Rows found invalid (values outside their meaning, see
+:class:`reverie.envs.step_spec.StepSpec`) can be quarantined: no sampled
+sequence contains one, until new data overwrites it.
+
 On disk (``directory``): ``chunk_XXXXXXXX.npz`` per ``chunk_size`` completed
 steps (written once, as they fill), and on ``save()`` the partial chunk, the
-latents and ``replay.json`` with the step count. ``load()`` restores exactly
-the state of the last ``save()``: chunks written after it are ignored.
+latents, ``quarantine.npz`` (the step indices of quarantined rows) and
+``replay.json`` with the step count. ``load()`` restores exactly the state of
+the last ``save()``: chunks written after it are ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 LATENT_KEYS = ("deter", "stoch")
+QUARANTINE_FILE = "quarantine.npz"
 
 
 class Replay:
@@ -42,6 +48,8 @@ class Replay:
         self.rng = np.random.default_rng(seed)
         self.total = 0  # steps ever added
         self.data: dict[str, np.ndarray] = {}
+        #: per storage position: quarantined (never part of a sampled sequence).
+        self.bad = np.zeros(0, bool)
 
     # ------------------------------------------------------------- storage
     def __len__(self) -> int:
@@ -50,6 +58,7 @@ class Replay:
     def _allocate(self, step: dict[str, np.ndarray]) -> None:
         # np.zeros maps pages lazily, so a large capacity costs nothing until filled.
         self.data = {k: np.zeros((self.capacity, *np.shape(v)), np.asarray(v).dtype) for k, v in step.items()}
+        self.bad = np.zeros(self.capacity, bool)
 
     def add(self, step: dict[str, np.ndarray]) -> None:
         """Appends one step (a dict of unbatched arrays; ``log/`` keys are dropped)."""
@@ -61,6 +70,7 @@ class Replay:
         pos = self.total % self.capacity
         for k, v in step.items():
             self.data[k][pos] = v
+        self.bad[pos] = False
         self.total += 1
         if self.directory and self.total % self.chunk_size == 0:
             self._write_chunk(self.total // self.chunk_size - 1)
@@ -80,6 +90,7 @@ class Replay:
         pos = self._positions(self.total, self.total + count)
         for k, v in steps.items():
             self.data[k][pos] = v
+        self.bad[pos] = False
         before, self.total = self.total, self.total + count
         if self.directory:
             for index in range(before // self.chunk_size, self.total // self.chunk_size):
@@ -103,11 +114,14 @@ class Replay:
 
     # ------------------------------------------------------------ sampling
     def sample(self, batch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Uniformly sampled sequences.
+        """Uniformly sampled sequences (none holds a quarantined row).
 
         Returns:
             ``{key: [B, L, ...]}`` and the storage positions ``[B, L]`` (for
             :meth:`update_latents`).
+
+        Raises:
+            ValueError: when replay holds no sequence to sample.
         """
         first = max(0, self.total - self.capacity)
         last_start = self.total - self.seq_len
@@ -115,7 +129,53 @@ class Replay:
             raise ValueError(f"replay holds {len(self)} steps; need at least {self.seq_len} to sample")
         starts = self.rng.integers(first, last_start + 1, size=batch)
         pos = (starts[:, None] + np.arange(self.seq_len)[None]) % self.capacity  # [B, L]
+        if self.quarantined:  # with none, the draws are exactly those of a replay that never had any
+            pos = self._avoid_quarantine(pos, first, last_start)
         return {k: v[pos] for k, v in self.data.items()}, pos
+
+    def _avoid_quarantine(self, pos: np.ndarray, first: int, last_start: int) -> np.ndarray:
+        # Uniform over the clean sequences: redraw the starts that hit a quarantined row.
+        offsets = np.arange(self.seq_len)[None]
+        for _ in range(32):
+            hit = self.bad[pos].any(1)
+            if not hit.any():
+                return pos
+            starts = self.rng.integers(first, last_start + 1, size=int(hit.sum()))
+            pos[hit] = (starts[:, None] + offsets) % self.capacity
+        # Mostly quarantined: list the clean starts once (bad rows per window, by a running sum).
+        count = last_start - first + 1
+        hits = np.concatenate([[0], np.cumsum(self.bad[np.arange(first, last_start + self.seq_len) % self.capacity])])
+        clean = first + np.flatnonzero(hits[self.seq_len : self.seq_len + count] == hits[:count])
+        if not len(clean):
+            raise ValueError(f"every sequence in replay holds a quarantined row ({self.quarantined} of {len(self)} rows quarantined)")
+        return (self.rng.choice(clean, size=len(pos))[:, None] + offsets) % self.capacity
+
+    # ---------------------------------------------------------- quarantine
+    @property
+    def quarantined(self) -> int:
+        """Rows quarantined now."""
+        return int(self.bad.sum()) if len(self.bad) else 0
+
+    def quarantine(self, pos: np.ndarray) -> int:
+        """Marks storage positions as never to be sampled; returns how many were new."""
+        pos = np.unique(np.asarray(pos, np.int64).ravel())
+        new = int((~self.bad[pos]).sum())
+        self.bad[pos] = True
+        return new
+
+    def held_steps(self) -> np.ndarray:
+        """Step indices (0 … total−1) of the rows replay holds, oldest first."""
+        return np.arange(max(0, self.total - self.capacity), self.total)
+
+    def scan(self, bad_rows, block: int = 65536) -> np.ndarray:
+        """Step indices of the held rows that ``bad_rows({key: [N, ...]}) → [N] mask`` flags, in blocks of ``block`` rows."""
+        held = self.held_steps()
+        found = []
+        for start in range(0, len(held), block):
+            steps = held[start : start + block]
+            mask = bad_rows({k: v[steps % self.capacity] for k, v in self.data.items()})
+            found.append(steps[mask])
+        return np.concatenate(found) if found else np.zeros(0, np.int64)
 
     def update_latents(self, pos: np.ndarray, latents: dict[str, np.ndarray]) -> None:
         """Writes refreshed latents at storage positions ``pos`` ``[B, T]``."""
@@ -133,8 +193,14 @@ class Replay:
         _atomic_savez(self.directory / "partial.npz", {k: v[partial] for k, v in self.data.items() if k not in LATENT_KEYS})
         held = self._positions(max(0, self.total - self.capacity), self.total)
         _atomic_savez(self.directory / "latents.npz", {k: self.data[k][held] for k in LATENT_KEYS if k in self.data})
+        self.save_quarantine()
         meta = {"total": self.total, "capacity": self.capacity, "chunk_size": self.chunk_size, "rng": self.rng.bit_generator.state}
         write_text_atomic(self.directory / "replay.json", json.dumps(meta))
+
+    def save_quarantine(self) -> None:
+        """Writes the step indices of the quarantined rows (``quarantine.npz``)."""
+        held = self.held_steps()
+        _atomic_savez(self.directory / QUARANTINE_FILE, {"steps": held[self.bad[held % self.capacity]] if len(self.bad) else held[:0]})
 
     def load(self) -> bool:
         """Restores the state of the last :meth:`save`; False when there is none."""
@@ -167,6 +233,11 @@ class Replay:
             self.data[k][pos] = v
         self.total = total
         self.rng.bit_generator.state = meta["rng"]
+        quarantine = self.directory / QUARANTINE_FILE
+        if quarantine.exists():  # replays saved before quarantines existed have none
+            with np.load(quarantine) as f:
+                steps = f["steps"].astype(np.int64)
+            self.bad[steps[(steps >= first) & (steps < total)] % self.capacity] = True
         return True
 
 

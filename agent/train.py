@@ -7,6 +7,7 @@ import functools
 import math
 import random
 import resource
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -19,13 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 from reverie import envs
 
 from . import checkpoint
-from .builder import build_agent, make_env
+from .builder import build_agent, make_env, step_spec
 from .logger import MetricsLogger, plot_curve
 from .replay import Replay
 
 #: Keys whose change does not alter a run, so a resumed run may differ in them
-#: (``realtime``: transport and actor settings, outside the learner's maths).
+#: (``realtime``: transport and actor settings, outside the learner's maths;
+#: ``logdir``: a run copied or moved elsewhere is the same run).
 RESUMABLE_KEYS = {
+    "logdir",
     "steps",
     "progress",
     "log_every",
@@ -68,26 +71,31 @@ def _warn_no_continuation_head() -> None:
 
 
 def check_config(logdir: Path, cfg: DictConfig) -> None:
-    """Writes ``config.yaml``, or refuses a logdir whose earlier run had another config."""
+    """Refuses a logdir whose earlier run had another config (see :data:`RESUMABLE_KEYS`)."""
     path = logdir / "config.yaml"
+    if not path.exists():
+        return
     current = OmegaConf.to_container(cfg, resolve=True)
-    if path.exists():
-        # Options added since that run was started take their defaults, which
-        # reproduce the behaviour it had.
-        from reverie.configs.schema import Config
+    # Options added since that run was started take their defaults, which
+    # reproduce the behaviour it had.
+    from reverie.configs.schema import Config
 
-        try:
-            before = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)), resolve=True)
-        except Exception as exc:  # unreadable YAML, or keys the schema refuses
-            raise ValueError(f"cannot read {path} of the earlier run in this logdir: {exc}") from exc
-        diff = sorted(k for k in _diff(before, current) if k.split(".")[0] not in RESUMABLE_KEYS)
-        if diff:
-            raise ValueError(
-                f"logdir {logdir} holds a run with another config (differs in: {', '.join(diff)}); "
-                "use another logdir=… or the same settings to resume"
-            )
+    try:
+        before = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path)), resolve=True)
+    except Exception as exc:  # unreadable YAML, or keys the schema refuses
+        raise ValueError(f"cannot read {path} of the earlier run in this logdir: {exc}") from exc
+    diff = sorted(k for k in _diff(before, current) if k.split(".")[0] not in RESUMABLE_KEYS)
+    if diff:
+        raise ValueError(
+            f"logdir {logdir} holds a run with another config (differs in: {', '.join(diff)}); "
+            "use another logdir=… or the same settings to resume"
+        )
+
+
+def save_config(logdir: Path, cfg: DictConfig) -> None:
+    """Writes ``config.yaml`` (once the run could be built, so a failed start leaves no config behind)."""
     logdir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, path, resolve=True)
+    OmegaConf.save(cfg, logdir / "config.yaml", resolve=True)
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> set[str]:
@@ -128,6 +136,7 @@ class Trainer:
         self.env = make_env(cfg, cfg.seed)
         self.eval_env = make_env(cfg, cfg.seed + 1_000_000)
         self.agent = build_agent(cfg, self.env.obs_space, self.env.act_space).to(self.device)
+        self.spec = step_spec(cfg, self.env.obs_space, self.env.act_space)
         self.replay = Replay(
             capacity=cfg.replay.capacity,
             seq_len=cfg.batch_length + 1,
@@ -145,6 +154,7 @@ class Trainer:
             "last_ckpt": 0,
             "last_log": 0,
             "wall_s": 0.0,
+            "dropped_batches": 0,
         }
         self.resumed = False
         path = self.logdir / checkpoint.CHECKPOINT
@@ -155,6 +165,8 @@ class Trainer:
             if not self.replay.load():
                 raise ValueError(f"{path} exists but its replay in {self.logdir / 'replay'} is missing")
             self.resumed = True
+            self.repair_replay()
+        save_config(self.logdir, cfg)
         if cfg.compile:
             self.agent.compile()
         self._start_time, self._wall_base = time.time(), self.counters["wall_s"]
@@ -195,10 +207,38 @@ class Trainer:
             metrics.append(self.update())
         return metrics
 
+    def repair_replay(self) -> int:
+        """Quarantines the replay rows that fail validation by meaning (say so once); returns how many were new."""
+        steps = self.replay.scan(self.spec.bad_rows)
+        new = self.replay.quarantine(steps % self.replay.capacity) if len(steps) else 0
+        if new:
+            print(
+                f"reverie: {new} replay rows in {self.logdir / 'replay'} fail validation (see `reverie replay check`);"
+                " they are quarantined and never sampled",
+                file=sys.stderr,
+            )
+        return new
+
+    def sample_batch(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A replayed batch whose every value is valid.
+
+        A batch that would fail inside the update (a class index out of range,
+        a non-finite value, …) is dropped and counted (``dropped_batches``),
+        its bad rows quarantined so they are never sampled again, and another
+        is drawn; each redraw has fewer bad rows left to hit.
+        """
+        while True:
+            batch, pos = self.replay.sample(self.cfg.batch_size)
+            bad = self.spec.bad_rows(batch, lead=2)
+            if not bad.any():
+                return batch, pos
+            self.replay.quarantine(pos[bad])
+            self.counters["dropped_batches"] += 1
+
     def update(self) -> dict[str, float]:
         """One update on a sampled batch (spends one unit of train credit); returns its metrics."""
         self.counters["train_credit"] -= 1.0
-        batch, pos = self.replay.sample(self.cfg.batch_size)
+        batch, pos = self.sample_batch()
         with self._precision():
             metrics, latents = self.agent.train_step(batch)
         self.replay.update_latents(pos[:, 1:], latents)
@@ -291,6 +331,7 @@ class Trainer:
                     window_time, window_updates = now, self.counters["updates"]
                     summary["train/updates"] = self.counters["updates"]
                     summary["train/replay_steps"] = len(self.replay)
+                    summary["train/dropped_batches"] = self.counters["dropped_batches"]
                     summary["train/max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                     logger.write(self.env_steps, summary)
                     window = []

@@ -27,6 +27,7 @@ commands:
   eval      run an exported policy in the fixed-rate control loop: return,
             latency percentiles, deadline misses, latency histogram
   keys      generate ZeroMQ CURVE key pairs (learner and actors)
+  replay    check a run's replay for invalid rows (`replay check LOGDIR [--repair]`)
 
 Run `reverie <command> --help` for what can be set. Configuration is Hydra:
 `group=option` picks a preset, `key=value` sets a value, e.g.
@@ -217,7 +218,7 @@ def cmd_status(args: list[str]) -> int:
 
                     from reverie.realtime.endpoints import Security
 
-                    secure = Security(cfg, zmq.Context.instance(), server=False)()
+                    secure = Security(cfg, zmq.Context.instance(), server=False, name=cfg.realtime.actor_id)()
             status = query_status(address, secure=secure)
         else:
             if rest and "=" not in rest[0]:
@@ -388,6 +389,44 @@ def cmd_keys(args: list[str]) -> int:
     return 0
 
 
+REPLAY_HELP = """\
+usage: reverie replay check LOGDIR [--repair]
+
+Scans the replay of the run in LOGDIR for rows that validation by meaning
+refuses (class indices out of range, flags other than 0/1, actions outside
+their bounds, non-finite or huge values, is_terminal without is_last) and
+reports them by reason, as JSON. Exit status 1 when any row is invalid.
+
+  --repair   quarantine those rows in place: they are never sampled again.
+             The previous quarantine list and replay.json are copied to
+             LOGDIR/replay/backup-<time>/ first. Stop the run's learner first;
+             a learner or trainer that starts on such a replay repairs it itself.
+"""
+
+
+def cmd_replay(args: list[str]) -> int:
+    """``reverie replay check``."""
+    import json
+
+    if not args or "--help" in args or "-h" in args:
+        print(REPLAY_HELP)
+        return 0 if args else 2
+    positional = [a for a in args if not a.startswith("--")]
+    unknown = [a for a in args if a.startswith("--") and a != "--repair"]
+    if len(positional) != 2 or positional[0] != "check" or unknown:
+        print(f"reverie replay: expected `check LOGDIR [--repair]`, got {' '.join(args)!r}", file=sys.stderr)
+        return 2
+    from reverie.agent.replay_check import check_replay
+
+    try:
+        report = check_replay(positional[1], repair="--repair" in args)
+    except ValueError as exc:
+        print(f"reverie replay: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1))
+    return 1 if report["invalid"] and "--repair" not in args else 0
+
+
 #: import name → distribution name, for the missing-dependency message.
 PACKAGES = {
     "dm_control": "dm-control",
@@ -411,6 +450,7 @@ COMMANDS = {
     "export": cmd_export,
     "eval": cmd_eval,
     "keys": cmd_keys,
+    "replay": cmd_replay,
 }
 
 
