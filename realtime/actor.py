@@ -46,6 +46,37 @@ from .runtime import PolicyRuntime
 SWITCH_INTERVAL_S = 2e-4
 
 
+#: Prefix of an actor's scratch folder; the creating process's pid follows it.
+SCRATCH_PREFIX = "reverie-actor-"
+
+
+def scratch_dir(root: Path | None = None) -> Path:
+    """A new scratch folder for received models (in memory, /dev/shm, where there is one).
+
+    Folders that actors killed with SIGKILL left behind (their pid, in the
+    folder's name, no longer runs) are removed first, so killed actors do not
+    fill /dev/shm one model at a time.
+    """
+    if root is None:
+        shm = Path("/dev/shm")
+        root = shm if shm.is_dir() else Path(tempfile.gettempdir())
+    for old in root.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = old.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it runs
+        return True
+    return True
+
+
 def actor_seed(cfg: DictConfig, actor_id: str) -> int:
     """A seed per actor id, so distinct actors see distinct episodes."""
     return int(cfg.seed) + 1 + zlib.crc32(actor_id.encode()) % 100_000
@@ -95,8 +126,7 @@ class Actor:
         )
         self.swap_latency_ms: list[float] = []
         self._builds = 0
-        shm = Path("/dev/shm")
-        self._scratch = Path(tempfile.mkdtemp(prefix="reverie-actor-", dir=shm if shm.is_dir() else None))
+        self._scratch = scratch_dir()
         self.last_swap_wall: float | None = None
         self.subscriber = WeightSubscriber(addresses.weights, self._offer, build=self._build, context=self.context, secure=self.security())
         self._stop = threading.Event()

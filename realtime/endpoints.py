@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,48 @@ def _default_ipc_dir(logdir: str) -> Path:
     return Path(tempfile.gettempdir()) / f"reverie-{digest}"
 
 
+def check_plaintext(cfg: DictConfig) -> None:
+    """Refuses tcp without CURVE unless ``realtime.insecure=true``, and warns when it is allowed.
+
+    Over tcp, anyone who reaches the ports could otherwise inject experience
+    into the learner or a policy into a robot; ipc sockets are files on this
+    machine, guarded by their permissions.
+
+    Raises:
+        ValueError: for tcp without CURVE and without ``realtime.insecure=true``.
+    """
+    rt = cfg.realtime
+    if rt.transport != "tcp" or rt.curve:
+        return
+    if not rt.get("insecure", False):
+        raise ValueError(
+            "realtime.transport=tcp without realtime.curve=true would send experience and weights in plaintext and let anyone"
+            " who reaches the ports inject them; create keys with `reverie keys DIR learner ACTOR…` and set realtime.curve=true"
+            " realtime.keys=DIR, or set realtime.insecure=true to accept that"
+        )
+    print("reverie: WARNING: tcp without CURVE (realtime.insecure=true): plaintext, unauthenticated sockets", file=sys.stderr)
+
+
+def client_secret(keys: Path, name: str) -> Path:
+    """The key file a client called ``name`` uses: ``NAME.key_secret``, else ``actor.key_secret``, else the only client key.
+
+    ``reverie status`` is a client without an actor id of its own: it takes
+    whichever client key the folder holds (``reverie keys keys learner robot1``
+    makes just ``robot1``'s).
+
+    Raises:
+        ValueError: when no key fits, naming what the folder holds.
+    """
+    for candidate in (keys / f"{name}.key_secret", keys / "actor.key_secret"):
+        if candidate.exists():
+            return candidate
+    clients = sorted(p for p in keys.glob("*.key_secret") if p.name != "learner.key_secret")
+    if clients:
+        return clients[0]
+    held = ", ".join(sorted(p.name for p in keys.glob("*.key*"))) or "nothing"
+    raise ValueError(f"no client key in {keys} for {name!r} (it holds {held}); create one with `reverie keys {keys} learner {name}`")
+
+
 class Security:
     """CURVE for every socket of one process (``realtime.curve=true``), or nothing.
 
@@ -72,6 +115,7 @@ class Security:
         self.enabled = bool(cfg.realtime.curve)
         self._server = None
         if not self.enabled:
+            check_plaintext(cfg)
             return
         from .security import CurveServer, load_pair, load_public
 
@@ -79,8 +123,7 @@ class Security:
         if server:
             self._server = CurveServer(context, keys / "learner.key_secret", keys)
         else:
-            secret = keys / f"{name}.key_secret"
-            self._secret = secret if secret.exists() else keys / "actor.key_secret"
+            self._secret = client_secret(keys, name)
             self._server_public = keys / "learner.key"
             load_pair(self._secret)  # fail now, with the file's name, not at the first send
             load_public(self._server_public)

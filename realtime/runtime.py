@@ -116,9 +116,15 @@ class PolicyRuntime:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             source = str(path) if model_bytes is None else bytes(model_bytes)
-            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+            # No fallback: with one provider it only retries the same load, after printing a banner.
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"], enable_fallback=0)
+        except UnicodeDecodeError as exc:  # a corrupted name inside the graph: onnxruntime's own message cannot be decoded
+            raise ValueError(
+                f"onnxruntime cannot load the model {path or ''}: it is corrupted (bytes that are not UTF-8 at {exc.start})"
+            ) from None
         except Exception as exc:  # onnxruntime raises its own exception types for bad models
-            raise ValueError(f"onnxruntime cannot load the model: {exc}") from exc
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise ValueError(f"onnxruntime cannot load the model {path or ''}: {first}") from None
         self.meta = meta
         self._check_signature()
         self.obs_keys: list[str] = list(meta["obs_keys"])
