@@ -240,6 +240,7 @@ def fuzz(messages: int, seed: int, logdir: Path, timeout_s: float = 600.0) -> di
         "mutations_by_kind": kinds,
         "honest_messages_accepted": status["received"].get("honest", {}).get("messages", 0),
         "honest_messages_sent": honest_seq,
+        "honest_id_refused": status["received"].get("honest", {}).get("refused", {}),
         "updates_during_fuzz": updates_after - (updates_before or 0),
         "learner_alive_after_fuzz": alive,
         "learner_exit_code": learner.returncode,
