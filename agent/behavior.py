@@ -149,37 +149,3 @@ class SlowCritic(nn.Module):
     def mean(self, feat: torch.Tensor) -> torch.Tensor:
         """The slow critic's value prediction ``[...]``."""
         return self.net.mean(self.net.logits(feat))
-
-
-def policy_loss(
-    logp: torch.Tensor,
-    entropy: torch.Tensor,
-    advantage: torch.Tensor,
-    weight: torch.Tensor,
-    entropy_scale: float,
-    returns: torch.Tensor | None = None,
-    mix: float = 0.0,
-) -> torch.Tensor:
-    """REINFORCE and/or dynamics backpropagation with an entropy bonus, ``[N, H]``.
-
-    ``−weight · ((1 − mix) · logπ(a) · sg(adv) + mix · R + η · H[π])``: with
-    ``mix = 0`` pure REINFORCE (V3, V2 for discrete actions); with ``mix = 1``
-    the λ-returns ``R`` themselves, whose gradient reaches the actor through
-    the differentiable imagined rollout (V1, V2 for continuous actions).
-    """
-    objective = logp * advantage.detach() if mix < 1 else 0.0
-    if mix > 0:
-        if returns is None:
-            raise ValueError("dynamics backpropagation (mix > 0) needs the returns")
-        objective = (1 - mix) * objective + mix * returns
-    return -weight.detach() * (objective + entropy_scale * entropy)
-
-
-def critic_loss(
-    critic: nn.Module, logits: torch.Tensor, target: torch.Tensor, slow_target: torch.Tensor, weight: torch.Tensor, slowreg: float
-) -> torch.Tensor:
-    """Regression to the return plus ``slowreg`` × regression to the slow critic (none when 0), ``[N, T]``."""
-    loss = critic.loss(logits, target.detach())
-    if slowreg:
-        loss = loss + slowreg * critic.loss(logits, slow_target.detach())
-    return weight.detach() * loss

@@ -21,7 +21,8 @@ from reverie.world_model.heads import scalar_head
 from reverie.world_model.model import WorldModel
 from reverie.world_model.nets import LatentFeat
 
-from .behavior import Actor, SlowCritic, critic_loss, policy_loss
+from .behavior import Actor, SlowCritic
+from .losses import critic_loss, policy_loss, total_loss, world_model_losses
 from .optim import ClippedAdam, LaProp
 from .returns import PercentileNormalizer, discount_weights, lambda_return
 
@@ -237,8 +238,7 @@ class Dreamer(nn.Module):
         """
         data = self._to_tensors(batch)
         losses, metrics, post = self.compute_losses(data)
-        scaled = {k: self.scales["rec" if k in self.wm.obs_keys else k] * v.mean() for k, v in losses.items()}
-        total = sum(scaled.values())
+        total, scaled = total_loss(losses, self.scales)
         self.optimizer.zero_grad(set_to_none=True)
         if self.actor_grad_mix > 0:
             # The returns depend on the world model and critic through the
@@ -269,7 +269,7 @@ class Dreamer(nn.Module):
     def compute_losses(
         self, data: dict[str, torch.Tensor]
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """All loss terms (unscaled, per element) for one batch; see :meth:`train_step`."""
+        """All loss terms (unscaled, named as in :mod:`reverie.agent.losses`) for one batch; see :meth:`train_step`."""
         rssm = self.wm.rssm
         obs = {k: v[:, 1:] for k, v in data.items() if k not in ("action", "deter", "stoch")}
         prev_actions = data["action"][:, :-1].float()
@@ -283,7 +283,7 @@ class Dreamer(nn.Module):
             start = rssm.initial(B, prev_actions.device)
 
         # World model over the replayed sequence.
-        losses, post, metrics = self.wm.loss(obs, prev_actions, start)
+        losses, post, metrics = world_model_losses(self.wm, obs, prev_actions, start)
         feat = rssm.features(post)  # [B, T, F]
 
         # Imagination from every posterior state.

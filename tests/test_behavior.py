@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from reverie.agent.behavior import Actor, SlowCritic, critic_loss, policy_loss
+from reverie.agent.behavior import Actor, SlowCritic
+from reverie.agent.losses import critic_loss, policy_loss
 from reverie.world_model.heads import TwoHotHead
 
 

@@ -13,11 +13,11 @@ from conftest import TINY, fake_batch, vector_obs_space
 
 import reverie.agent.dreamer as dreamer_module
 from reverie.agent.builder import build_agent
+from reverie.agent.losses import policy_loss, reconstruction_losses, total_loss, world_model_losses
 from reverie.agent.returns import lambda_return
 from reverie.cli.config import compose
 from reverie.envs.base import Space
 from reverie.world_model import dists
-from reverie.world_model.decoder import Decoder
 
 ACT_SPACE = Space(np.float32, (2,), -1, 1)
 
@@ -81,19 +81,19 @@ def test_trunc_normal_params_by_hand():
 # ----------------------------------------------------------------- world model
 
 
-def test_decoder_loss_symlog_vectors_and_images_by_hand():
-    dec = Decoder(feat_dim=4, vector_dims={"pos": 2}, image_channels={"image": 1}, image_size=16, depth=2, mults=(1, 1))
+def test_reconstruction_symlog_vectors_and_images_by_hand():
     preds = {"pos": torch.tensor([[0.5, -1.0]]), "image": torch.full((1, 16, 16, 1), 0.5)}
     image = torch.zeros(1, 16, 16, 1, dtype=torch.uint8)
     image[0, 0, 0, 0], image[0, 1, 2, 0] = 255, 51
     obs = {"pos": torch.tensor([[math.e - 1, -3.0]]), "image": image}
-    losses = dec.loss(preds, obs)
+    losses = reconstruction_losses(preds, obs, vector_keys={"pos"}, symlog_targets=True)
+    assert set(losses) == {"rec/pos", "rec/image"}
     # Vectors: Σ (pred − symlog(x))², symlog(e − 1) = 1, symlog(−3) = −ln 4.
-    assert losses["pos"].item() == pytest.approx((0.5 - 1.0) ** 2 + (-1.0 + math.log(4.0)) ** 2, rel=1e-6)
+    assert losses["rec/pos"].item() == pytest.approx((0.5 - 1.0) ** 2 + (-1.0 + math.log(4.0)) ** 2, rel=1e-6)
     # Images: Σ over H, W, C of (pred − x / 255)²: 254 pixels at 0, one at 1, one at 0.2, prediction 0.5.
-    assert losses["image"].item() == pytest.approx(254 * 0.25 + 0.25 + 0.09, rel=1e-6)
-    raw = Decoder(feat_dim=4, vector_dims={"pos": 2}, image_channels={}, symlog_targets=False)
-    assert raw.loss({"pos": preds["pos"]}, obs)["pos"].item() == pytest.approx((0.5 - (math.e - 1)) ** 2 + (-1.0 + 3.0) ** 2, rel=1e-6)
+    assert losses["rec/image"].item() == pytest.approx(254 * 0.25 + 0.25 + 0.09, rel=1e-6)
+    raw = reconstruction_losses({"pos": preds["pos"]}, obs, vector_keys={"pos"}, symlog_targets=False)
+    assert raw["rec/pos"].item() == pytest.approx((0.5 - (math.e - 1)) ** 2 + (-1.0 + 3.0) ** 2, rel=1e-6)
 
 
 def wm_inputs(B=2, T=6):
@@ -116,7 +116,7 @@ def test_world_model_reward_continuation_and_entropy_terms(transform):
     wm = agent.wm
     obs, prev_actions = wm_inputs()
     with torch.no_grad():
-        losses, post, metrics = wm.loss(obs, prev_actions, wm.rssm.initial(2))
+        losses, post, metrics = world_model_losses(wm, obs, prev_actions, wm.rssm.initial(2))
         feat = wm.rssm.features(post)
         reward_logits, cont_logit = wm.reward.logits(feat), wm.cont.logit(feat).double()
         prior_logits = wm.rssm.prior_logits(post["deter"])
@@ -189,7 +189,6 @@ def test_advantage_is_return_minus_value_over_the_percentile_scale(monkeypatch, 
         captured["adv"] = args[2].detach().double()
         return policy_loss(*args, **kwargs)
 
-    policy_loss = dreamer_module.policy_loss
     monkeypatch.setattr(dreamer_module, "lambda_return", spy_return)
     monkeypatch.setattr(dreamer_module, "policy_loss", spy_policy)
     agent = agent_for("algo.reward_head.outscale=1.0", "algo.critic.outscale=1.0", *retnorm)
@@ -203,3 +202,23 @@ def test_advantage_is_return_minus_value_over_the_percentile_scale(monkeypatch, 
         assert scale > 0.01  # the percentile spread, not the floor, sets the scale here
     assert value.abs().max() > 0 and (ret - value[:, :-1]).abs().max() > 0
     assert torch.allclose(adv, (ret - value[:, :-1]) / scale, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("algo", ["dreamerv3", "dreamerv1"])
+def test_named_terms_add_up_to_the_total_the_optimiser_sees(algo):
+    """train_step's loss/total is Σ scale · mean(term) over exactly the named terms, rec/<key> under the rec scale."""
+    torch.manual_seed(0)
+    agent = build_agent(compose([*TINY, f"algo={algo}"]), vector_obs_space(), ACT_SPACE)
+    batch = fake_batch(deter=32, stoch=4)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        losses, _, _ = agent.compute_losses(agent._to_tensors(batch))
+    expected = {"rec/position", "rew", "policy", "value"} | ({"kl"} if algo == "dreamerv1" else {"dyn", "rep", "con", "repval"})
+    assert set(losses) == expected
+    total, scaled = total_loss(losses, agent.scales)
+    by_hand = sum((agent.scales["rec"] if k.startswith("rec/") else agent.scales[k]) * v.mean() for k, v in losses.items())
+    assert torch.allclose(total, by_hand) and torch.allclose(total, sum(scaled.values()))
+    torch.manual_seed(0)
+    metrics, _ = agent.train_step(batch)  # the same draws: the same terms, now with gradients
+    assert metrics["loss/total"] == pytest.approx(float(total), rel=1e-5)
+    assert {f"loss/{k}" for k in losses} <= set(metrics)

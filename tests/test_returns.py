@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
+from reverie.agent.losses import kl_terms
 from reverie.agent.returns import PercentileNormalizer, lambda_return
 from reverie.world_model import dists
-from reverie.world_model.rssm import kl_terms
 
 
 def reference_lambda_return(last, term, reward, boot, disc, lam):

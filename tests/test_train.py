@@ -78,7 +78,7 @@ def test_corrupted_checkpoint_is_a_clear_error(tiny_overrides, tmp_path):
 def test_smoke_dmc_pixels(tiny_overrides, tmp_path):
     assert main(["train", "env=dmc/cartpole_swingup", "obs=pixels", "steps=120", "eval_episodes=0", *tiny_overrides]) == 0
     lines = read_lines(tmp_path / "run" / "metrics.jsonl")
-    assert any("loss/image" in m for m in lines)
+    assert any("loss/rec/image" in m for m in lines)
 
 
 @pytest.mark.slow
@@ -98,7 +98,7 @@ def test_smoke_dmc_cartpole_swingup(tiny_overrides, tmp_path):
 def test_smoke_gym_continuous_and_discrete(env, tiny_overrides, tmp_path):
     assert main(["train", f"env={env}", "env.time_limit=30", "steps=70", "eval_every=60", *tiny_overrides]) == 0
     lines = read_lines(tmp_path / "run" / "metrics.jsonl")
-    assert any("loss/vector" in m for m in lines) and any("eval/return" in m for m in lines)
+    assert any("loss/rec/vector" in m for m in lines) and any("eval/return" in m for m in lines)
     assert (tmp_path / "run" / "policy.onnx").exists()
 
 

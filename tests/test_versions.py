@@ -8,15 +8,16 @@ import torch
 from conftest import TINY, fake_batch, vector_obs_space
 from scipy import stats
 
-from reverie.agent.behavior import Actor, SlowCritic, policy_loss
+from reverie.agent.behavior import Actor, SlowCritic
 from reverie.agent.builder import build_agent
+from reverie.agent.losses import kl_terms, policy_loss
 from reverie.agent.optim import ClippedAdam
 from reverie.agent.returns import discount_weights
 from reverie.cli.config import compose
 from reverie.envs.base import Space
 from reverie.world_model import dists
 from reverie.world_model.heads import MSEHead, scalar_head
-from reverie.world_model.rssm import RSSM, kl_terms
+from reverie.world_model.rssm import RSSM
 
 OBS_SPACE = vector_obs_space()
 ACT_SPACE = Space(np.float32, (2,), -1, 1)

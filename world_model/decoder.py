@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import dists
 from .encoder import CNN_LAYOUTS, ChannelNorm, conv2d, strided_conv2d
 from .nets import MLP, Linear, make_act
 
@@ -106,15 +105,3 @@ class Decoder(nn.Module):
             for key, part in zip(self.image_keys, x.split(self.image_channels, -1)):
                 preds[key] = part
         return preds
-
-    def loss(self, preds: dict[str, torch.Tensor], obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-key reconstruction losses ``[*lead]`` (negative log-likelihood up to a constant)."""
-        losses = {}
-        for key, pred in preds.items():
-            target = obs[key]
-            if key in self.vector_dims:
-                target = dists.symlog(target.float()) if self.symlog_targets else target.float()
-                losses[key] = (pred - target).square().sum(-1)
-            else:
-                losses[key] = (pred - target.float() / 255.0).square().sum((-3, -2, -1))
-        return losses

@@ -1,4 +1,4 @@
-"""The world model: encoder, RSSM, decoder, reward and continuation heads, and its loss."""
+"""The world model: encoder, RSSM, decoder, reward and continuation heads (its loss terms: :mod:`reverie.agent.losses`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .decoder import Decoder
 from .encoder import Encoder
 from .heads import BinaryHead, scalar_head
 from .nets import LatentFeat
-from .rssm import RSSM, kl_terms
+from .rssm import RSSM
 
 
 def split_obs_space(obs_space: dict[str, Space], keys: list[str]) -> tuple[dict[str, int], dict[str, int]]:
@@ -92,10 +92,6 @@ class WorldModel(nn.Module):
         self.reward = scalar_head(feat, **reward_head)
         self.cont = BinaryHead(feat, **cont_head) if use_cont else None
 
-    def kl_losses(self, post_logits: torch.Tensor, prior_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The KL terms of :attr:`kl_mode` with free nats (see :func:`kl_terms`)."""
-        return kl_terms(self.rssm.kl, post_logits, prior_logits, mode=self.kl_mode, free_nats=self.free_nats, free_avg=self.free_avg)
-
     def discount(self, feat: torch.Tensor) -> torch.Tensor:
         """The predicted discount of reaching each state, ``γ · P(continue)`` ``[...]`` (γ alone without a head)."""
         if self.cont is None:
@@ -103,37 +99,21 @@ class WorldModel(nn.Module):
             return torch.full(deter.shape[:-1], 1.0 - 1.0 / self.horizon, device=deter.device, dtype=deter.dtype)
         return torch.sigmoid(self.cont.logit(feat))
 
-    def loss(
+    def observe(
         self, obs: dict[str, torch.Tensor], prev_actions: torch.Tensor, start: dict[str, torch.Tensor]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """World-model losses over a batch of sequences.
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The posterior over a batch of sequences and the prior at each of its states.
 
         Args:
-            obs: ``{key: [B, T, ...]}`` with the sensor keys, ``reward``,
-                ``is_first`` and ``is_terminal``.
+            obs: ``{key: [B, T, ...]}`` with the sensor keys and ``is_first``.
             prev_actions: ``[B, T, A]``.
             start: carry before the first step.
 
         Returns:
-            losses ``{name: [B, T]}`` (the KL terms, ``rew``, ``con`` and one
-            per reconstructed key), the posterior ``{deter, stoch, logits}`` as
-            ``[B, T, ...]``, and scalar metrics.
+            The posterior ``{deter, stoch, logits}`` as ``[B, T, ...]`` and the
+            prior's raw parameters ``[B, T, S, C or 2]`` (the losses are in
+            :mod:`reverie.agent.losses`).
         """
         tokens = self.encoder({k: obs[k] for k in self.obs_keys})
         _, post = self.rssm.observe(start, tokens, prev_actions, obs["is_first"])
-        prior_logits = self.rssm.prior_logits(post["deter"])
-        feat = self.rssm.features(post)
-        losses = self.kl_losses(post["logits"], prior_logits)
-        losses.update(self.decoder.loss(self.decoder(feat), obs))
-        reward = obs["reward"].float()
-        losses["rew"] = self.reward.loss(self.reward.logits(feat), torch.tanh(reward) if self.reward_transform == "tanh" else reward)
-        if self.cont is not None:
-            cont_target = (~obs["is_terminal"]).float() * (1.0 - 1.0 / self.horizon)
-            losses["con"] = self.cont.loss(self.cont.logit(feat), cont_target)
-        with torch.no_grad():
-            metrics = {
-                "wm/prior_ent": self.rssm.entropy(prior_logits).mean(),
-                "wm/post_ent": self.rssm.entropy(post["logits"]).mean(),
-                "wm/kl": self.rssm.kl(post["logits"], prior_logits).mean(),
-            }
-        return losses, post, metrics
+        return post, self.rssm.prior_logits(post["deter"])

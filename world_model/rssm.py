@@ -415,35 +415,3 @@ class RSSM(nn.Module):
     def latent_features(self, traj: dict[str, torch.Tensor]) -> LatentFeat:
         """Features of an imagined trajectory in index form."""
         return LatentFeat(traj["deter"], traj["index"], self.classes)
-
-
-def kl_terms(
-    kl, post: torch.Tensor, prior: torch.Tensor, *, mode: str = "split", free_nats: float = 1.0, free_avg: bool = False
-) -> dict[str, torch.Tensor]:
-    """The KL loss terms of DreamerV1, V2 and V3, with free nats.
-
-    ``split``: ``dyn = KL(sg(post) ‖ prior)`` trains the prior and ``rep =
-    KL(post ‖ sg(prior))`` the posterior; their loss scales set the balance
-    (V3: 1 and 0.1, V2: 0.8 and 0.2). ``joint``: ``kl = KL(post ‖ prior)``
-    trains both (V1). Each term is clipped from below at ``free_nats``, per
-    step (V3) or after averaging over the batch (``free_avg``, V1 and V2);
-    below the threshold a term is constant and sends no gradient.
-
-    Args:
-        kl: ``(lhs, rhs) → [...]``, the KL between latent distributions given by raw parameters.
-        post, prior: raw parameters ``[..., S, C or 2]``.
-
-    Returns:
-        ``{dyn, rep}`` or ``{kl}``, each ``[...]`` (scalars with ``free_avg``).
-    """
-    if mode == "joint":
-        terms = {"kl": kl(post, prior)}
-    elif mode == "split":
-        terms = {"dyn": kl(post.detach(), prior), "rep": kl(post, prior.detach())}
-    else:
-        raise ValueError(f"unknown kl mode {mode!r}; valid: split, joint")
-    if free_avg:
-        terms = {k: v.mean() for k, v in terms.items()}
-    if free_nats:
-        terms = {k: torch.clamp(v, min=free_nats) for k, v in terms.items()}
-    return terms
