@@ -1,0 +1,137 @@
+"""Side by side: reverie runs and official DreamerV3 runs at equal settings, by environment steps.
+
+Reads reverie's ``metrics.jsonl`` (training episodes ``episode/return``,
+deterministic evaluations ``eval/return``, losses ``loss/*``) and the official
+code's ``metrics.jsonl`` (training episodes ``episode/score``, losses
+``train/loss/*``; its ``step`` is policy steps × action repeat, i.e.
+environment steps), and writes:
+
+* ``<out>/summary.json``: per run, the training-episode return averaged over
+  windows of ``--window`` environment steps, reverie's evaluations, and the
+  world-model losses at the same steps;
+* ``<out>/returns.png`` and ``<out>/losses.png``.
+
+Only the official run's output files are read; nothing of its code is used.
+
+    python bench/parity.py --reverie /work/runs/parity/reverie/cartpole_swingup_r128_seed0 \\
+        --official /work/runs/parity/official/cartpole_swingup_r128_seed0 --out docs/bench/parity_cartpole_swingup_r128
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+#: World-model and behaviour losses, reverie key → official key.
+LOSSES = {
+    "loss/dyn": "train/loss/dyn",
+    "loss/rep": "train/loss/rep",
+    "loss/rew": "train/loss/rew",
+    "loss/con": "train/loss/con",
+    "loss/rec/position": "train/loss/position",
+    "loss/rec/velocity": "train/loss/velocity",
+    "loss/value": "train/loss/value",
+    "loss/repval": "train/loss/repval",
+}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line being written while we read
+            pass
+    return rows
+
+
+def load(logdir: Path, kind: str) -> dict:
+    """Episodes ``[(step, return)]``, evaluations and losses ``{key: [(step, value)]}`` of one run."""
+    rows = read_jsonl(logdir / "metrics.jsonl")
+    score = "episode/return" if kind == "reverie" else "episode/score"
+    episodes = [(r["step"], r[score]) for r in rows if score in r]
+    evals = [(r["step"], r["eval/return"]) for r in rows if "eval/return" in r]
+    losses: dict[str, list] = {}
+    for ours, theirs in LOSSES.items():
+        keys = (ours, ours.replace("loss/rec/", "loss/")) if kind == "reverie" else (theirs,)  # older runs: loss/<key>
+        losses[ours] = [(r["step"], r[k]) for r in rows for k in keys if k in r]
+    return {"episodes": episodes, "evals": evals, "losses": losses}
+
+
+def windows(points: list[tuple[float, float]], width: int) -> list[dict]:
+    """Mean, count and range of the values in each window ``[k·width, (k+1)·width)`` of steps."""
+    out: dict[int, list[float]] = {}
+    for step, value in points:
+        out.setdefault(int(step // width), []).append(value)
+    return [
+        {"from": k * width, "to": (k + 1) * width, "mean": sum(v) / len(v), "n": len(v), "min": min(v), "max": max(v)}
+        for k, v in sorted(out.items())
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reverie", nargs="+", type=Path, required=True, help="reverie logdirs (one per seed)")
+    parser.add_argument("--official", nargs="*", type=Path, default=[], help="official logdirs (one per seed)")
+    parser.add_argument("--window", type=int, default=10_000, help="environment steps per averaging window")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    runs = {f"reverie:{p.name}": load(p, "reverie") for p in args.reverie} | {f"official:{p.name}": load(p, "official") for p in args.official}
+    summary = {
+        name: {
+            "episodes": windows(run["episodes"], args.window),
+            "last_step": max((s for s, _ in run["episodes"]), default=0),
+            "evals": [{"step": s, "return": v} for s, v in run["evals"]],
+            "losses": {k: windows(v, args.window) for k, v in run["losses"].items() if v},
+        }
+        for name, run in runs.items()
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps({"window": args.window, "runs": summary}, indent=1))
+    for name, run in summary.items():
+        print(json.dumps({"run": name, "last_step": run["last_step"], "episodes": [(w["to"], round(w["mean"], 1)) for w in run["episodes"]]}))
+    plot(runs, summary, args.window, args.out)
+
+
+def plot(runs: dict, summary: dict, window: int, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (name, run) in enumerate(runs.items()):
+        color = f"C{i}"
+        steps, values = zip(*run["episodes"]) if run["episodes"] else ((), ())
+        ax.scatter(steps, values, s=6, alpha=0.3, color=color)
+        means = summary[name]["episodes"]
+        ax.plot([(w["from"] + w["to"]) / 2 for w in means], [w["mean"] for w in means], color=color, label=f"{name} training episodes")
+        if run["evals"]:
+            ax.plot(*zip(*run["evals"]), "s--", color=color, label=f"{name} eval (deterministic)", markersize=4)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("return")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "returns.png", dpi=110)
+    keys = [k for k in LOSSES if any(run["losses"].get(k) for run in runs.values())]
+    cols = 4
+    fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(12, 2.6 * math.ceil(len(keys) / cols)), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        for i, (name, run) in enumerate(runs.items()):
+            if run["losses"].get(key):
+                ax.plot(*zip(*run["losses"][key]), color=f"C{i}", label=name, linewidth=1)
+        ax.set_title(key, fontsize=9)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "losses.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
