@@ -128,6 +128,8 @@ class Dreamer(nn.Module):
         self.slow_critic = SlowCritic(self.critic, rate=slow_rate, every=slow_every)
         self.retnorm = PercentileNormalizer(**(retnorm or {}))
         self.optimizer = self._make_optimizer(dict(optimizer or {}))
+        #: set to a :class:`~reverie.agent.distributed.DataParallel` when training on several ranks.
+        self.parallel: Any = None
 
     def _make_optimizer(self, options: dict[str, Any]) -> torch.optim.Optimizer:
         kind = options.pop("kind", "laprop")
@@ -250,6 +252,8 @@ class Dreamer(nn.Module):
                 param.grad = grad if param.grad is None else param.grad + grad
         else:
             total.backward()
+        if self.parallel is not None:  # every rank applies the mean gradient of all ranks' batches
+            self.parallel.average_gradients(p for p in self.parameters() if p.grad is not None)
         info = self.optimizer.step()
         if not info.get("skipped"):  # a non-finite gradient changed nothing: neither does the slow critic
             self.slow_critic.update(self.critic)
@@ -324,7 +328,8 @@ class Dreamer(nn.Module):
         weight = discount_weights(cont, inclusive=self.discount_weight == "inclusive")  # reach probability × discount
         ret = lambda_return(torch.zeros_like(cont), 1 - cont, reward, value, 1.0, self.lam)  # [N, H]
         if self.return_norm == "percentile":
-            self.retnorm.update(ret)
+            # On several ranks the percentiles are those of all ranks' returns, as for one batch of them all.
+            self.retnorm.update(ret if self.parallel is None else self.parallel.gather(ret))
             scale = self.retnorm.scale()
         else:
             scale = torch.ones((), device=ret.device)
