@@ -78,7 +78,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=10_000, help="environment steps per averaging window")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    runs = {f"reverie:{p.name}": load(p, "reverie") for p in args.reverie} | {f"official:{p.name}": load(p, "official") for p in args.official}
+    runs = {f"reverie:{p.name}": load(p, "reverie") for p in args.reverie} | {
+        f"official:{p.name}": load(p, "official") for p in args.official
+    }
     summary = {
         name: {
             "episodes": windows(run["episodes"], args.window),
@@ -91,7 +93,9 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "summary.json").write_text(json.dumps({"window": args.window, "runs": summary}, indent=1))
     for name, run in summary.items():
-        print(json.dumps({"run": name, "last_step": run["last_step"], "episodes": [(w["to"], round(w["mean"], 1)) for w in run["episodes"]]}))
+        print(
+            json.dumps({"run": name, "last_step": run["last_step"], "episodes": [(w["to"], round(w["mean"], 1)) for w in run["episodes"]]})
+        )
     plot(runs, summary, args.window, args.out)
 
 

@@ -15,7 +15,16 @@ HERE = Path(__file__).resolve().parent
 def test_two_ranks_of_b_equal_one_process_of_2b(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # torchrun as a user runs it; --standalone picks a free rendezvous port on this host.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(HERE / "dp_update.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE / "dp_update.py"),
+        str(tmp_path),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=HERE.parent)
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
