@@ -69,8 +69,11 @@ class PercentileNormalizer(nn.Module):
     def update(self, x: torch.Tensor) -> None:
         """Moves lo and hi toward the percentiles of ``x``."""
         q = torch.quantile(x.detach().float().flatten(), torch.tensor([self.low / 100, self.high / 100], device=x.device))
-        self.lo.mul_(1 - self.rate).add_(self.rate * q[0])
-        self.hi.mul_(1 - self.rate).add_(self.rate * q[1])
+        # A non-finite return (an update the optimiser will skip) must not poison the EMA for good;
+        # torch.where instead of an if: no device-to-host sync on a GPU.
+        ok = torch.isfinite(q).all()
+        self.lo.copy_(torch.where(ok, (1 - self.rate) * self.lo + self.rate * q[0], self.lo))
+        self.hi.copy_(torch.where(ok, (1 - self.rate) * self.hi + self.rate * q[1], self.hi))
 
     def scale(self) -> torch.Tensor:
         """``max(limit, hi − lo)`` (no gradient)."""

@@ -93,3 +93,21 @@ def test_kl_below_free_bits_sends_no_gradient():
     assert torch.allclose(dyn, torch.ones(2)) and torch.allclose(rep, torch.ones(2))
     (dyn + rep).sum().backward()
     assert torch.count_nonzero(post.grad) == 0 and torch.count_nonzero(prior.grad) == 0
+
+
+def test_a_non_finite_return_leaves_the_normaliser_as_it_was():
+    from reverie.agent.returns import PercentileNormalizer
+
+    norm = PercentileNormalizer(rate=0.5)
+    norm.update(torch.linspace(0, 10, 101))
+    lo, hi = norm.lo.clone(), norm.hi.clone()
+    assert hi > lo
+    nan = torch.linspace(0, 10, 101)
+    nan[3] = float("nan")  # one NaN makes every quantile NaN
+    infs = torch.linspace(0, 10, 101)
+    infs[:20] = -float("inf")  # past the 5th percentile: lo would be −inf
+    for bad in (nan, infs):
+        norm.update(bad)
+        assert torch.equal(norm.lo, lo) and torch.equal(norm.hi, hi)
+    norm.update(torch.linspace(0, 10, 101))  # and it moves again once the returns are finite
+    assert norm.hi > hi
