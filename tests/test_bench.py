@@ -98,3 +98,10 @@ def test_streaming():
 def test_hot_swap():
     (row,) = run("hot_swap.py", "--runs", "1m:100", "--swaps", "3", "--interval", "0.3")
     assert row["published"] == 3 and row["swaps"] >= 1 and row["weights_refused"] == 0 and row["swap_latency_max_ms"] > 0
+
+
+@pytest.mark.slow
+def test_data_parallel():
+    rows = run("data_parallel.py", "--ranks", "1", "2", "--batch", "2", "--length", "8", "--updates", "1", "--warmup", "0")
+    assert [r["ranks"] for r in rows[:2]] == [1, 2] and rows[1]["allreduce_bytes_per_update"] == 4 * rows[1]["params"]
+    assert rows[2]["bench"] == "data_parallel_scaling" and rows[2]["speedup"] > 0
