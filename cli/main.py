@@ -26,6 +26,8 @@ commands:
   export    the one-step policy of a checkpoint as ONNX + a JSON sidecar
   eval      run an exported policy in the fixed-rate control loop: return,
             latency percentiles, deadline misses, latency histogram
+  dream     the world model's open-loop predictions of a checkpoint beside
+            the truth: image grid, GIF, plots, error by horizon
   keys      generate ZeroMQ CURVE key pairs (learner and actors)
 
 Run `reverie <command> --help` for what can be set. Configuration is Hydra:
@@ -388,6 +390,13 @@ def cmd_keys(args: list[str]) -> int:
     return 0
 
 
+def cmd_dream(args: list[str]) -> int:
+    """``reverie dream`` (see ``reverie.cli.dream``)."""
+    from .dream import cmd_dream as dream
+
+    return dream(args)
+
+
 #: import name → distribution name, for the missing-dependency message.
 PACKAGES = {
     "dm_control": "dm-control",
@@ -411,6 +420,7 @@ COMMANDS = {
     "export": cmd_export,
     "eval": cmd_eval,
     "keys": cmd_keys,
+    "dream": cmd_dream,
 }
 
 
