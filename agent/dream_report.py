@@ -300,62 +300,53 @@ def _pyplot():
     return plt
 
 
-def _mark_context(ax, context: int) -> None:
-    ax.axvspan(-0.5, context - 0.5, color="tab:green", alpha=0.12, lw=0)
-    ax.axvline(context - 0.5, color="tab:green", lw=1)
+def _series_figure(rows: list[tuple[str, np.ndarray, np.ndarray]], context: int, title: str) -> np.ndarray:
+    """Truth (solid) and model (dashed) over time: a row per ``(label, truth [B, T], pred [B, T])``, a column per sequence.
 
-
-def vector_figure(result: OpenLoop, key: str, *, max_dims: int = 8) -> np.ndarray:
-    """Truth and prediction of one vector key over time: a row per dimension (at most ``max_dims``), a column per sequence."""
+    The context steps are shaded and their end drawn. Fixed margins instead of
+    ``tight_layout``, which measured most of a report's cost.
+    """
     plt = _pyplot()
-    truth, pred = result.truth[key].float().numpy(), result.pred[key].numpy()  # [B, T, D]
-    B, T, D = truth.shape
-    dims = min(D, max_dims)
-    fig, axes = plt.subplots(dims, B, figsize=(2.4 * B + 0.6, 1.3 * dims + 0.9), dpi=80, squeeze=False, sharex=True)
+    B, T = rows[0][1].shape
+    width, height = 2.3 * B + 0.9, 1.25 * len(rows) + 0.9
+    fig, axes = plt.subplots(len(rows), B, figsize=(width, height), dpi=80, squeeze=False, sharex=True)
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.15 / width, bottom=0.45 / height, top=1 - 0.5 / height, wspace=0.3, hspace=0.2)
     steps = np.arange(T)
-    for d in range(dims):
+    for r, (label, truth, pred) in enumerate(rows):
         for b in range(B):
-            ax = axes[d, b]
-            _mark_context(ax, result.context)
-            ax.plot(steps, truth[b, :, d], color="black", lw=1.2, label="truth")
-            ax.plot(steps, pred[b, :, d], color="tab:red", lw=1.2, ls="--", label="model")
+            ax = axes[r, b]
+            ax.axvspan(-0.5, context - 0.5, color="tab:green", alpha=0.12, lw=0)
+            ax.axvline(context - 0.5, color="tab:green", lw=1)
+            ax.plot(steps, truth[b], color="black", lw=1.2, label="truth")
+            ax.plot(steps, pred[b], color="tab:red", lw=1.2, ls="--", label="model")
+            ax.locator_params(nbins=4)
             ax.tick_params(labelsize=7)
             if b == 0:
-                ax.set_ylabel(f"{key}[{d}]", fontsize=8)
-            if d == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if r == 0:
                 ax.set_title(f"sequence {b}", fontsize=8)
     for b in range(B):
         axes[-1, b].set_xlabel("step", fontsize=8)
     axes[0, 0].legend(fontsize=7, loc="best")
-    more = f" (first {dims} of {D} dims)" if dims < D else ""
-    fig.suptitle(f"{key}{more}: open loop after {result.context} context steps (green)", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(f"{title}: open loop after {context} context steps (green)", fontsize=9)
     return _figure_rgb(fig)
+
+
+def vector_figure(result: OpenLoop, key: str, *, max_dims: int = 8) -> np.ndarray:
+    """Truth and prediction of one vector key over time: a row per dimension (at most ``max_dims``), a column per sequence."""
+    truth, pred = result.truth[key].float().numpy(), result.pred[key].numpy()  # [B, T, D]
+    D = truth.shape[-1]
+    dims = min(D, max_dims)
+    rows = [(f"{key}[{d}]", truth[..., d], pred[..., d]) for d in range(dims)]
+    return _series_figure(rows, result.context, key + (f" (first {dims} of {D} dims)" if dims < D else ""))
 
 
 def reward_figure(result: OpenLoop) -> np.ndarray:
     """Reward (and continuation, with a head) predicted against true along the sequences."""
-    plt = _pyplot()
-    rows = [("reward", result.reward, result.reward_pred)]
+    rows = [("reward", result.reward.numpy(), result.reward_pred.numpy())]
     if result.cont is not None:
-        rows.append(("continuation", result.cont, result.cont_pred))
-    B, T = result.reward.shape
-    fig, axes = plt.subplots(len(rows), B, figsize=(2.4 * B + 0.6, 1.5 * len(rows) + 0.9), dpi=80, squeeze=False, sharex=True)
-    for r, (name, truth, pred) in enumerate(rows):
-        for b in range(B):
-            ax = axes[r, b]
-            _mark_context(ax, result.context)
-            ax.plot(np.arange(T), truth[b].numpy(), color="black", lw=1.2, label="truth")
-            ax.plot(np.arange(T), pred[b].numpy(), color="tab:red", lw=1.2, ls="--", label="model")
-            ax.tick_params(labelsize=7)
-            if b == 0:
-                ax.set_ylabel(name, fontsize=8)
-            if r == 0:
-                ax.set_title(f"sequence {b}", fontsize=8)
-    axes[0, 0].legend(fontsize=7, loc="best")
-    fig.suptitle(f"reward and continuation: open loop after {result.context} context steps (green)", fontsize=9)
-    fig.tight_layout()
-    return _figure_rgb(fig)
+        rows.append(("continuation", result.cont.numpy(), result.cont_pred.numpy()))
+    return _series_figure(rows, result.context, "reward and continuation")
 
 
 def error_figure(result: OpenLoop) -> np.ndarray:
@@ -377,7 +368,7 @@ def error_figure(result: OpenLoop) -> np.ndarray:
     ax.set_title(f"open-loop error, mean of {result.reward.shape[0]} sequences (dotted: over the context)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.14, top=0.9)
     return _figure_rgb(fig)
 
 
