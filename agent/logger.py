@@ -26,6 +26,11 @@ class MetricsLogger:
 
             self._tb = SummaryWriter(str(self.logdir / "tensorboard"))
 
+    @property
+    def tensorboard(self) -> Any:
+        """The TensorBoard ``SummaryWriter`` (for images and videos), or None."""
+        return self._tb
+
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         """Writes one line ``{"step": step, **metrics}`` (non-finite values become null)."""
         clean = {k: (float(v) if math.isfinite(float(v)) else None) for k, v in metrics.items()}

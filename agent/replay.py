@@ -177,6 +177,17 @@ class Replay:
             found.append(steps[mask])
         return np.concatenate(found) if found else np.zeros(0, np.int64)
 
+    @property
+    def first(self) -> int:
+        """Number of the oldest step held (steps are numbered from 0 as they were added)."""
+        return max(0, self.total - self.capacity)
+
+    def read(self, start: int, stop: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Steps ``start … stop − 1`` (numbered as added) in order: ``{key: [stop − start, ...]}`` copies."""
+        _check_range(start, stop, self.first, self.total, "replay")
+        pos = self._positions(start, stop)
+        return {k: self.data[k][pos] for k in (keys or self.data)}
+
     def update_latents(self, pos: np.ndarray, latents: dict[str, np.ndarray]) -> None:
         """Writes refreshed latents at storage positions ``pos`` ``[B, T]``."""
         for k, v in latents.items():
@@ -239,6 +250,67 @@ class Replay:
                 steps = f["steps"].astype(np.int64)
             self.bad[steps[(steps >= first) & (steps < total)] % self.capacity] = True
         return True
+
+
+class DiskReplay:
+    """Read-only access to the replay a run saved in ``directory``, one chunk file at a time.
+
+    Same numbering and :meth:`read` as :class:`Replay`, without loading the
+    whole replay (a pixel replay can be many GB): only the chunks a read
+    touches are opened, and only the keys asked for are decompressed. Like
+    :meth:`Replay.load` it shows the state of the last ``save()``.
+
+    Raises:
+        ValueError: when ``directory`` holds no saved replay.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        meta_path = self.directory / "replay.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            self.total, self.capacity, self.chunk_size = int(meta["total"]), int(meta["capacity"]), int(meta["chunk_size"])
+        except FileNotFoundError:
+            raise ValueError(f"no saved replay in {self.directory} (replay.json is missing)") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read {meta_path}: {exc}") from exc
+
+    def __len__(self) -> int:
+        return self.total - self.first
+
+    @property
+    def first(self) -> int:
+        """Number of the oldest step held."""
+        return max(0, self.total - self.capacity)
+
+    def read(self, start: int, stop: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Steps ``start … stop − 1`` in order (see :meth:`Replay.read`); latents are not included.
+
+        Raises:
+            ValueError: for a range outside the held steps, or a chunk file
+                that is missing or unreadable.
+        """
+        _check_range(start, stop, self.first, self.total, f"replay in {self.directory}")
+        if stop == start:
+            return {}
+        parts: list[dict[str, np.ndarray]] = []
+        done = self.total // self.chunk_size  # chunks below this index are complete files; the rest is partial.npz
+        for index in range(start // self.chunk_size, (stop - 1) // self.chunk_size + 1):
+            base = index * self.chunk_size
+            path = self.directory / (f"chunk_{index:08d}.npz" if index < done else "partial.npz")
+            lo, hi = max(start, base) - base, min(stop, base + self.chunk_size) - base
+            try:
+                with np.load(path) as f:
+                    names = [k for k in (keys or f.files) if k not in LATENT_KEYS]
+                    parts.append({k: f[k][lo:hi] for k in names})
+            except (OSError, ValueError, KeyError) as exc:
+                raise ValueError(f"cannot read replay file {path}: {exc}") from exc
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _check_range(start: int, stop: int, first: int, total: int, what: str) -> None:
+    if not first <= start <= stop <= total:
+        raise ValueError(f"steps {start}…{stop - 1} are not all held by the {what} (it holds steps {first}…{total - 1})")
 
 
 def write_text_atomic(path: Path, text: str) -> None:

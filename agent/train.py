@@ -34,6 +34,10 @@ RESUMABLE_KEYS = {
     "log_every",
     "eval_every",
     "eval_episodes",
+    "report_every",
+    "report_context",
+    "report_horizon",
+    "report_sequences",
     "checkpoint_every",
     "device",
     "threads",
@@ -152,6 +156,7 @@ class Trainer:
             "train_credit": 0.0,
             "last_eval": 0,
             "last_ckpt": 0,
+            "last_report": 0,
             "last_log": 0,
             "wall_s": 0.0,
             "dropped_batches": 0,
@@ -317,6 +322,7 @@ class Trainer:
                     )
                     obs = None
                     self._maybe_evaluate(logger)
+                    self._maybe_report(logger)
                     self._maybe_checkpoint()
                 else:
                     obs = self.env.step(env_action)
@@ -387,6 +393,37 @@ class Trainer:
             self.env_steps,
             {"eval/return": float(np.mean(returns)), "eval/return_std": float(np.std(returns)), "time/wall_s": self.wall_s()},
         )
+
+    def _maybe_report(self, logger: MetricsLogger) -> None:
+        """Every ``report_every`` environment steps, the dream report (see :mod:`reverie.agent.dream_report`).
+
+        Files go to ``logdir/dream/step_<env steps>/``, images and the video
+        to TensorBoard, the open-loop errors and the report's cost to the
+        metrics. It is a view: a report that cannot be made (no episode of
+        ``report_context + report_horizon`` steps yet) or fails is skipped
+        with a warning and never stops training.
+        """
+        cfg = self.cfg
+        if not cfg.report_every or self.env_steps - self.counters["last_report"] < cfg.report_every:
+            return
+        self.counters["last_report"] = self.env_steps
+        from .dream_report import training_report
+
+        try:
+            metrics = training_report(
+                self.agent,
+                self.replay,
+                context=cfg.report_context,
+                horizon=cfg.report_horizon,
+                sequences=cfg.report_sequences,
+                step=self.env_steps,
+                out_dir=self.logdir / "dream" / f"step_{self.env_steps:08d}",
+                writer=logger.tensorboard,
+            )
+        except Exception as exc:
+            warnings.warn(f"dream report at step {self.env_steps} skipped: {type(exc).__name__}: {exc}", stacklevel=2)
+            return
+        logger.write(self.env_steps, metrics)
 
     def _maybe_checkpoint(self) -> None:
         if self.env_steps - self.counters["last_ckpt"] >= self.cfg.checkpoint_every:

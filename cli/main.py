@@ -26,6 +26,8 @@ commands:
   export    the one-step policy of a checkpoint as ONNX + a JSON sidecar
   eval      run an exported policy in the fixed-rate control loop: return,
             latency percentiles, deadline misses, latency histogram
+  dream     the world model's open-loop predictions of a checkpoint beside
+            the truth: image grid, GIF, plots, error by horizon
   keys      generate ZeroMQ CURVE key pairs (learner and actors)
   replay    check a run's replay for invalid rows (`replay check LOGDIR [--repair]`)
 
@@ -427,6 +429,13 @@ def cmd_replay(args: list[str]) -> int:
     return 1 if report["invalid"] and "--repair" not in args else 0
 
 
+def cmd_dream(args: list[str]) -> int:
+    """``reverie dream`` (see ``reverie.cli.dream``)."""
+    from .dream import cmd_dream as dream
+
+    return dream(args)
+
+
 #: import name → distribution name, for the missing-dependency message.
 PACKAGES = {
     "dm_control": "dm-control",
@@ -451,6 +460,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "keys": cmd_keys,
     "replay": cmd_replay,
+    "dream": cmd_dream,
 }
 
 

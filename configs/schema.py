@@ -230,6 +230,12 @@ class Config:
     threads: int = doc(0, "CPU threads for torch (0: all cores)")
     eval_every: int = doc(10_000, "environment steps between evaluations")
     eval_episodes: int = doc(5, "episodes per evaluation (deterministic policy)")
+    report_every: int = doc(
+        10_000, "environment steps between dream reports (open-loop predictions: logdir/dream/, TensorBoard, metrics); 0: never"
+    )
+    report_context: int = doc(5, "dream report: observed (context) steps before the open-loop prediction")
+    report_horizon: int = doc(45, "dream report: imagined steps after the context")
+    report_sequences: int = doc(4, "dream report: sequences shown (the most recent episodes in replay)")
     log_every: int = doc(2_000, "environment steps between metric lines")
     checkpoint_every: int = doc(10_000, "environment steps between checkpoints (taken at episode ends)")
     progress: bool = doc(True, "show a progress bar")

@@ -284,6 +284,7 @@ class Learner(Trainer):
                     logger.write(self.env_steps, summary)
                     window, window_time, window_updates = [], now, self.counters["updates"]
                 self._maybe_evaluate(logger)
+                self._maybe_report(logger)
                 self._maybe_checkpoint()
             if self.env_steps >= cfg.steps:
                 self._maybe_evaluate(logger, force=True)

@@ -312,7 +312,12 @@ class RSSM(nn.Module):
         return {"deter": deter, "stoch": self.sample(logits, noise)}, logits
 
     def observe(
-        self, state: State, tokens: torch.Tensor, prev_actions: torch.Tensor, is_first: torch.Tensor
+        self,
+        state: State,
+        tokens: torch.Tensor,
+        prev_actions: torch.Tensor,
+        is_first: torch.Tensor,
+        noise: torch.Tensor | None = None,
     ) -> tuple[State, dict[str, torch.Tensor]]:
         """Posterior over a sequence.
 
@@ -321,6 +326,8 @@ class RSSM(nn.Module):
             tokens: ``[B, T, E]``.
             prev_actions: ``[B, T, A]``; entry t is the action taken before step t.
             is_first: ``[B, T]`` bool.
+            noise: uniform numbers ``[B, T, noise_dim]`` for the samples;
+                drawn from torch's global generator when None.
 
         Returns:
             The final carry and ``{deter [B, T, D], stoch [B, T, *stoch_shape], logits [B, T, S, C or 2]}``.
@@ -331,7 +338,8 @@ class RSSM(nn.Module):
         # all steps at once.
         action_emb = self.embed_action(prev_actions * keep[..., None])  # [B, T, H]
         token_proj = self.post_token(tokens)  # [B, T, H]
-        noise = torch.rand(B, T, self.noise_dim, device=tokens.device)
+        if noise is None:
+            noise = torch.rand(B, T, self.noise_dim, device=tokens.device)
         deter, stoch = state["deter"], state["stoch"]
         deters, stochs, logits_all = [], [], []
         for t in range(T):
