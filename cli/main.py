@@ -206,7 +206,7 @@ def cmd_status(args: list[str]) -> int:
     rest = [a for a in args if not a.startswith("address=")]
     try:
         if address:
-            from reverie.realtime.learner import query_status
+            from reverie.realtime.status import query_status
 
             secure = None
             if rest:  # overrides such as realtime.curve=true realtime.keys=DIR
@@ -427,19 +427,44 @@ def cmd_replay(args: list[str]) -> int:
     return 1 if report["invalid"] and "--repair" not in args else 0
 
 
-#: import name → distribution name, for the missing-dependency message.
+#: import name → (distribution name, the extra of pyproject.toml that brings it; "" for the base install).
 PACKAGES = {
-    "dm_control": "dm-control",
-    "onnxruntime": "onnxruntime",
-    "onnx": "onnx",
-    "zmq": "pyzmq",
-    "msgpack": "msgpack",
-    "hydra": "hydra-core",
-    "gymnasium": "gymnasium",
-    "mujoco": "mujoco",
-    "tensorboard": "tensorboard",
-    "matplotlib": "matplotlib",
+    "torch": ("torch", "full"),
+    "onnx": ("onnx", "full"),
+    "tensorboard": ("tensorboard", "full"),
+    "matplotlib": ("matplotlib", "full"),
+    "tqdm": ("tqdm", "full"),
+    "ale_py": ("ale-py", "full"),
+    "crafter": ("crafter", "full"),
+    "dm_control": ("dm-control", "sim"),
+    "gymnasium": ("gymnasium", "sim"),
+    "mujoco": ("mujoco", "sim"),
+    "onnxruntime": ("onnxruntime", ""),
+    "zmq": ("pyzmq", ""),
+    "msgpack": ("msgpack", ""),
+    "hydra": ("hydra-core", ""),
+    "omegaconf": ("omegaconf", ""),
 }
+
+#: What each extra is for, in the missing-dependency message.
+EXTRAS = {
+    "full": "training, export and the learner need the full install",
+    "sim": "simulated environments and the MuJoCo stand-in robot need the simulators",
+}
+
+
+def missing_dependency(command: str, exc: ModuleNotFoundError) -> str:
+    """The one-line message for a command that needs a package this install lacks, and how to get it."""
+    name = (exc.name or "").split(".")[0]
+    package, extra = PACKAGES.get(name, (name or str(exc), ""))
+    if extra:
+        how = f"{EXTRAS[extra]}: `pip install '.[{extra}]'` in the reverie checkout (`make test` sets up everything)"
+        if extra == "full":
+            how += ", with the CPU build of torch first: `pip install torch==2.13.0`"
+    else:
+        how = f"`pip install {package}`, or reinstall reverie (`pip install .`)"
+    return f"reverie {command}: the Python package {package!r} is not installed; {how}"
+
 
 COMMANDS = {
     "run": lambda args: _async_command("run", args),
@@ -468,13 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[command](rest)
     except ModuleNotFoundError as exc:
-        # A dependency is missing from this environment: say which, and how to get it.
-        package = PACKAGES.get((exc.name or "").split(".")[0], exc.name)
-        print(
-            f"reverie {command}: the Python package {package!r} is not installed ({exc}); "
-            f"install the project with `make test` or `pip install -e .`, or `pip install {package}`",
-            file=sys.stderr,
-        )
+        # A dependency is missing from this install (the robot-only one has no torch): say which, and how to get it.
+        print(missing_dependency(command, exc), file=sys.stderr)
         return 3
 
 

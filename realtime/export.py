@@ -10,7 +10,6 @@ refuses a model that does not match its sidecar.
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import os
@@ -23,21 +22,7 @@ import torch
 from reverie.agent.dreamer import Dreamer
 
 from .policy_step import PolicyStep
-
-OPSET = 17
-FORMAT = "reverie.policy_step/1"
-CARRY_INPUTS = ("deter", "stoch", "prev_action", "is_first", "noise")
-OUTPUTS = ("action", "deter_out", "stoch_out")
-
-
-def obs_input(key: str) -> str:
-    """ONNX input name of an observation key (namespaced: an env may have a key named like a carry input)."""
-    return f"obs/{key}"
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
+from .signature import CARRY_INPUTS, FORMAT, OPSET, OUTPUTS, obs_input, sha256_bytes, sidecar_path
 
 
 def example_inputs(step: PolicyStep, obs_shapes: dict[str, tuple[int, ...]], obs_dtypes: dict[str, str]) -> tuple[torch.Tensor, ...]:
@@ -114,7 +99,7 @@ def export_policy(
     # once the model passed the round trip: a failed export (e.g. NaN weights)
     # leaves the previous model and sidecar as they were.
     path.parent.mkdir(parents=True, exist_ok=True)
-    side_path = Path(f"{path}.json")
+    side_path = sidecar_path(path)
     tmp_model, tmp_side = path.with_name(f"{path.name}.tmp"), side_path.with_name(f"{side_path.name}.tmp")
     try:
         tmp_model.write_bytes(data)

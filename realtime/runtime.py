@@ -8,7 +8,6 @@ with I/O binding, so a step allocates nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,41 +16,7 @@ import numpy as np
 
 from reverie.envs.base import dtype_fits
 
-from .export import CARRY_INPUTS, FORMAT, OUTPUTS, obs_input
-
-_DTYPES = {"float32": np.float32, "uint8": np.uint8, "bool": np.bool_, "int64": np.int64}
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(int64)": "int64"}
-
-
-def _validate_sidecar(meta: Any) -> None:
-    """Raises ``ValueError`` naming the first field of a sidecar that is missing or of the wrong type."""
-    if not isinstance(meta, dict):
-        raise ValueError(f"sidecar must be a JSON object, got {type(meta).__name__}")
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"sidecar format {meta.get('format')!r} is not {FORMAT!r}")
-    fields = {"sha256": str, "obs_keys": list, "action": dict, "inputs": list, "outputs": list, "noise": dict}
-    for name, kind in fields.items():
-        if not isinstance(meta.get(name), kind):
-            raise ValueError(f"sidecar field {name!r} is missing or not a {kind.__name__}")
-    if not all(isinstance(k, str) for k in meta["obs_keys"]):
-        raise ValueError("sidecar field 'obs_keys' must list strings")
-    for field in ("inputs", "outputs"):
-        for entry in meta[field]:
-            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("shape"), list)):
-                raise ValueError(f"sidecar field {field!r} has a malformed entry {entry!r}")
-            if not all(isinstance(d, int) and d >= 0 for d in entry["shape"]) or entry.get("dtype") not in _DTYPES:
-                raise ValueError(f"sidecar field {field!r}: bad shape or dtype in {entry!r}")
-    if not isinstance(meta["action"].get("discrete"), bool) or not isinstance(meta["action"].get("dim"), int):
-        raise ValueError("sidecar field 'action' needs 'dim' (int) and 'discrete' (bool)")
-    if not isinstance(meta["noise"].get("dim"), int):
-        raise ValueError("sidecar field 'noise' needs 'dim' (int)")
-    declared = {entry["name"] for entry in meta["inputs"]}
-    missing = [name for name in (*(obs_input(k) for k in meta["obs_keys"]), *CARRY_INPUTS) if name not in declared]
-    if missing:
-        raise ValueError(f"sidecar lacks inputs {missing}")
-    outputs = {entry["name"] for entry in meta["outputs"]}
-    if not set(OUTPUTS) <= outputs:
-        raise ValueError(f"sidecar lacks outputs {sorted(set(OUTPUTS) - outputs)}")
+from .signature import DTYPES, OUTPUTS, check_session, obs_input, sha256_bytes, sidecar_path, validate_sidecar
 
 
 class PolicyRuntime:
@@ -88,14 +53,14 @@ class PolicyRuntime:
         if isinstance(sidecar, dict):
             meta = sidecar
         else:
-            side_path = Path(sidecar) if sidecar else Path(f"{path}.json")
+            side_path = Path(sidecar) if sidecar else sidecar_path(path)
             if not side_path.exists():
                 raise ValueError(f"sidecar {side_path} is missing (export writes it next to the .onnx)")
             try:
                 meta = json.loads(side_path.read_text())
             except json.JSONDecodeError as exc:
                 raise ValueError(f"sidecar {side_path} is not valid JSON: {exc}") from exc
-        _validate_sidecar(meta)
+        validate_sidecar(meta)
         # After a hash check by the caller (a hot swap) onnxruntime reads the
         # file itself: no copy of the model is made while holding the GIL (a
         # control thread may be running beside us). Otherwise the bytes that
@@ -106,7 +71,7 @@ class PolicyRuntime:
         else:
             if model_bytes is None:
                 model_bytes = Path(path).read_bytes()
-            digest = hashlib.sha256(model_bytes).hexdigest()
+            digest = sha256_bytes(model_bytes)
         if digest != meta.get("sha256"):
             raise ValueError(f"sha256 mismatch: model is {digest[:16]}…, sidecar says {str(meta.get('sha256'))[:16]}…")
         options = ort.SessionOptions()
@@ -131,9 +96,9 @@ class PolicyRuntime:
         self.discrete = bool(meta["action"]["discrete"])
         self.rng = np.random.default_rng(seed)
         spec = {i["name"]: i for i in meta["inputs"]}
-        self.inputs = {n: np.zeros(spec[n]["shape"], _DTYPES[spec[n]["dtype"]]) for n in spec}
+        self.inputs = {n: np.zeros(spec[n]["shape"], DTYPES[spec[n]["dtype"]]) for n in spec}
         out_spec = {o["name"]: o for o in meta["outputs"]}
-        self.outputs = {n: np.zeros(out_spec[n]["shape"], _DTYPES[out_spec[n]["dtype"]]) for n in OUTPUTS}
+        self.outputs = {n: np.zeros(out_spec[n]["shape"], DTYPES[out_spec[n]["dtype"]]) for n in OUTPUTS}
         self._binding = self.session.io_binding()
         for name, array in self.inputs.items():
             self._binding.bind_cpu_input(name, array)
@@ -142,23 +107,8 @@ class PolicyRuntime:
         self.reset()
 
     def _check_signature(self) -> None:
-        declared = {i["name"]: i for i in self.meta["inputs"]}
-        actual = {i.name: i for i in self.session.get_inputs()}
-        for name, spec in declared.items():
-            if name not in actual:
-                raise ValueError(f"input {name!r} of the sidecar is not an input of the model")
-            node = actual[name]
-            if list(node.shape) != list(spec["shape"]):
-                raise ValueError(f"input {name!r}: model shape {node.shape}, sidecar shape {spec['shape']}")
-            if _ORT_TYPES.get(node.type) != spec["dtype"]:
-                raise ValueError(f"input {name!r}: model dtype {node.type}, sidecar dtype {spec['dtype']}")
-        missing = set(actual) - set(declared)
-        if missing:
-            raise ValueError(f"model inputs {sorted(missing)} are missing from the sidecar")
-        # That the sidecar declares every observation and carry input was checked by _validate_sidecar.
-        outputs = [o.name for o in self.session.get_outputs()]
-        if outputs != list(OUTPUTS):
-            raise ValueError(f"model outputs {outputs}, expected {list(OUTPUTS)}")
+        # That the sidecar declares every observation and carry input was checked by validate_sidecar.
+        check_session(self.session, self.meta["inputs"], OUTPUTS)
 
     def check_spaces(self, obs_space: dict[str, Any], act_space: Any) -> None:
         """Checks that this policy fits an environment or robot.

@@ -1,18 +1,20 @@
 """ZeroMQ channels on loopback: experience accounting, malformed floods, weights, CURVE."""
 
 import json
+import shutil
 import time
 
 import numpy as np
 import pytest
 import zmq
-from conftest import make_agent, wait_for
+from conftest import ROBOT_MODELS, wait_for
 
-from reverie import envs
 from reverie.realtime.channels import ExperienceReceiver, ExperienceSender, WeightPublisher, WeightSubscriber
-from reverie.realtime.export import export_policy
 from reverie.realtime.runtime import PolicyRuntime
 from reverie.realtime.security import CurveServer, generate_keys, protect_client
+
+# Robot side: runs in the robot-only install too (make test-robot).
+pytestmark = pytest.mark.robot
 
 SCHEMA = {"position": ("float32", (5,)), "image": ("uint8", (64, 64, 3)), "reward": ("float32", ()), "is_last": ("bool", ())}
 
@@ -110,9 +112,10 @@ def test_learner_away_buffers_then_drops_oldest_with_a_count(tmp_path):
 
 @pytest.fixture(scope="module")
 def policy_file(tmp_path_factory):
+    """The committed tiny fake/vector policy, as ``p.onnx`` (robot side: no exporter here)."""
     tmp = tmp_path_factory.mktemp("w")
-    env = envs.make("fake/vector")
-    export_policy(make_agent(env), tmp / "p.onnx", obs_space=env.obs_space)
+    shutil.copy(ROBOT_MODELS / "vector.onnx", tmp / "p.onnx")
+    shutil.copy(ROBOT_MODELS / "vector.onnx.json", tmp / "p.onnx.json")
     return tmp / "p.onnx"
 
 

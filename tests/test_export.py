@@ -1,7 +1,6 @@
 """ONNX policy step: parity with torch over a long rollout, the mode export, sidecar checks."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -117,121 +116,6 @@ def test_deterministic_export_returns_the_mode(tmp_path):
         obs = env.step(got)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("exp")
-    env = envs.make("fake/vector", seed=0)
-    agent = make_agent(env)
-    export(agent, env, tmp / "p.onnx")
-    return tmp
-
-
-def edited_sidecar(exported, tmp_path, edit):
-    shutil.copy(exported / "p.onnx", tmp_path / "p.onnx")
-    meta = json.loads((exported / "p.onnx.json").read_text())
-    edit(meta)
-    (tmp_path / "p.onnx.json").write_text(json.dumps(meta))
-    return tmp_path / "p.onnx"
-
-
-def test_sidecar_hash_mismatch_refused(exported, tmp_path):
-    path = edited_sidecar(exported, tmp_path, lambda m: m.update(sha256="0" * 64))
-    with pytest.raises(ValueError, match="sha256 mismatch"):
-        PolicyRuntime(path)
-
-
-def test_sidecar_shape_dtype_and_missing_key_refused(exported, tmp_path):
-    def shape(m):
-        m["inputs"][0]["shape"] = [1, 99]
-
-    def dtype(m):
-        m["inputs"][0]["dtype"] = "uint8"
-
-    def missing(m):
-        m["inputs"] = m["inputs"][1:]
-
-    for edit, message in ((shape, "shape"), (dtype, "dtype"), (missing, "sidecar lacks inputs")):
-        with pytest.raises(ValueError, match=message):
-            PolicyRuntime(edited_sidecar(exported, tmp_path, edit))
-
-
-@pytest.mark.parametrize(
-    ("edit", "message"),
-    [
-        (lambda m: m.pop("outputs"), "'outputs' is missing"),
-        (lambda m: m.update(obs_keys="x"), "'obs_keys' is missing or not a list"),
-        (lambda m: m.update(action={"dim": 2}), "'action' needs"),
-        (lambda m: m.update(noise={}), "'noise' needs"),
-        (lambda m: m["inputs"][0].update(shape=[1, -3]), "bad shape or dtype"),
-        (lambda m: m.update(outputs=m["outputs"][:1]), "sidecar lacks outputs"),
-    ],
-)
-def test_malformed_sidecar_refused_naming_the_field(exported, tmp_path, edit, message):
-    with pytest.raises(ValueError, match=message):
-        PolicyRuntime(edited_sidecar(exported, tmp_path, edit))
-
-
-def test_sidecar_that_is_not_an_object_refused(exported, tmp_path):
-    shutil.copy(exported / "p.onnx", tmp_path / "p.onnx")
-    (tmp_path / "p.onnx.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="JSON object"):
-        PolicyRuntime(tmp_path / "p.onnx")
-
-
-def test_corrupted_model_and_missing_sidecar_refused(exported, tmp_path):
-    shutil.copy(exported / "p.onnx.json", tmp_path / "p.onnx.json")
-    (tmp_path / "p.onnx").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="sha256"):
-        PolicyRuntime(tmp_path / "p.onnx")
-    (tmp_path / "q.onnx").write_bytes((exported / "p.onnx").read_bytes())
-    with pytest.raises(ValueError, match="sidecar .* is missing"):
-        PolicyRuntime(tmp_path / "q.onnx")
-
-
-def test_runtime_rejects_bad_observations(exported):
-    runtime = PolicyRuntime(exported / "p.onnx")
-    with pytest.raises(ValueError, match="missing"):
-        runtime.step({})
-    obs = {k: np.zeros(s["shape"][1:], np.float32) for k, s in zip(runtime.obs_keys, runtime.meta["inputs"])}
-    bad = dict(obs)
-    bad[runtime.obs_keys[0]] = np.zeros(7, np.float32)
-    with pytest.raises(ValueError, match="shape"):
-        runtime.step(bad)
-    assert np.all(np.isfinite(runtime.step(obs)))
-    carry = runtime.carry()
-    bad[runtime.obs_keys[0]] = np.full_like(obs[runtime.obs_keys[0]], np.nan)
-    with pytest.raises(ValueError, match="non-finite"):
-        runtime.step(bad)
-    for name, value in runtime.carry().items():  # a refused step leaves the carry as it was
-        np.testing.assert_array_equal(value, carry[name])
-    bad[runtime.obs_keys[0]] = obs[runtime.obs_keys[0]].astype(np.complex64)
-    with pytest.raises(ValueError, match="dtype complex64"):
-        runtime.step(bad)
-    with pytest.raises(ValueError, match="sent action"):
-        runtime.action_sent(np.zeros(runtime.meta["action"]["dim"] + 1, np.float32))
-
-
-def test_image_inputs_must_be_uint8():
-    """A float image in [0, 1] cast to uint8 would be all zeros: refused instead."""
-    from reverie.envs.base import dtype_fits
-
-    assert dtype_fits(np.dtype(np.uint8), np.dtype(np.uint8))
-    assert not dtype_fits(np.dtype(np.float32), np.dtype(np.uint8))
-    assert not dtype_fits(np.dtype(np.int64), np.dtype(np.uint8))
-    assert dtype_fits(np.dtype(np.float64), np.dtype(np.float32)) and dtype_fits(np.dtype(np.int32), np.dtype(np.float32))
-    assert dtype_fits(np.dtype(np.int64), np.dtype(np.bool_)) and not dtype_fits(np.dtype(np.float32), np.dtype(np.bool_))
-
-
-def test_runtime_checks_the_spaces_of_a_source(exported):
-    runtime = PolicyRuntime(exported / "p.onnx")
-    vector = envs.make("fake/vector", seed=0)
-    runtime.check_spaces(vector.obs_space, vector.act_space)  # the env it was exported for
-    with pytest.raises(ValueError, match="does not provide"):
-        runtime.check_spaces(envs.make("fake/pixels", seed=0).obs_space, vector.act_space)
-    with pytest.raises(ValueError, match="discrete"):
-        runtime.check_spaces(vector.obs_space, envs.make("fake/discrete", seed=0).act_space)
-
-
 def test_cli_export_from_a_training_run(tiny_overrides, tmp_path):
     assert main(["train", "env=fake/vector", "env.time_limit=10", "steps=40", *tiny_overrides]) == 0
     assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "policy.onnx")]) == 0
@@ -242,29 +126,6 @@ def test_cli_export_from_a_training_run(tiny_overrides, tmp_path):
         3,
     )
     assert main(["export", str(tmp_path / "nowhere")]) == 2
-
-
-def test_runtime_takes_the_sent_action_as_previous_action(exported):
-    runtime = PolicyRuntime(exported / "p.onnx")
-    obs = {k: np.zeros(s["shape"][1:], np.float32) for k, s in zip(runtime.obs_keys, runtime.meta["inputs"])}
-    runtime.step(obs)
-    runtime.action_sent(np.full(3, 0.25, np.float32))
-    assert np.allclose(runtime.carry()["prev_action"], 0.25)
-
-
-def test_hot_swapped_runtime_continues_the_carry(exported):
-    env = envs.make("fake/vector", seed=0)
-    old, new, straight = (PolicyRuntime(exported / "p.onnx") for _ in range(3))
-    rng = np.random.default_rng(0)
-    obs = env.reset(seed=0)
-    for step in range(20):
-        noise = rng.random(old.noise_dim, dtype=np.float32)
-        if step == 10:
-            new.load_carry(old)  # swap between two ticks
-        runtime = old if step < 10 else new
-        action = runtime.step(obs, noise)
-        assert np.allclose(action, straight.step(obs, noise), atol=1e-6)
-        obs = env.step(action)
 
 
 def test_export_of_a_compiled_agent_traces_the_plain_modules(tmp_path):
@@ -278,3 +139,23 @@ def test_export_of_a_compiled_agent_traces_the_plain_modules(tmp_path):
         {k: np.zeros(env.obs_space[k].shape, np.float32) for k in ("target", "prev_action", "progress")}
     ).shape == (3,)
     assert agent.critic.mlp.__dict__["forward"] is compiled_forward and "core" in agent.wm.rssm.__dict__
+
+
+def test_committed_robot_models_match_the_exporter(tmp_path):
+    """The robot-side tests load committed models (tests/robot_models/): they must still be what the exporter writes.
+
+    On failure, run `.venv/bin/python tests/make_robot_models.py` and commit the result.
+    """
+    from make_robot_models import FOLDER, export_all
+
+    fresh = export_all(tmp_path)
+    volatile = ("sha256", "torch", "onnxruntime_tested")
+    for name, sidecar in fresh.items():
+        committed = json.loads((FOLDER / f"{name}.onnx.json").read_text())
+        assert {k: v for k, v in committed.items() if k not in volatile} == {k: v for k, v in sidecar.items() if k not in volatile}, name
+        old, new = PolicyRuntime(FOLDER / f"{name}.onnx"), PolicyRuntime(tmp_path / f"{name}.onnx")
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            obs = {k: rng.integers(0, 255, s["shape"][1:]).astype(s["dtype"]) for k, s in zip(old.obs_keys, old.meta["inputs"])}
+            noise = rng.random(old.noise_dim, dtype=np.float32)
+            np.testing.assert_allclose(old.step(obs, noise), new.step(obs, noise), atol=1e-6, err_msg=name)
