@@ -7,6 +7,6 @@ signature (``signature``), the policy runtime (``runtime``), the control loop
 ZeroMQ channels and their message protocol, CURVE (``security``,
 ``endpoints``), status files and queries (``status``) and the actor.
 
-Learner side (the full install, torch): the exporter (``policy_step``,
+Learner side (the full install, torch): the exporter (``policy_step``, ``quantize``,
 ``export``), the learner and ``reverie run`` (``launcher``).
 """

@@ -40,6 +40,7 @@ from .endpoints import Endpoints, Security, endpoints
 from .loop import ControlLoop, RandomPolicy, default_spin_s
 from .recorder import ExperienceRecorder, experience_schema
 from .runtime import PolicyRuntime
+from .signature import write_payload
 from .status import write_json_atomic
 
 #: Python's GIL switch interval while the loop runs.
@@ -145,7 +146,7 @@ class Actor:
         # it itself): a copy of the model into a bytes object would hold the
         # GIL, and with it the control thread, for milliseconds.
         path = self._scratch / "received.onnx"
-        path.write_bytes(payload)
+        write_payload(payload, sidecar, path)  # one file, or the two parts of a two-part model
         # decode_weights has checked the bytes against the header and sidecar hashes.
         runtime = PolicyRuntime(path, sidecar=sidecar, threads=1, seed=self.seed + self._builds, hash_checked=True)
         # The first run of a session allocates; do it here, off the control thread.
@@ -171,6 +172,7 @@ class Actor:
         """The actor's counters: loop timing and faults, streaming and weights."""
         stats = self.loop.stats
         recent = np.frombuffer(stats.latency_us[-5000:], np.float64)  # a copy: the loop keeps appending
+        advance = np.frombuffer(stats.advance_us[-5000:], np.float64)
         swaps = self.swap_latency_ms
         return {
             "actor": self.id,
@@ -183,6 +185,9 @@ class Actor:
             "nonfinite_obs": stats.nonfinite_obs,
             "exceptions": stats.exceptions,
             "latency_p99_us": float(np.percentile(recent, 99)) if recent.size else None,
+            "advances": len(stats.advance_us),
+            "advance_misses": stats.advance_misses,
+            "advance_p99_us": float(np.percentile(advance, 99)) if advance.size else None,
             "policy_version": int(getattr(self.loop.policy, "version", 0)),
             "swaps": stats.swaps,
             "swap_latency_ms_last": swaps[-1] if swaps else None,

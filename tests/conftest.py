@@ -15,6 +15,19 @@ ROBOT_MODELS = Path(__file__).parent / "robot_models"
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 
+def copy_robot_model(name, target):
+    """Copies the committed model ``name`` (its file(s) and sidecar) to the ONNX path ``target``; returns ``target``."""
+    import shutil
+
+    target = Path(target)
+    shutil.copy(ROBOT_MODELS / f"{name}.onnx", target)
+    shutil.copy(ROBOT_MODELS / f"{name}.onnx.json", f"{target}.json")
+    advance = ROBOT_MODELS / f"{name}.advance.onnx"
+    if advance.exists():
+        shutil.copy(advance, target.with_name(f"{target.stem}.advance.onnx"))
+    return target
+
+
 def pytest_ignore_collect(collection_path, config):
     """Without torch (the robot-only install), collects only the test modules marked ``robot``.
 

@@ -1,13 +1,12 @@
 """ZeroMQ channels on loopback: experience accounting, malformed floods, weights, CURVE."""
 
 import json
-import shutil
 import time
 
 import numpy as np
 import pytest
 import zmq
-from conftest import ROBOT_MODELS, wait_for
+from conftest import copy_robot_model, wait_for
 
 from reverie.realtime.channels import ExperienceReceiver, ExperienceSender, WeightPublisher, WeightSubscriber
 from reverie.realtime.runtime import PolicyRuntime
@@ -113,10 +112,7 @@ def test_learner_away_buffers_then_drops_oldest_with_a_count(tmp_path):
 @pytest.fixture(scope="module")
 def policy_file(tmp_path_factory):
     """The committed tiny fake/vector policy, as ``p.onnx`` (robot side: no exporter here)."""
-    tmp = tmp_path_factory.mktemp("w")
-    shutil.copy(ROBOT_MODELS / "vector.onnx", tmp / "p.onnx")
-    shutil.copy(ROBOT_MODELS / "vector.onnx.json", tmp / "p.onnx.json")
-    return tmp / "p.onnx"
+    return copy_robot_model("vector_fused", tmp_path_factory.mktemp("w") / "p.onnx")
 
 
 def running_subscriber(policy_file):

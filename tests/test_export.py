@@ -14,21 +14,21 @@ from reverie.realtime.policy_step import PolicyStep
 from reverie.realtime.runtime import PolicyRuntime
 
 
-def export(agent, env, path, deterministic=False):
-    return export_policy(
-        agent,
-        path,
-        obs_space=env.obs_space,
-        deterministic=deterministic,
-    )
+def export(agent, env, path, deterministic=False, split=True):
+    return export_policy(agent, path, obs_space=env.obs_space, deterministic=deterministic, split=split)
 
 
-def rollout_parity(env, agent, path, steps, seed=0):
+def rollout_parity(env, agent, path, steps, seed=0, fused=None):
     """Runs torch and onnxruntime side by side, each with its own carry, on the same noise.
+
+    With ``fused`` (the fused export of the same agent), that runs beside the
+    two-part model at ``path`` too, and the two must agree within 1e-6 in the
+    action and the whole carry at every step.
 
     Returns the action differences of the steps whose latent samples agreed, and per step whether they agreed.
     """
     runtime = PolicyRuntime(path)
+    other = PolicyRuntime(fused) if fused else None
     step = PolicyStep(agent)
     rng = np.random.default_rng(seed)
     rssm = agent.wm.rssm
@@ -44,16 +44,22 @@ def rollout_parity(env, agent, path, steps, seed=0):
             act_t, deter, stoch = step(*inputs, deter, stoch, prev, torch.tensor([bool(obs["is_first"])]), torch.as_tensor(noise)[None])
         prev = act_t
         act_o = runtime.step(obs, noise)
+        carry = runtime.carry()
+        if other is not None:
+            np.testing.assert_allclose(other.step(obs, noise), act_o, atol=1e-6, rtol=0)
+            for name, value in other.carry().items():
+                np.testing.assert_allclose(value, carry[name], atol=1e-6, rtol=0, err_msg=name)
+        runtime.advance()  # as the control loop does, between two ticks
         if rssm.categorical:
-            same_latents.append(np.array_equal(runtime.inputs["stoch"].argmax(-1), stoch.argmax(-1).numpy()))
+            same_latents.append(np.array_equal(carry["stoch"].argmax(-1), stoch.argmax(-1).numpy()))
         else:  # a Gaussian z (V1): the same sample within float tolerance
-            same_latents.append(np.abs(runtime.inputs["stoch"] - stoch.numpy()).max() <= 1e-4)
+            same_latents.append(np.abs(carry["stoch"] - stoch.numpy()).max() <= 1e-4)
         if same_latents[-1]:
             action_diff.append(np.abs(act_o - act_t[0].numpy()).max())
         else:
             # A sample that fell the other way at a near-tie (float rounding): counted in same_latents; torch
             # continues from onnxruntime's carry so one flip is not compared as a thousand different steps.
-            deter, stoch = torch.from_numpy(runtime.inputs["deter"].copy()), torch.from_numpy(runtime.inputs["stoch"].copy())
+            deter, stoch = torch.from_numpy(carry["deter"]), torch.from_numpy(carry["stoch"])
             act_t = prev = torch.from_numpy(act_o.copy())[None]
         obs = env.step(act_t[0].numpy())
         if obs["is_last"]:
@@ -61,21 +67,20 @@ def rollout_parity(env, agent, path, steps, seed=0):
     return np.array(action_diff), np.array(same_latents)
 
 
-def test_parity_1000_steps_dmc_vector(tmp_path):
-    env = envs.make("dmc/cartpole_swingup", seed=0)
-    agent = make_agent(env)
-    export(agent, env, tmp_path / "p.onnx")
-    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 1000)
+@pytest.mark.parametrize("obs", ["vector", "pixels"])
+@pytest.mark.parametrize("algo", ["dreamerv1", "dreamerv2", "dreamerv3"])
+def test_two_part_fused_and_torch_agree_over_1000_steps(algo, obs, tmp_path):
+    """dmc/cartpole_swingup, 1,000 steps on the same noise: the two-part and fused exports agree within 1e-6
+    (actions and carry, every step), and both with torch (actions within 1e-4, the same latent samples)."""
+    env = envs.make("dmc/cartpole_swingup", obs=obs, seed=0)
+    agent = make_agent(env, (f"algo={algo}", f"obs={obs}", *(("size=1m",) if algo == "dreamerv3" else ())))
+    sidecar = export(agent, env, tmp_path / "p.onnx")
+    export(agent, env, tmp_path / "f.onnx", split=False)
+    assert sidecar["format"] == "reverie.policy_step/2"
+    assert sidecar["carry"]["latent"] == ("gaussian" if algo == "dreamerv1" else "categorical")
+    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 1000, fused=tmp_path / "f.onnx")
     assert diff.max() <= 1e-4, diff.max()
     assert same.mean() >= 0.999, same.mean()
-
-
-def test_parity_pixels(tmp_path):
-    env = envs.make("fake/pixels", seed=0)
-    agent = make_agent(env, ("size=1m", "obs=pixels"))
-    export(agent, env, tmp_path / "p.onnx")
-    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 100)
-    assert diff.max() <= 1e-4 and same.mean() >= 0.99
 
 
 def test_parity_discrete(tmp_path):
@@ -86,18 +91,13 @@ def test_parity_discrete(tmp_path):
     assert diff.max() <= 1e-4 and same.mean() >= 0.99
 
 
-@pytest.mark.parametrize(
-    "algo, env_name, steps",
-    [("dreamerv1", "dmc/cartpole_swingup", 1000), ("dreamerv2", "dmc/cartpole_swingup", 1000), ("dreamerv2", "fake/discrete", 200)],
-)
-def test_parity_dreamerv1_v2(algo, env_name, steps, tmp_path):
-    """The V1 (Gaussian z, tanh-normal actor, exploration noise) and V2 (truncated-normal actor) steps export too."""
-    env = envs.make(env_name, seed=0)
-    agent = make_agent(env, (f"algo={algo}",))
+def test_parity_dreamerv2_discrete(tmp_path):
+    """V2 with a discrete action space, both formats."""
+    env = envs.make("fake/discrete", seed=0)
+    agent = make_agent(env, ("algo=dreamerv2",))
     export(agent, env, tmp_path / "p.onnx")
-    sidecar = json.loads((tmp_path / "p.onnx.json").read_text())
-    assert sidecar["carry"]["latent"] == ("gaussian" if algo == "dreamerv1" else "categorical")
-    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", steps)
+    export(agent, env, tmp_path / "f.onnx", split=False)
+    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 200, fused=tmp_path / "f.onnx")
     assert diff.max() <= 1e-4, diff.max()
     assert same.mean() >= 0.999, same.mean()
 
@@ -126,6 +126,31 @@ def test_cli_export_from_a_training_run(tiny_overrides, tmp_path):
         3,
     )
     assert main(["export", str(tmp_path / "nowhere")]) == 2
+    assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "fused.onnx"), "--fused"]) == 0
+    assert json.loads((tmp_path / "fused.onnx.json").read_text())["format"] == "reverie.policy_step/1"
+
+
+def test_quantized_export_reports_its_deviation_and_is_refused_beyond_the_bound(tiny_overrides, tmp_path, capsys):
+    """`reverie export --quantize int8`: the report (mean |Δaction| over the rollout, returns of each) is printed and kept
+    in the sidecar; a bound it exceeds refuses the export and writes nothing."""
+    assert main(["train", "env=fake/vector", "env.time_limit=10", "steps=40", *tiny_overrides]) == 0
+    common = ["export", str(tmp_path / "run"), "--quantize", "int8", "--deviation-steps", "100", "--eval-episodes", "3"]
+    capsys.readouterr()
+    assert main([*common, "-o", str(tmp_path / "q.onnx"), "--max-deviation", "1.0"]) == 0
+    assert "int8: mean |Δaction|" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "q.onnx.json").read_text())
+    quant, report = meta["quantize"], meta["quantize"]["report"]
+    assert quant["mode"] == "int8" and quant["bound"] == 1.0 and report["steps"] == 100
+    assert 0 < report["mean_abs_action"] <= report["max_abs_action"] <= 2.0
+    assert len(report["returns_fp32"]) == len(report["returns_int8"]) == 3
+    assert report["return_difference"] == pytest.approx(report["return_int8"] - report["return_fp32"])
+    runtime = PolicyRuntime(tmp_path / "q.onnx")  # a quantized model loads and steps like any other
+    assert np.isfinite(
+        runtime.step({k: np.zeros(s["shape"][1:], np.float32) for k, s in zip(runtime.obs_keys, runtime.meta["inputs"])})
+    ).all()
+    assert main([*common, "-o", str(tmp_path / "refused.onnx"), "--max-deviation", "0"]) == 2
+    assert "int8 export refused: mean |Δaction|" in capsys.readouterr().err
+    assert not any(tmp_path.glob("refused*"))
 
 
 def test_export_of_a_compiled_agent_traces_the_plain_modules(tmp_path):
@@ -148,11 +173,16 @@ def test_committed_robot_models_match_the_exporter(tmp_path):
     """
     from make_robot_models import FOLDER, export_all
 
+    def signature(meta):  # without what changes with the bytes or the versions
+        meta = {k: v for k, v in meta.items() if k not in ("sha256", "torch", "onnxruntime_tested")}
+        for part in ("observe", "advance"):
+            if part in meta:
+                meta[part] = {k: v for k, v in meta[part].items() if k not in ("sha256", "bytes")}
+        return meta
+
     fresh = export_all(tmp_path)
-    volatile = ("sha256", "torch", "onnxruntime_tested")
     for name, sidecar in fresh.items():
-        committed = json.loads((FOLDER / f"{name}.onnx.json").read_text())
-        assert {k: v for k, v in committed.items() if k not in volatile} == {k: v for k, v in sidecar.items() if k not in volatile}, name
+        assert signature(json.loads((FOLDER / f"{name}.onnx.json").read_text())) == signature(sidecar), name
         old, new = PolicyRuntime(FOLDER / f"{name}.onnx"), PolicyRuntime(tmp_path / f"{name}.onnx")
         rng = np.random.default_rng(0)
         for _ in range(20):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROBOT_MODELS as MODELS
+from conftest import copy_robot_model
 
 from reverie import envs
 from reverie.realtime.runtime import PolicyRuntime
@@ -84,9 +85,10 @@ cfg = compose([*TINY, "env=fake/vector", f"logdir={{tmp / 'run'}}", f"realtime.i
 actor = Actor(cfg)
 models = Path({str(MODELS)!r})
 sidecar = json.loads((models / "vector.onnx.json").read_text())
-actor._offer(1, actor._build((models / "vector.onnx").read_bytes(), sidecar))
+from reverie.realtime.signature import read_payload
+actor._offer(1, actor._build(read_payload(models / "vector.onnx", sidecar), sidecar))
 status = actor.run(steps=60, handle_signals=False)
-print(json.dumps({{k: status[k] for k in ("ticks", "swaps", "policy_version", "exceptions", "safe_actions")}}))
+print(json.dumps({{k: status[k] for k in ("ticks", "swaps", "policy_version", "exceptions", "advances")}}))
 print(json.dumps(sorted(m for m, module in sys.modules.items() if module is not None and m.split(".")[0] == "torch")))
 """
     )
@@ -95,6 +97,7 @@ print(json.dumps(sorted(m for m, module in sys.modules.items() if module is not 
     *_, status, torch_modules = done.stdout.splitlines()
     status = json.loads(status)
     assert status["ticks"] == 60 and status["swaps"] == 1 and status["policy_version"] == 1
+    assert status["advances"] >= 58  # the two-part model's advance ran between the ticks
     assert status["exceptions"] == 0 and json.loads(torch_modules) == []
     assert (tmp_path / "run" / "actors" / "actor0" / "status.json").exists()
 
@@ -110,8 +113,7 @@ def test_train_without_torch_says_how_to_install_the_full_set():
 def test_eval_of_a_committed_policy(tmp_path, capsys):
     from reverie.cli.main import main
 
-    shutil.copy(MODELS / "vector.onnx", tmp_path / "p.onnx")
-    shutil.copy(MODELS / "vector.onnx.json", tmp_path / "p.onnx.json")
+    copy_robot_model("vector", tmp_path / "p.onnx")
     assert main(["eval", str(tmp_path / "p.onnx"), "episodes=2", "rate_hz=1000", f"out={tmp_path / 'eval'}"]) == 0
     summary = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert summary["episodes"] == 2 and summary["exceptions"] == 0
@@ -121,13 +123,13 @@ def test_eval_of_a_committed_policy(tmp_path, capsys):
 def exported(tmp_path_factory):
     """A folder holding ``p.onnx`` and its sidecar: the committed tiny fake/vector policy."""
     tmp = tmp_path_factory.mktemp("exp")
-    shutil.copy(MODELS / "vector.onnx", tmp / "p.onnx")
-    shutil.copy(MODELS / "vector.onnx.json", tmp / "p.onnx.json")
+    copy_robot_model("vector", tmp / "p.onnx")
     return tmp
 
 
 def edited_sidecar(exported, tmp_path, edit):
     shutil.copy(exported / "p.onnx", tmp_path / "p.onnx")
+    shutil.copy(exported / "p.advance.onnx", tmp_path / "p.advance.onnx")
     meta = json.loads((exported / "p.onnx.json").read_text())
     edit(meta)
     (tmp_path / "p.onnx.json").write_text(json.dumps(meta))
@@ -181,6 +183,9 @@ def test_sidecar_that_is_not_an_object_refused(exported, tmp_path):
 def test_corrupted_model_and_missing_sidecar_refused(exported, tmp_path):
     shutil.copy(exported / "p.onnx.json", tmp_path / "p.onnx.json")
     (tmp_path / "p.onnx").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="advance part .*p.advance.onnx is missing"):
+        PolicyRuntime(tmp_path / "p.onnx")
+    shutil.copy(exported / "p.advance.onnx", tmp_path / "p.advance.onnx")
     with pytest.raises(ValueError, match="sha256"):
         PolicyRuntime(tmp_path / "p.onnx")
     (tmp_path / "q.onnx").write_bytes((exported / "p.onnx").read_bytes())
@@ -253,3 +258,112 @@ def test_hot_swapped_runtime_continues_the_carry(exported):
         action = runtime.step(obs, noise)
         assert np.allclose(action, straight.step(obs, noise), atol=1e-6)
         obs = env.step(action)
+
+
+# --------------------------------------------------------------- two parts
+def test_fused_format_1_still_loads_and_steps():
+    runtime = PolicyRuntime(MODELS / "vector_fused.onnx")
+    assert runtime.meta["format"] == "reverie.policy_step/1" and not runtime.split and runtime.advance() is False
+    env = envs.make("fake/vector", seed=0)
+    obs = env.reset(seed=0)
+    for _ in range(5):
+        obs = env.step(runtime.step(obs))
+
+
+def test_halves_of_different_exports_are_refused_by_name(tmp_path):
+    """A two-part model whose advance part is another export's (a different, or a differently shaped, one)."""
+    copy_robot_model("vector", tmp_path / "p.onnx")
+    # The pixel model's advance part has the same shapes (same tiny RSSM) but other weights: refused by its hash.
+    shutil.copy(MODELS / "pixels.advance.onnx", tmp_path / "p.advance.onnx")
+    meta = json.loads((tmp_path / "p.onnx.json").read_text())
+    meta["sha256"] = (
+        __import__("hashlib").sha256((tmp_path / "p.onnx").read_bytes() + (tmp_path / "p.advance.onnx").read_bytes()).hexdigest()
+    )
+    (tmp_path / "p.onnx.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="advance part: sha256 does not match the sidecar"):
+        PolicyRuntime(tmp_path / "p.onnx")
+    # A sidecar whose halves do not fit together (an advance part of another model size).
+    meta["advance"]["outputs"][0]["shape"] = [1, 64]
+    (tmp_path / "p.onnx.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="the two halves do not match: advance output 'deter_out'"):
+        PolicyRuntime(tmp_path / "p.onnx")
+    # Part sizes that do not add up to the payload (the weight channel's case).
+    meta = json.loads((MODELS / "vector.onnx.json").read_text())
+    meta["observe"]["bytes"] += 1
+    with pytest.raises(ValueError, match="do not add up"):
+        PolicyRuntime(None, sidecar=meta, model_bytes=(MODELS / "vector.onnx").read_bytes() + (MODELS / "vector.advance.onnx").read_bytes())
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m.pop("advance"), "'advance' needs 'bytes'"),
+        (lambda m: m["advance"].update(inputs=m["advance"]["inputs"][:2]), "'advance': inputs"),
+        (lambda m: m.update(format="reverie.policy_step/9"), "is not one of"),
+        (lambda m: m.update(inputs=[i for i in m["inputs"] if i["name"] != "post_deter"]), "sidecar lacks inputs \\['post_deter'\\]"),
+    ],
+)
+def test_malformed_two_part_sidecar_refused_naming_the_field(exported, tmp_path, edit, message):
+    with pytest.raises(ValueError, match=message):
+        PolicyRuntime(edited_sidecar(exported, tmp_path, edit))
+
+
+def test_two_part_step_matches_the_fused_step():
+    """The committed two-part and fused exports of one agent: same actions and carry, with and without the loop's advance."""
+    split, fused, lazy = (
+        PolicyRuntime(MODELS / "vector.onnx"),
+        PolicyRuntime(MODELS / "vector_fused.onnx"),
+        PolicyRuntime(MODELS / "vector.onnx"),
+    )
+    env = envs.make("fake/vector", seed=0, length=40)
+    rng = np.random.default_rng(0)
+    obs = env.reset(seed=0)
+    for t in range(200):
+        if obs["is_last"]:
+            obs = env.reset()
+            for runtime in (split, fused, lazy):
+                runtime.reset()
+        noise = rng.random(split.noise_dim, dtype=np.float32)
+        actions = [runtime.step(obs, noise) for runtime in (split, fused, lazy)]
+        np.testing.assert_allclose(actions[0], actions[1], atol=1e-6)
+        np.testing.assert_array_equal(actions[0], actions[2])
+        sent = actions[0] if t % 7 else np.zeros_like(actions[0])  # now and then the loop sends a safe action instead
+        for runtime in (split, fused, lazy):
+            runtime.action_sent(sent)
+        assert split.advance()  # the loop's call; `lazy` leaves it to its next step
+        for name, value in fused.carry().items():
+            np.testing.assert_allclose(split.carry()[name], value, atol=1e-6, err_msg=name)
+        obs = env.step(sent)
+
+
+def test_hot_swap_between_formats_continues_the_episode():
+    """A carry moves from a fused runtime to a two-part one and back (same weights: same actions)."""
+    env = envs.make("fake/vector", seed=0, length=1000)
+    straight = PolicyRuntime(MODELS / "vector.onnx")
+    chain = [PolicyRuntime(MODELS / name) for name in ("vector_fused.onnx", "vector.onnx", "vector_fused.onnx")]
+    rng = np.random.default_rng(1)
+    obs = env.reset(seed=0)
+    current = chain[0]
+    for t in range(30):
+        if t in (10, 20):
+            new = chain[t // 10]
+            new.load_carry(current)
+            current = new
+        noise = rng.random(straight.noise_dim, dtype=np.float32)
+        action = current.step(obs, noise)
+        np.testing.assert_allclose(action, straight.step(obs, noise), atol=1e-6)
+        obs = env.step(action)
+
+
+def test_the_loop_runs_the_advance_off_the_critical_path_and_accounts_for_it():
+    from reverie.realtime.loop import ControlLoop
+
+    env = envs.make("fake/vector", seed=0, length=30)
+    runtime = PolicyRuntime(MODELS / "vector.onnx")
+    advance, ran = runtime.advance, []
+    runtime.advance = lambda: (ran.append(advance()), ran[-1])[1]  # step() calls it through the instance too
+    stats = ControlLoop(env, runtime, rate_hz=500).run(steps=50)
+    summary = stats.summary()
+    assert stats.ticks == 50 and len(stats.advance_us) >= 48 and summary["advance_p50_us"] > 0
+    assert summary["advance_misses"] == stats.advance_misses
+    assert sum(ran) == len(stats.advance_us)  # every advance ran in the loop between ticks, none inside a step
