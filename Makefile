@@ -7,8 +7,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0
 RUN_ARGS ?=
+# The robot runtime alone (`pip install .`: onnxruntime, numpy, pyzmq, Hydra; no torch).
+ROBOT_VENV := .venv-robot
+ROBOT_PY := $(ROBOT_VENV)/bin/python
+ROBOT_STAMP := $(ROBOT_VENV)/.installed
 
-.PHONY: run test lint format clean-venv system-deps
+.PHONY: run test test-robot lint format clean-venv system-deps
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
@@ -16,8 +20,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU build of torch first: an unpinned torch pulls CUDA wheels.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[full,test]"
 	touch $(STAMP)
+
+$(ROBOT_STAMP): pyproject.toml
+	test -x $(ROBOT_PY) || $(PYTHON) -m venv $(ROBOT_VENV)
+	$(ROBOT_PY) -m pip install --quiet --upgrade pip
+	$(ROBOT_PY) -m pip install --quiet ".[test-robot]"
+	touch $(ROBOT_STAMP)
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -30,9 +40,16 @@ system-deps:
 run: $(STAMP)
 	$(VENV)/bin/reverie run $(RUN_ARGS)
 
-test: $(STAMP)
+test: $(STAMP) test-robot
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q --timeout=900
+
+# The robot-side tests (modules marked `robot`) in the robot-only install, as a robot computer has it.
+test-robot: $(ROBOT_STAMP)
+	# The code as it is now (the stamp tracks only the dependencies), installed as a robot would: not editable.
+	$(ROBOT_PY) -m pip install --quiet --no-deps --force-reinstall .
+	@if $(ROBOT_PY) -c "import torch" 2>/dev/null; then echo "$(ROBOT_VENV) has torch: the robot install must not pull it in"; exit 1; fi
+	$(ROBOT_PY) -m pytest -q -m robot --timeout=300 -p no:cacheprovider tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
@@ -41,4 +58,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(ROBOT_VENV)

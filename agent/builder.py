@@ -1,4 +1,4 @@
-"""Builds the agent and its environment from a composed config (the one place that reads config sections)."""
+"""Builds the agent from a composed config (the one place that reads its sections; the environment: ``envs.from_config``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from reverie import envs
 from reverie.envs.base import Space, model_keys
 from reverie.envs.step_spec import StepSpec
 
@@ -15,15 +14,6 @@ from .dreamer import Dreamer
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
-
-
-def make_env(cfg: DictConfig, seed: int) -> envs.Env:
-    """The environment of ``cfg`` (name, observations, action repeat, time limit, image size, raw-env options)."""
-    e = cfg.env
-    options = _plain(e.get("options")) or {}
-    return envs.make(
-        e.name, obs=cfg.obs, seed=seed, action_repeat=e.action_repeat, time_limit=e.time_limit, size=(e.size, e.size), **options
-    )
 
 
 def step_spec(cfg: DictConfig, obs_space: dict[str, Space], act_space: Space) -> StepSpec:

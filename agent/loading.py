@@ -7,8 +7,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from reverie import envs
+
 from . import checkpoint
-from .builder import build_agent, make_env
+from .builder import build_agent
 from .dreamer import Dreamer
 
 
@@ -43,7 +45,7 @@ def load_trained(path: str | Path, *, device: str = "cpu") -> tuple[Dreamer, Dic
     if isinstance(payload, dict) and "spaces" in payload:
         obs_space, act_space = checkpoint.spaces_from_dict(payload["spaces"])
     else:  # older checkpoints: ask the environment
-        env = make_env(cfg, seed=0)
+        env = envs.from_config(cfg, seed=0)
         obs_space, act_space = env.obs_space, env.act_space
         env.close()
     agent = build_agent(cfg, obs_space, act_space).to(device)

@@ -36,16 +36,17 @@ def check_replay(logdir: str | Path, *, repair: bool = False) -> dict[str, Any]:
     Raises:
         ValueError: when the logdir holds no run or no replay (named in the message).
     """
+    from reverie import envs
     from reverie.configs.schema import Config
 
-    from .builder import make_env, step_spec
+    from .builder import step_spec
 
     logdir = Path(logdir)
     config = logdir / "config.yaml"
     if not config.exists():
         raise ValueError(f"{config} does not exist: {logdir} holds no reverie run")
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config))
-    env = make_env(cfg, cfg.seed)  # the spaces (and the action bounds) come from the environment
+    env = envs.from_config(cfg, cfg.seed)  # the spaces (and the action bounds) come from the environment
     try:
         spec = step_spec(cfg, env.obs_space, env.act_space)
     finally:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from reverie import envs
 
 from . import checkpoint
-from .builder import build_agent, make_env, step_spec
+from .builder import build_agent, step_spec
 from .logger import MetricsLogger, plot_curve
 from .replay import Replay
 
@@ -137,8 +137,8 @@ class Trainer:
         seed_everything(cfg.seed)
         family = cfg.env.name.split("/", 1)[0]
         self.repeat = int(cfg.env.action_repeat or envs.DEFAULT_REPEAT.get(family, 1))
-        self.env = make_env(cfg, cfg.seed)
-        self.eval_env = make_env(cfg, cfg.seed + 1_000_000)
+        self.env = envs.from_config(cfg, cfg.seed)
+        self.eval_env = envs.from_config(cfg, cfg.seed + 1_000_000)
         self.agent = build_agent(cfg, self.env.obs_space, self.env.act_space).to(self.device)
         self.spec = step_spec(cfg, self.env.obs_space, self.env.act_space)
         self.replay = Replay(

@@ -21,7 +21,8 @@ from common import emit, machine, median_seconds
 from torch.utils.flop_counter import FlopCounterMode
 from train_throughput import synthetic_batch
 
-from reverie.agent.builder import build_agent, make_env
+from reverie import envs
+from reverie.agent.builder import build_agent
 from reverie.cli.config import compose
 
 
@@ -36,7 +37,7 @@ def count_update_flops(overrides: list[str]) -> tuple[int, dict[str, int], dict]
     """FLOPs of the matrix products in one eager training update, total and per operator."""
     cfg = compose([*overrides, "compile=false", "precision=fp32"])
     torch.manual_seed(0)
-    env = make_env(cfg, seed=0)
+    env = envs.from_config(cfg, seed=0)
     agent = build_agent(cfg, env.obs_space, env.act_space)
     batch = synthetic_batch(env, agent, cfg.batch_size, cfg.batch_length + 1, np.random.default_rng(0))
     agent.train_step(batch)  # first update allocates optimiser state; count the second

@@ -32,8 +32,8 @@ import msgpack
 import numpy as np
 import zmq
 
-from reverie.realtime.learner import query_status
 from reverie.realtime.protocol import DTYPES, encode_experience
+from reverie.realtime.status import query_status
 
 #: A learner small enough to train at once on a CPU; the fuzz is about its door, not its model.
 TINY = [

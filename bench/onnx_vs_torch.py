@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from common import emit, machine
 
-from reverie.agent.builder import make_env
+from reverie import envs
 from reverie.agent.loading import load_trained
 from reverie.realtime.export import export_policy
 from reverie.realtime.runtime import PolicyRuntime
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     agent, cfg, obs_space, _ = load_trained(args.run)
-    env = make_env(cfg, args.seed)
+    env = envs.from_config(cfg, args.seed)
 
     def torch_act(obs, state):
         state = agent.init_state(1) if state is None else state

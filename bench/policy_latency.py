@@ -1,18 +1,27 @@
-"""Policy-step latency: torch eager vs onnxruntime, one thread, per preset and observation type.
+"""Policy-step latency with onnxruntime, one thread: the fused step, the two-part step's critical path and its
+off-path advance (fp32, and int8 with ``--int8``), per preset and observation type; and the robot runtime's
+import time, resident memory and installed size beside the full install's.
 
-One JSON line per measurement with ``preset``, ``obs`` (vector | pixels),
-``runtime`` (torch | onnxruntime), ``p50_us``, ``p99_us``, ``p999_us`` and
-``floor_us``: the weight-streaming floor of the model (bytes of the policy
-step's parameters ÷ memory read bandwidth measured in the same run), and
-``compute_floor_us``: the step's matrix-product and convolution FLOPs ÷ the
-best fp32 product rate of this thread measured in the same run.
+One JSON line per measurement. Latency rows (``name: policy_latency``) have ``preset``, ``obs`` (vector |
+pixels), ``part`` (fused | critical | advance), ``precision`` (fp32 | int8), ``p50_us``, ``p99_us``,
+``p999_us``, ``floor_us`` (the part's weight bytes ÷ this thread's memory read bandwidth, measured in the same
+run) and ``compute_floor_us`` (its matrix-product and convolution FLOPs ÷ the best fp32 product rate of this
+thread, measured in the same run). The parts are timed in alternating blocks of 500 steps so that all of them
+see the same machine load; ratios between them are the robust figure on a busy machine. One
+``policy_latency_ratio`` line per preset and observation type gives critical p99 ÷ fused p99 (and int8 ÷
+fp32). ``robot_install`` lines give the import time and resident memory of the robot side (from
+``.venv-robot`` when it exists, which has no torch) and of the full stack, and the installed size of each
+dependency set.
 
-    python bench/policy_latency.py --presets 1m 12m --obs vector pixels --steps 10000
+    python bench/policy_latency.py --presets 1m 12m --obs vector pixels --steps 10000 [--int8]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +34,11 @@ from reverie import envs
 from reverie.agent.builder import build_agent
 from reverie.cli.config import compose
 from reverie.realtime.export import export_policy
-from reverie.realtime.policy_step import PolicyStep
+from reverie.realtime.policy_step import AdvanceStep, ObserveStep, PolicyStep
 from reverie.realtime.runtime import PolicyRuntime
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = 500
 
 
 def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
@@ -77,37 +89,38 @@ def peak_flops(n: int = 1024, repeats: int = 20) -> float:
     return max(rates)
 
 
-def step_flops(step: PolicyStep, example: list[torch.Tensor]) -> dict[str, int]:
-    """FLOPs of one policy step's matrix products and convolutions (elementwise work not counted)."""
+def cost(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> dict[str, int]:
+    """FLOPs of one call's matrix products and convolutions, and the bytes of the parameters it touches."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    touched: set[int] = set()
+    params: dict[int, torch.nn.Parameter] = {}
+    hooks = []
+    for sub in module.modules():
+        own = list(sub.parameters(recurse=False))
+        if own:
+            hooks.append(sub.register_forward_pre_hook(lambda m, _, own=own: touched.update(id(p) for p in own)))
+            params.update((id(p), p) for p in own)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        step(*example)
-    per_op = counter.get_flop_counts()["Global"]
-    conv = sum(int(n) for op, n in per_op.items() if "convolution" in str(op))
-    return {"flops": int(counter.get_total_flops()), "conv_flops": conv}
+        module(*args)
+    for hook in hooks:
+        hook.remove()
+    weight_bytes = sum(params[i].numel() * params[i].element_size() for i in touched)
+    return {"flops": int(counter.get_total_flops()), "weight_bytes": weight_bytes}
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
     us = np.array(samples) * 1e6
-    return {
-        "p50_us": float(np.percentile(us, 50)),
-        "p99_us": float(np.percentile(us, 99)),
-        "p999_us": float(np.percentile(us, 99.9)),
-        "mean_us": float(us.mean()),
-    }
+    p50, p99, p999 = np.percentile(us, [50, 99, 99.9])
+    return {"p50_us": float(p50), "p99_us": float(p99), "p999_us": float(p999), "mean_us": float(us.mean())}
 
 
-def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: float) -> list[dict]:
-    env = envs.make("dmc/cartpole_swingup" if obs_kind == "vector" else "fake/pixels", obs=obs_kind, seed=0)
+def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: float, int8: bool) -> list[dict]:
+    # Pixels from dmc/cartpole_swingup's renderer, as the task is trained; vector from the same task.
+    env = envs.make("dmc/cartpole_swingup", obs=obs_kind, seed=0)
     torch.manual_seed(0)
     agent = build_agent(compose([f"size={preset}", f"obs={obs_kind}"]), env.obs_space, env.act_space).eval()
-    step = PolicyStep(agent)
-    params = [p for m in (step.encoder, step.rssm, step.actor) for p in m.parameters()]
-    model_bytes = sum(p.numel() * p.element_size() for p in params)
-    floor_us = model_bytes / bandwidth * 1e6
-    keys = agent.wm.obs_keys
     # Real observations, recorded once, replayed for timing.
     obs_seq, obs = [], env.reset(seed=0)
     for _ in range(min(steps, 500)):
@@ -115,54 +128,181 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: floa
         obs = env.step(np.zeros(env.act_space.shape, np.float32))
         if obs["is_last"]:
             obs = env.reset()
-    rng = np.random.default_rng(0)
+    step = PolicyStep(agent).eval()
+    rssm = step.rssm
+    o = obs_seq[1]
+    obs_args = [torch.from_numpy(np.ascontiguousarray(o[k]))[None] for k in step.obs_keys]
+    deter, stoch, action = torch.zeros(1, rssm.deter), torch.zeros(1, *rssm.stoch_shape), torch.zeros(1, step.act_dim)
+    noise = torch.full((1, step.noise_dim), 0.5)
+    costs = {
+        "fused": cost(step, (*obs_args, deter, stoch, action, torch.tensor([False]), noise)),
+        "critical": cost(ObserveStep(step), (*obs_args, deter, torch.zeros(1, rssm.post_deter.out_features), noise)),
+        "advance": cost(AdvanceStep(step), (deter, stoch, action)),
+    }
+    precisions = ["fp32", "int8"] if int8 else ["fp32"]
+    times: dict[tuple[str, str], list[float]] = {(part, p): [] for part in costs for p in precisions}
+    with tempfile.TemporaryDirectory() as tmp:
+        runtimes = {}
+        for precision in precisions:
+            quantize = {"quantize": "int8"} if precision == "int8" else {}
+            export_policy(agent, Path(tmp) / f"f_{precision}.onnx", obs_space=env.obs_space, split=False, **quantize)
+            export_policy(agent, Path(tmp) / f"s_{precision}.onnx", obs_space=env.obs_space, **quantize)
+            runtimes[precision] = (PolicyRuntime(Path(tmp) / f"f_{precision}.onnx"), PolicyRuntime(Path(tmp) / f"s_{precision}.onnx"))
+        # Alternating blocks: every part sees the same machine load; the first block of each is warm-up.
+        for block in range(steps // BLOCK + 1):
+            for precision, (fused, split) in runtimes.items():
+                for i in range(BLOCK):
+                    ob = obs_seq[i % len(obs_seq)]
+                    start = time.perf_counter()
+                    fused.step(ob)
+                    end = time.perf_counter()
+                    if block:
+                        times[("fused", precision)].append(end - start)
+                for i in range(BLOCK):
+                    ob = obs_seq[i % len(obs_seq)]
+                    start = time.perf_counter()
+                    sent = split.step(ob)
+                    middle = time.perf_counter()
+                    split.action_sent(sent)
+                    split.advance()
+                    end = time.perf_counter()
+                    if block:
+                        times[("critical", precision)].append(middle - start)
+                        times[("advance", precision)].append(end - middle)
     out = []
-    # torch eager
-    rssm = agent.wm.rssm
-    deter, stoch, prev = torch.zeros(1, rssm.deter), torch.zeros(1, rssm.stoch, rssm.classes), torch.zeros(1, agent.act_dim)
-    times = []
-    with torch.inference_mode():
-        for i in range(steps + 100):
-            o = obs_seq[i % len(obs_seq)]
-            start = time.perf_counter()
-            inputs = [torch.from_numpy(np.ascontiguousarray(o[k]))[None] for k in keys]
-            noise = torch.from_numpy(rng.random((1, step.noise_dim), dtype=np.float32))
-            prev, deter, stoch = step(*inputs, deter, stoch, prev, torch.tensor([i == 0]), noise)
-            action = prev[0].numpy()
-            if i >= 100:
-                times.append(time.perf_counter() - start)
-    assert np.all(np.isfinite(action))
-    o = obs_seq[0]
-    example = [*(torch.from_numpy(np.ascontiguousarray(o[k]))[None] for k in keys), deter, stoch, prev, torch.tensor([False]), noise]
-    flops = step_flops(step, example)
-    base = {
-        "name": "policy_latency",
+    for (part, precision), samples in times.items():
+        c = costs[part]
+        out.append(
+            {
+                "name": "policy_latency",
+                "preset": preset,
+                "obs": obs_kind,
+                "part": part,
+                "precision": precision,
+                "steps": len(samples),
+                **percentiles(samples),
+                **c,
+                "floor_us": c["weight_bytes"] / bandwidth * 1e6,
+                # The products alone at this thread's best measured fp32 rate: no fp32 runtime can beat it.
+                "compute_floor_us": c["flops"] / peak * 1e6,
+                "bandwidth_gb_s": bandwidth / 1e9,
+                "peak_gflop_s": peak / 1e9,
+            }
+        )
+    p99 = {(r["part"], r["precision"]): r["p99_us"] for r in out}
+    p50 = {(r["part"], r["precision"]): r["p50_us"] for r in out}
+    ratio = {
+        "name": "policy_latency_ratio",
         "preset": preset,
         "obs": obs_kind,
-        "steps": steps,
-        "model_bytes": model_bytes,
-        "floor_us": floor_us,
-        "bandwidth_gb_s": bandwidth / 1e9,
-        **flops,
-        # The products alone at this thread's best measured rate: no runtime can beat it.
-        "compute_floor_us": flops["flops"] / peak * 1e6,
-        "peak_gflop_s": peak / 1e9,
+        "critical_over_fused_p99": p99[("critical", "fp32")] / p99[("fused", "fp32")],
+        "critical_over_fused_p50": p50[("critical", "fp32")] / p50[("fused", "fp32")],
     }
-    out.append({**base, "runtime": "torch", **percentiles(times)})
-    # onnxruntime
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "p.onnx"
-        export_policy(agent, path, obs_space=env.obs_space)
-        runtime = PolicyRuntime(path, threads=1)
-        times = []
-        for i in range(steps + 100):
-            o = obs_seq[i % len(obs_seq)]
-            start = time.perf_counter()
-            runtime.step(o)
-            if i >= 100:
-                times.append(time.perf_counter() - start)
-    out.append({**base, "runtime": "onnxruntime", **percentiles(times)})
+    if int8:
+        ratio["fp32_over_int8_fused_p50"] = p50[("fused", "fp32")] / p50[("fused", "int8")]
+        ratio["fp32_over_int8_fused_p99"] = p99[("fused", "fp32")] / p99[("fused", "int8")]
+        ratio["fp32_over_int8_critical_p50"] = p50[("critical", "fp32")] / p50[("critical", "int8")]
+    out.append(ratio)
     return out
+
+
+#: Imports the robot side's modules, loads a policy and steps it; prints seconds and VmRSS.
+ROBOT_PROBE = """
+import time
+start = time.perf_counter()
+import reverie.realtime.actor, reverie.realtime.runtime, reverie.realtime.loop
+imported = time.perf_counter() - start
+import sys
+rss = lambda: int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) * 1024
+rss_import = rss()
+model = sys.argv[1]
+if model:
+    import numpy as np
+    runtime = reverie.realtime.runtime.PolicyRuntime(model)
+    obs = {k: np.zeros(s["shape"][1:], s["dtype"]) for k, s in zip(runtime.obs_keys, runtime.meta["inputs"])}
+    for _ in range(100):
+        runtime.step(obs)
+print(imported, rss_import, rss(), "torch" in sys.modules)
+"""
+
+#: The same for the full stack: the learner's modules (torch, the agent, the exporter).
+FULL_PROBE = ROBOT_PROBE.replace(
+    "import reverie.realtime.actor, reverie.realtime.runtime, reverie.realtime.loop",
+    "import reverie.realtime.learner, reverie.realtime.export, reverie.realtime.runtime",
+)
+
+
+def probe(python: str, code: str, model: str, repeats: int = 5) -> dict:
+    runs = []
+    for _ in range(repeats):
+        done = subprocess.run([python, "-c", code, model], capture_output=True, text=True, check=True, cwd=tempfile.gettempdir())
+        seconds, rss_import, rss_run, torch_loaded = done.stdout.split()
+        runs.append((float(seconds), int(rss_import), int(rss_run), torch_loaded == "True"))
+    return {
+        "import_s": statistics.median(r[0] for r in runs),
+        "import_s_min": min(r[0] for r in runs),
+        "rss_after_import_mb": statistics.median(r[1] for r in runs) / 2**20,
+        "rss_with_policy_mb": statistics.median(r[2] for r in runs) / 2**20,
+        "torch_loaded": runs[0][3],
+    }
+
+
+def installed_bytes(extras: tuple[str, ...]) -> tuple[int, list[str]]:
+    """Bytes on disk of the distributions ``reverie[extras]`` pulls in (their RECORD files in this environment)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    sizes: dict[str, int] = {}
+    todo, done = [("reverie", frozenset(extras))], set()
+    while todo:
+        name, wanted = todo.pop()
+        if (name, wanted) in done:
+            continue
+        done.add((name, wanted))
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if name not in sizes:
+            sizes[name] = sum(f.locate().stat().st_size for f in (dist.files or []) if f.locate().is_file())
+        for text in dist.requires or []:
+            req = Requirement(text)
+            if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in (wanted or {""})):
+                continue
+            todo.append((canonicalize_name(req.name), frozenset(req.extras)))
+    return sum(sizes.values()), sorted(sizes)
+
+
+def robot_install(model: str) -> list[dict]:
+    robot_python = ROOT / ".venv-robot" / "bin" / "python"
+    robot = str(robot_python) if robot_python.exists() else sys.executable
+    rows = []
+    robot_bytes, robot_dists = installed_bytes(())
+    full_bytes, full_dists = installed_bytes(("full",))
+    rows.append(
+        {
+            "name": "robot_install",
+            "what": "robot runtime",
+            "python": robot,
+            **probe(robot, ROBOT_PROBE, model),
+            "installed_mb": robot_bytes / 2**20,
+            "distributions": len(robot_dists),
+        }
+    )
+    rows.append(
+        {
+            "name": "robot_install",
+            "what": "full install (learner side: torch, agent, exporter)",
+            "python": sys.executable,
+            **probe(sys.executable, FULL_PROBE, model),
+            "installed_mb": full_bytes / 2**20,
+            "distributions": len(full_dists),
+        }
+    )
+    rows.append({"name": "robot_install_ratio", "installed": robot_bytes / full_bytes, "import": rows[0]["import_s"] / rows[1]["import_s"]})
+    return rows
 
 
 def main() -> None:
@@ -170,6 +310,8 @@ def main() -> None:
     parser.add_argument("--presets", nargs="*", default=["1m", "12m"])
     parser.add_argument("--obs", nargs="*", default=["vector", "pixels"])
     parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--int8", action="store_true", help="also the int8-quantized exports")
+    parser.add_argument("--no-install", action="store_true", help="skip the robot install's import, memory and size")
     args = parser.parse_args()
     torch.set_num_threads(1)
     bandwidth = read_bandwidth()
@@ -177,7 +319,15 @@ def main() -> None:
     info = machine()
     for preset in args.presets:
         for obs_kind in args.obs:
-            for record in measure(preset, obs_kind, args.steps, bandwidth, peak):
+            for record in measure(preset, obs_kind, args.steps, bandwidth, peak, args.int8):
+                emit({**record, "machine": info})
+    if not args.no_install:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = envs.make("dmc/cartpole_swingup", seed=0)
+            torch.manual_seed(0)
+            agent = build_agent(compose(["size=12m"]), env.obs_space, env.act_space).eval()
+            export_policy(agent, Path(tmp) / "p.onnx", obs_space=env.obs_space)
+            for record in robot_install(str(Path(tmp) / "p.onnx")):
                 emit({**record, "machine": info})
 
 

@@ -17,7 +17,7 @@ import torch
 from common import emit, machine
 
 from reverie import envs
-from reverie.agent.builder import build_agent, make_env
+from reverie.agent.builder import build_agent
 from reverie.agent.train import resolve_device
 from reverie.cli.config import compose
 
@@ -45,7 +45,7 @@ def measure(overrides: list[str], *, updates: int, warmup: int, threads: int) ->
     torch.set_num_threads(threads)
     cfg = compose(overrides)
     torch.manual_seed(0)
-    env = make_env(cfg, seed=0)
+    env = envs.from_config(cfg, seed=0)
     device = resolve_device(cfg.device)
     agent = build_agent(cfg, env.obs_space, env.act_space).to(device)
     if cfg.compile:

@@ -157,6 +157,25 @@ def make(
     return CheckSpaces(env)
 
 
+def from_config(cfg: Any, seed: int) -> Env:
+    """The environment a composed config describes (``cfg.env``: name, action repeat, time limit, image size, options; ``cfg.obs``).
+
+    The trainer, the learner and the actor all build their environment here,
+    so the actor needs no agent code (and no torch) to build its own.
+
+    Args:
+        cfg: the composed config (``DictConfig``).
+        seed: seed of the environment.
+    """
+    e = cfg.env
+    options = e.get("options") or {}
+    if not isinstance(options, dict):  # a DictConfig node: plain Python values for the raw environment
+        from omegaconf import OmegaConf
+
+        options = OmegaConf.to_container(options, resolve=True)
+    return make(e.name, obs=cfg.obs, seed=seed, action_repeat=e.action_repeat, time_limit=e.time_limit, size=(e.size, e.size), **options)
+
+
 def list_envs(family: str | None = None) -> list[str]:
     """Names ``make`` accepts, for ``--help`` texts.
 
@@ -204,6 +223,7 @@ __all__ = [
     "OneHotAction",
     "Space",
     "TimeLimit",
+    "from_config",
     "list_envs",
     "make",
     "model_keys",

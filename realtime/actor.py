@@ -16,7 +16,6 @@ Until the first weights arrive the actor explores with uniform random actions
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -26,21 +25,23 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
-from omegaconf import DictConfig
+
+if TYPE_CHECKING:  # only annotations: the CLI composes the config, this module needs no omegaconf of its own
+    from omegaconf import DictConfig
 
 from reverie import envs
-from reverie.agent.builder import make_env
-from reverie.agent.replay import write_text_atomic
 
 from .channels import ExperienceSender, WeightSubscriber, lower_thread_priority
 from .endpoints import Endpoints, Security, endpoints
 from .loop import ControlLoop, RandomPolicy, default_spin_s
 from .recorder import ExperienceRecorder, experience_schema
 from .runtime import PolicyRuntime
+from .signature import write_payload
+from .status import write_json_atomic
 
 #: Python's GIL switch interval while the loop runs.
 SWITCH_INTERVAL_S = 2e-4
@@ -104,7 +105,7 @@ class Actor:
             self.source: Any = MuJoCoRobot(cfg.env.name, obs=cfg.obs, seed=self.seed)
             obs_space, act_space = self.source.obs_space, self.source.action_space
         else:
-            self.source = make_env(cfg, self.seed)
+            self.source = envs.from_config(cfg, self.seed)
             obs_space, act_space = self.source.obs_space, self.source.act_space
         self.obs_space, self.act_space = obs_space, act_space
         self.model_keys = envs.model_keys(obs_space)
@@ -145,7 +146,7 @@ class Actor:
         # it itself): a copy of the model into a bytes object would hold the
         # GIL, and with it the control thread, for milliseconds.
         path = self._scratch / "received.onnx"
-        path.write_bytes(payload)
+        write_payload(payload, sidecar, path)  # one file, or the two parts of a two-part model
         # decode_weights has checked the bytes against the header and sidecar hashes.
         runtime = PolicyRuntime(path, sidecar=sidecar, threads=1, seed=self.seed + self._builds, hash_checked=True)
         # The first run of a session allocates; do it here, off the control thread.
@@ -171,6 +172,7 @@ class Actor:
         """The actor's counters: loop timing and faults, streaming and weights."""
         stats = self.loop.stats
         recent = np.frombuffer(stats.latency_us[-5000:], np.float64)  # a copy: the loop keeps appending
+        advance = np.frombuffer(stats.advance_us[-5000:], np.float64)
         swaps = self.swap_latency_ms
         return {
             "actor": self.id,
@@ -183,6 +185,9 @@ class Actor:
             "nonfinite_obs": stats.nonfinite_obs,
             "exceptions": stats.exceptions,
             "latency_p99_us": float(np.percentile(recent, 99)) if recent.size else None,
+            "advances": len(stats.advance_us),
+            "advance_misses": stats.advance_misses,
+            "advance_p99_us": float(np.percentile(advance, 99)) if advance.size else None,
             "policy_version": int(getattr(self.loop.policy, "version", 0)),
             "swaps": stats.swaps,
             "swap_latency_ms_last": swaps[-1] if swaps else None,
@@ -207,7 +212,7 @@ class Actor:
     def _publish_status(self) -> None:
         status = self.status()
         self.sender.send_status(status)
-        _write_json(self.dir / "status.json", status)
+        write_json_atomic(self.dir / "status.json", status)
 
     # ----------------------------------------------------------------- run
     def run(self, *, seconds: float | None = None, steps: int | None = None, handle_signals: bool = True) -> dict[str, Any]:
@@ -254,7 +259,7 @@ class Actor:
         self.sender.flush(timeout=5.0)
         self._publish_status()
         self.sender.flush(timeout=1.0)
-        _write_json(self.dir / "loop.json", self.loop.stats.summary())
+        write_json_atomic(self.dir / "loop.json", self.loop.stats.summary())
         try:
             self.loop.stats.histogram_png(self.dir / "latency.png")
         except Exception as exc:  # a missing plotting library must not skip the cleanup below
@@ -266,10 +271,6 @@ class Actor:
         if hasattr(self.source, "close"):
             self.source.close()
         self.context.term()
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(data, default=float))
 
 
 def run_actor(cfg: DictConfig, **kwargs: Any) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from .protocol import (
     encode_status,
     encode_weights,
 )
+from .signature import read_payload, sidecar_path
 
 
 def lower_thread_priority(niceness: int = 10) -> None:
@@ -338,11 +339,11 @@ class WeightPublisher:
         self._last: tuple[int, bytes, dict] | None = None
 
     def publish(self, version: int, onnx_path: str | Path) -> None:
-        """Publishes an exported policy (the ONNX file and its sidecar)."""
+        """Publishes an exported policy (the ONNX file(s) and the sidecar; a two-part model's parts as one payload)."""
         import json
 
-        onnx_bytes = Path(onnx_path).read_bytes()
-        sidecar = json.loads(Path(f"{onnx_path}.json").read_text())
+        sidecar = json.loads(sidecar_path(onnx_path).read_text())
+        onnx_bytes = read_payload(onnx_path, sidecar)
         self._last = (int(version), onnx_bytes, sidecar)
         self.version = int(version)
         self.republish()

@@ -15,9 +15,12 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
-from omegaconf import DictConfig
+
+if TYPE_CHECKING:  # only annotations: the CLI composes the config, this module needs no omegaconf of its own
+    from omegaconf import DictConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,10 @@ def evaluate_policy(
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        stats.histogram_png(out / "latency.png")
+        try:
+            stats.histogram_png(out / "latency.png")
+        except ImportError as exc:  # the robot-only install has no matplotlib: the numbers are in eval.json
+            print(f"reverie eval: no latency.png ({exc.name} is not installed: pip install matplotlib)", file=sys.stderr)
         (out / "eval.json").write_text(json.dumps(summary, indent=1))
     if hasattr(source, "close"):
         source.close()

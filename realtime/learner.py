@@ -45,6 +45,7 @@ from reverie.agent.train import Trainer, window_summary
 from .channels import ExperienceReceiver, WeightPublisher
 from .endpoints import Endpoints, Security, endpoints
 from .protocol import Experience
+from .status import query_status  # noqa: F401  (re-exported: where callers used to find it)
 
 #: Seconds between republications of the newest policy.
 REPUBLISH_S = 2.0
@@ -350,27 +351,6 @@ class _StatusServer(threading.Thread):
         if self.is_alive():
             self.join(timeout=1.0)
         self._socket.close(0)
-
-
-def query_status(address: str, timeout_s: float = 2.0, secure: Any = None) -> dict[str, Any]:
-    """Asks a learner's status socket for its counters.
-
-    Raises:
-        TimeoutError: when no learner answers within ``timeout_s``.
-    """
-    context = zmq.Context.instance()
-    socket = context.socket(zmq.REQ)
-    socket.setsockopt(zmq.LINGER, 0)
-    if secure is not None:
-        secure(socket)
-    socket.connect(address)
-    try:
-        socket.send(b"status")
-        if not socket.poll(int(timeout_s * 1000)):
-            raise TimeoutError(f"no learner answered at {address} within {timeout_s} s")
-        return json.loads(socket.recv())
-    finally:
-        socket.close(0)
 
 
 def run_learner(cfg: DictConfig) -> dict[str, Any]:

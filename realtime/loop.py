@@ -21,7 +21,12 @@ One tick:
    ready after ``scheduled + deadline``, the safe action is sent instead and the
    reason is counted;
 7. hand ``(obs, action sent, policy)`` to the optional recorder (at
-   ``is_last``: ``(obs, None, policy)``), which streams experience.
+   ``is_last``: ``(obs, None, policy)``), which streams experience;
+8. before waiting for the next tick: apply a queued swap, and run the
+   policy's ``advance()`` if it has one (a two-part ``PolicyRuntime``: the
+   recurrent step that needs nothing from the next observation). Its time is
+   measured apart (``LoopStats.advance_us``); an advance that ends after the
+   next tick's scheduled start counts in ``advance_misses``.
 
 The safe action is ``'hold'`` (the last action sent in this episode; zeros
 before the first), ``'zero'`` (zeros; for a discrete space the one-hot of
@@ -186,7 +191,8 @@ class LoopStats:
     """What the loop measured; accumulated over every ``run`` call.
 
     ``latency_us`` and ``jitter_us`` hold one float64 per tick that sent an
-    action (``array('d')``: 8 bytes a tick; ``np.frombuffer`` views it).
+    action (``array('d')``: 8 bytes a tick; ``np.frombuffer`` views it);
+    ``advance_us`` one per advance that ran.
 
     Attributes:
         period_s: the tick period in seconds.
@@ -194,10 +200,13 @@ class LoopStats:
         latency_us: per tick, start → action ready (observation read, checks,
             policy step), µs.
         jitter_us: per tick, actual start − scheduled start, µs.
+        advance_us: per advance (two-part policies), its duration, µs.
         ticks: ticks that sent an action.
         skipped: schedule slots skipped because a tick started more than one
             period late.
         deadline_misses: ticks whose action was ready after the deadline.
+        advance_misses: advances that ended after the next tick's scheduled
+            start (the next step then waited for them).
         exceptions: policy steps that raised.
         nonfinite_obs: observations with NaN/inf (never passed to the policy).
         nonfinite_actions: actions with NaN/inf.
@@ -214,9 +223,11 @@ class LoopStats:
     deadline_s: float
     latency_us: array = dataclasses.field(default_factory=lambda: array("d"))
     jitter_us: array = dataclasses.field(default_factory=lambda: array("d"))
+    advance_us: array = dataclasses.field(default_factory=lambda: array("d"))
     ticks: int = 0
     skipped: int = 0
     deadline_misses: int = 0
+    advance_misses: int = 0
     exceptions: int = 0
     nonfinite_obs: int = 0
     nonfinite_actions: int = 0
@@ -238,10 +249,10 @@ class LoopStats:
 
         Returns:
             Counts (``ticks``, ``skipped``, ``deadline_misses``, ``miss_rate``,
-            the fault counts, ``safe_actions``, ``swaps``, ``episodes``,
-            ``mean_return``), ``period_us``, ``deadline_us``, and
-            ``latency_{p50,p99,p999,max}_us`` / ``jitter_{...}_us`` (NaN when
-            no tick ran).
+            ``advance_misses``, the fault counts, ``safe_actions``, ``swaps``,
+            ``episodes``, ``mean_return``), ``period_us``, ``deadline_us``, and
+            ``latency_{p50,p99,p999,max}_us`` / ``jitter_{...}_us`` /
+            ``advance_{...}_us`` (NaN when none ran).
         """
         returns = self.episode_returns
         out: dict[str, float | int] = {
@@ -249,6 +260,7 @@ class LoopStats:
             "skipped": self.skipped,
             "deadline_misses": self.deadline_misses,
             "miss_rate": self.deadline_misses / self.ticks if self.ticks else 0.0,
+            "advance_misses": self.advance_misses,
             "exceptions": self.exceptions,
             "nonfinite_obs": self.nonfinite_obs,
             "nonfinite_actions": self.nonfinite_actions,
@@ -264,6 +276,7 @@ class LoopStats:
         }
         out.update(_percentiles(self.latency_us, "latency"))
         out.update(_percentiles(self.jitter_us, "jitter"))
+        out.update(_percentiles(self.advance_us, "advance"))
         return out
 
     def histogram_png(self, path: str | Path, bins: int = 100) -> Path:
@@ -585,6 +598,8 @@ class ControlLoop:
                 target = self._t0 + self._k * self.period
                 if target >= end - _EPS * self.period:
                     break
+                self._apply_swap()
+                self._advance(target)
                 now = self._wait(target)
                 late = now - target
                 if late > self.period:
@@ -636,6 +651,24 @@ class ControlLoop:
         self._policy.reset()
         self._return = 0.0
         self._last_sent = None
+
+    def _advance(self, deadline: float) -> None:
+        """Runs the policy's off-path work (``advance()``, two-part policies) before the wait for the tick at ``deadline``."""
+        advance = getattr(self._policy, "advance", None)
+        if advance is None:
+            return
+        start = self._clock()
+        try:
+            ran = advance()
+        except Exception as err:  # the next step retries it (and fails into the safe action if it must)
+            self.stats.exceptions += 1
+            self.stats.last_error = repr(err)
+            return
+        if ran:
+            end = self._clock()
+            self.stats.advance_us.append((end - start) * 1e6)
+            if end > deadline:
+                self.stats.advance_misses += 1
 
     def _apply_swap(self) -> None:
         with self._lock:

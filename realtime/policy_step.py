@@ -16,6 +16,10 @@ and sampling is reproducible. ``noise`` is laid out as
 
 With ``deterministic=True`` the latents and the action are the modes and the
 noise is ignored (it stays an input so both exports share one signature).
+
+:class:`ObserveStep` and :class:`AdvanceStep` are the same step in two parts
+(format 2 of ``signature``): the critical path from observation to action,
+and the recurrent advance that runs after the action is sent.
 """
 
 from __future__ import annotations
@@ -71,12 +75,17 @@ class PolicyStep(nn.Module):
         count = len(self.obs_keys)
         obs = dict(zip(self.obs_keys, inputs[:count]))
         deter, stoch, prev_action, is_first, noise = inputs[count:]
-        L, A = self.rssm.noise_dim, self.act_dim
+        L = self.rssm.noise_dim
         token = self.encoder(obs)
         state, _ = self.rssm.obs_step(
             {"deter": deter, "stoch": stoch}, prev_action, token, is_first, noise=noise[:, :L], mode=self.deterministic
         )
-        feat = self.rssm.features(state)
+        action = self.act(self.rssm.features(state), noise)
+        return action, state["deter"].detach(), state["stoch"].detach()
+
+    def act(self, feat: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The actor head: ``feat [B, F]`` and the step's ``noise`` → the action ``[B, A]`` (see the module docstring)."""
+        L, A = self.rssm.noise_dim, self.act_dim
         if self.deterministic:
             action = self.actor.sample(feat, mode=True)
             # Keeps `noise` in the graph's signature (the exporter drops unused
@@ -91,4 +100,56 @@ class PolicyStep(nn.Module):
                 action = action + self.expl_noise * _box_muller(noise[:, L + 2 * A :], A)
         if not self.discrete:
             action = action.clamp(-1.0, 1.0)
-        return action.detach(), state["deter"].detach(), state["stoch"].detach()
+        return action.detach()
+
+
+class ObserveStep(nn.Module):
+    """The critical path of a control step: what must run between an observation and its action.
+
+    ``(observation keys…, deter [B, D], post_deter [B, H], noise) → (action [B, A], stoch [B, S, C])``:
+    the encoder, the posterior from ``h_t`` (``deter``, already advanced) and
+    ``post_deter = post_deter(h_t)`` (computed by :class:`AdvanceStep`), and
+    the actor head. The same operations as :class:`PolicyStep` after its
+    recurrent step, in the same order.
+
+    Args:
+        step: the fused step whose modules it shares.
+    """
+
+    def __init__(self, step: PolicyStep) -> None:
+        super().__init__()
+        self.step = step
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positional inputs: the observation keys in ``obs_keys`` order, then ``deter``, ``post_deter`` and ``noise``."""
+        step, rssm = self.step, self.step.rssm
+        count = len(step.obs_keys)
+        obs = dict(zip(step.obs_keys, inputs[:count]))
+        deter, post_deter, noise = inputs[count:]
+        logits = rssm.post_logits_proj(post_deter, rssm.post_token(step.encoder(obs)))
+        stoch = rssm.sample(logits, noise[:, : rssm.noise_dim], step.deterministic)
+        action = step.act(rssm.features({"deter": deter, "stoch": stoch}), noise)
+        return action, stoch.detach()
+
+
+class AdvanceStep(nn.Module):
+    """The recurrent advance, off the critical path: ``(deter, stoch, action) → (deter_out, post_deter_out)``.
+
+    ``h_{t+1} = f(h_t, z_t, a_t)`` needs nothing from the next observation, so
+    it runs after the action is sent; it also projects ``h_{t+1}`` for the
+    next posterior (``post_deter``). The first step of an episode starts from
+    this step's value at all-zero inputs, as :meth:`RSSM.obs_step` does.
+
+    Args:
+        step: the fused step whose modules it shares.
+    """
+
+    def __init__(self, step: PolicyStep) -> None:
+        super().__init__()
+        self.step = step
+
+    def forward(self, deter: torch.Tensor, stoch: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``deter [B, D]``, ``stoch [B, S, C]`` (or ``[B, S]``), ``action [B, A]`` → ``deter [B, D]``, ``post_deter [B, H]``."""
+        rssm = self.step.rssm
+        deter = rssm.core(deter, stoch, rssm.embed_action(action))
+        return deter.detach(), rssm.post_deter(deter).detach()

@@ -108,12 +108,13 @@ class ExperienceRecorder:
             self.episode += 1
 
     def _write_latents(self, row: int, policy: Any) -> None:
-        inputs = getattr(policy, "inputs", None)  # a PolicyRuntime: inputs hold the carry after its step
+        latent = getattr(policy, "latent", None)  # a PolicyRuntime: h_t and z_t of its last step
         deter, stoch = self.buffers["deter"], self.buffers["stoch"]
-        if inputs is not None and inputs.get("deter") is not None and inputs["deter"].shape[1:] == deter.shape[1:]:
-            deter[row] = inputs["deter"][0]
-            # Categorical z [1, S, C] is kept as class indices; a Gaussian z [1, S] (V1) is not kept.
-            stoch[row] = inputs["stoch"][0].argmax(-1) if inputs["stoch"].ndim == 3 else 0
+        h, z = latent() if latent is not None else (None, None)
+        if h is not None and h.shape == deter.shape[1:]:
+            deter[row] = h
+            # Categorical z [S, C] is kept as class indices; a Gaussian z [S] (V1) is not kept.
+            stoch[row] = z.argmax(-1) if z.ndim == 2 else 0
         else:  # a policy without latents (random, before the first weights): zeros
             deter[row] = 0
             stoch[row] = 0

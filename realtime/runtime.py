@@ -1,14 +1,25 @@
 """Runs an exported policy step with onnxruntime, one control step per call.
 
-The carry (``deter``, ``stoch``, previous action) is kept between calls;
-``reset()`` starts a new episode (the graph resets the carry when
-``is_first`` is set). Input and output buffers are allocated once and bound
-with I/O binding, so a step allocates nothing.
+Both formats of :mod:`reverie.realtime.signature` load. The carry (the
+recurrent state ``deter`` h_t, the latent ``stoch`` z_t and the previous
+action) is kept between calls; ``reset()`` starts a new episode.
+
+* Fused (format 1): ``step`` runs the one graph; it resets the carry itself
+  when ``is_first`` is set.
+* Two parts (format 2): ``step`` runs only the observe part (the critical
+  path: encoder, posterior, actor head) from h_t, and ``advance`` runs the
+  recurrent step h_{t+1} = f(h_t, z_t, a_t) with the action really sent. The
+  control loop calls ``advance`` after sending the action, while it waits for
+  the next tick; when nobody did, the next ``step`` runs it first, so the
+  actions never depend on whether or when ``advance`` was called. An episode
+  starts from the advance of an all-zero carry, computed once at load.
+
+Input and output buffers are allocated once and bound with I/O binding, so a
+step allocates nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,58 +28,49 @@ import numpy as np
 
 from reverie.envs.base import dtype_fits
 
-from .export import CARRY_INPUTS, FORMAT, OUTPUTS, obs_input
+from .signature import (
+    ADVANCE_OUTPUTS,
+    DTYPES,
+    OBSERVE_OUTPUTS,
+    OUTPUTS,
+    advance_path,
+    check_session,
+    is_split,
+    obs_input,
+    read_payload,
+    sha256_bytes,
+    sidecar_path,
+    split_payload,
+    validate_sidecar,
+)
 
-_DTYPES = {"float32": np.float32, "uint8": np.uint8, "bool": np.bool_, "int64": np.int64}
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(bool)": "bool", "tensor(int64)": "int64"}
 
-
-def _validate_sidecar(meta: Any) -> None:
-    """Raises ``ValueError`` naming the first field of a sidecar that is missing or of the wrong type."""
-    if not isinstance(meta, dict):
-        raise ValueError(f"sidecar must be a JSON object, got {type(meta).__name__}")
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"sidecar format {meta.get('format')!r} is not {FORMAT!r}")
-    fields = {"sha256": str, "obs_keys": list, "action": dict, "inputs": list, "outputs": list, "noise": dict}
-    for name, kind in fields.items():
-        if not isinstance(meta.get(name), kind):
-            raise ValueError(f"sidecar field {name!r} is missing or not a {kind.__name__}")
-    if not all(isinstance(k, str) for k in meta["obs_keys"]):
-        raise ValueError("sidecar field 'obs_keys' must list strings")
-    for field in ("inputs", "outputs"):
-        for entry in meta[field]:
-            if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("shape"), list)):
-                raise ValueError(f"sidecar field {field!r} has a malformed entry {entry!r}")
-            if not all(isinstance(d, int) and d >= 0 for d in entry["shape"]) or entry.get("dtype") not in _DTYPES:
-                raise ValueError(f"sidecar field {field!r}: bad shape or dtype in {entry!r}")
-    if not isinstance(meta["action"].get("discrete"), bool) or not isinstance(meta["action"].get("dim"), int):
-        raise ValueError("sidecar field 'action' needs 'dim' (int) and 'discrete' (bool)")
-    if not isinstance(meta["noise"].get("dim"), int):
-        raise ValueError("sidecar field 'noise' needs 'dim' (int)")
-    declared = {entry["name"] for entry in meta["inputs"]}
-    missing = [name for name in (*(obs_input(k) for k in meta["obs_keys"]), *CARRY_INPUTS) if name not in declared]
-    if missing:
-        raise ValueError(f"sidecar lacks inputs {missing}")
-    outputs = {entry["name"] for entry in meta["outputs"]}
-    if not set(OUTPUTS) <= outputs:
-        raise ValueError(f"sidecar lacks outputs {sorted(set(OUTPUTS) - outputs)}")
+def _buffers(entries: list[dict[str, Any]], names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """Zeroed arrays for sidecar entries (only ``names``, in that order, when given)."""
+    spec = {e["name"]: e for e in entries}
+    return {n: np.zeros(spec[n]["shape"], DTYPES[spec[n]["dtype"]]) for n in (names or spec)}
 
 
 class PolicyRuntime:
     """An exported policy step, checked against its sidecar.
 
     Args:
-        path: the ONNX file; its sidecar is ``path + '.json'`` unless given.
-        sidecar: explicit sidecar path.
+        path: the ONNX file (of a two-part model: its observe part; the
+            advance part is ``policy.advance.onnx`` beside it); its sidecar is
+            ``path + '.json'`` unless given.
+        sidecar: explicit sidecar path, or the sidecar itself.
         threads: onnxruntime intra-op threads (1 for a latency-bounded loop).
         seed: seed of the host-side noise generator.
-        model_bytes: the ONNX file's content when already in memory (hot swap).
-        hash_checked: the caller has just checked these bytes against the
-            sidecar's sha256 (a hot swap after ``decode_weights``): skip it.
+        model_bytes: the model's bytes when already in memory (hot swap; of a
+            two-part model, both parts as the weight channel sends them).
+        hash_checked: the caller has just checked the bytes at ``path`` (and
+            beside it) against the sidecar's sha256 (a hot swap after
+            ``decode_weights``): skip it.
 
     Raises:
-        ValueError: when the file or sidecar is missing, corrupted, or they do
-            not match (the message names the field: hash, input name, shape or dtype).
+        ValueError: when the file(s) or sidecar are missing, corrupted, or do
+            not match (the message names the field: hash, part, input name,
+            shape or dtype).
     """
 
     def __init__(
@@ -88,77 +90,75 @@ class PolicyRuntime:
         if isinstance(sidecar, dict):
             meta = sidecar
         else:
-            side_path = Path(sidecar) if sidecar else Path(f"{path}.json")
+            side_path = Path(sidecar) if sidecar else sidecar_path(path)
             if not side_path.exists():
                 raise ValueError(f"sidecar {side_path} is missing (export writes it next to the .onnx)")
             try:
                 meta = json.loads(side_path.read_text())
             except json.JSONDecodeError as exc:
                 raise ValueError(f"sidecar {side_path} is not valid JSON: {exc}") from exc
-        _validate_sidecar(meta)
-        # After a hash check by the caller (a hot swap) onnxruntime reads the
-        # file itself: no copy of the model is made while holding the GIL (a
-        # control thread may be running beside us). Otherwise the bytes that
-        # were hashed are the bytes loaded: a file replaced between the check
-        # and the load cannot slip in unchecked.
-        if hash_checked:
-            digest = meta.get("sha256")
-        else:
-            if model_bytes is None:
-                model_bytes = Path(path).read_bytes()
-            digest = hashlib.sha256(model_bytes).hexdigest()
-        if digest != meta.get("sha256"):
-            raise ValueError(f"sha256 mismatch: model is {digest[:16]}…, sidecar says {str(meta.get('sha256'))[:16]}…")
+        validate_sidecar(meta)
+        self.meta = meta
+        self.split = is_split(meta)
+        sources = self._sources(path, meta, model_bytes, hash_checked)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            source = str(path) if model_bytes is None else bytes(model_bytes)
-            # No fallback: with one provider it only retries the same load, after printing a banner.
-            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"], enable_fallback=0)
-        except UnicodeDecodeError as exc:  # a corrupted name inside the graph: onnxruntime's own message cannot be decoded
-            raise ValueError(
-                f"onnxruntime cannot load the model {path or ''}: it is corrupted (bytes that are not UTF-8 at {exc.start})"
-            ) from None
-        except Exception as exc:  # onnxruntime raises its own exception types for bad models
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise ValueError(f"onnxruntime cannot load the model {path or ''}: {first}") from None
-        self.meta = meta
-        self._check_signature()
+        self.session = _session(ort, sources[0], options, path)
+        check_session(self.session, meta["inputs"], OBSERVE_OUTPUTS if self.split else OUTPUTS)
         self.obs_keys: list[str] = list(meta["obs_keys"])
         self.discrete = bool(meta["action"]["discrete"])
         self.rng = np.random.default_rng(seed)
-        spec = {i["name"]: i for i in meta["inputs"]}
-        self.inputs = {n: np.zeros(spec[n]["shape"], _DTYPES[spec[n]["dtype"]]) for n in spec}
-        out_spec = {o["name"]: o for o in meta["outputs"]}
-        self.outputs = {n: np.zeros(out_spec[n]["shape"], _DTYPES[out_spec[n]["dtype"]]) for n in OUTPUTS}
-        self._binding = self.session.io_binding()
-        for name, array in self.inputs.items():
-            self._binding.bind_cpu_input(name, array)
-        for name, array in self.outputs.items():
-            self._binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
+        #: The observe part's (or the fused graph's) inputs and outputs.
+        self.inputs = _buffers(meta["inputs"])
+        self.outputs = _buffers(meta["outputs"], OBSERVE_OUTPUTS if self.split else OUTPUTS)
+        self._binding = _bind(ort, self.session, self.inputs, self.outputs)
+        self.advance_session = None
+        if self.split:
+            advance = meta["advance"]
+            self.advance_session = _session(ort, sources[1], options, advance_path(path) if path else None)
+            try:
+                check_session(self.advance_session, advance["inputs"], ADVANCE_OUTPUTS)
+            except ValueError as exc:
+                raise ValueError(f"advance part: {exc}") from None
+            # The carry lives in the buffers both parts are bound to: h_t is the
+            # observe part's `deter`, z_t its `stoch_out`, a_t the action sent.
+            self._prev = np.zeros(self.outputs["action"].shape, np.float32)
+            advance_in = {"deter": self.inputs["deter"], "stoch": self.outputs["stoch_out"], "action": self._prev}
+            self._next = _buffers(advance["outputs"], ADVANCE_OUTPUTS)
+            self._advance_binding = _bind(ort, self.advance_session, advance_in, self._next)
+            # An episode's first h and its projection: the advance of an all-zero carry (as obs_step resets).
+            self._first, self._pending = False, True  # `_pending`: the advance of the current carry has not run
+            self.advance()
+            self._h0, self._p0 = self._next["deter_out"].copy(), self._next["post_deter_out"].copy()
         self.reset()
 
-    def _check_signature(self) -> None:
-        declared = {i["name"]: i for i in self.meta["inputs"]}
-        actual = {i.name: i for i in self.session.get_inputs()}
-        for name, spec in declared.items():
-            if name not in actual:
-                raise ValueError(f"input {name!r} of the sidecar is not an input of the model")
-            node = actual[name]
-            if list(node.shape) != list(spec["shape"]):
-                raise ValueError(f"input {name!r}: model shape {node.shape}, sidecar shape {spec['shape']}")
-            if _ORT_TYPES.get(node.type) != spec["dtype"]:
-                raise ValueError(f"input {name!r}: model dtype {node.type}, sidecar dtype {spec['dtype']}")
-        missing = set(actual) - set(declared)
-        if missing:
-            raise ValueError(f"model inputs {sorted(missing)} are missing from the sidecar")
-        # That the sidecar declares every observation and carry input was checked by _validate_sidecar.
-        outputs = [o.name for o in self.session.get_outputs()]
-        if outputs != list(OUTPUTS):
-            raise ValueError(f"model outputs {outputs}, expected {list(OUTPUTS)}")
+    @staticmethod
+    def _sources(path: str | Path | None, meta: dict[str, Any], model_bytes: bytes | memoryview | None, hash_checked: bool) -> list[Any]:
+        """What onnxruntime loads, per part: a file name, or bytes whose hashes were checked here."""
+        split = is_split(meta)
+        if hash_checked:
+            # The caller checked the bytes at `path`: onnxruntime reads the files
+            # itself, so no copy of the model is made while holding the GIL (a
+            # control thread may be running beside us).
+            return [str(path), str(advance_path(path))] if split else [str(path)]
+        # Otherwise the bytes that were hashed are the bytes loaded: a file
+        # replaced between the check and the load cannot slip in unchecked.
+        if model_bytes is None:
+            if split and not advance_path(path).exists():
+                raise ValueError(f"advance part {advance_path(path)} is missing (a two-part export writes it beside {Path(path).name})")
+            model_bytes = read_payload(path, meta)
+        digest = sha256_bytes(model_bytes)
+        if digest != meta.get("sha256"):
+            raise ValueError(f"sha256 mismatch: model is {digest[:16]}…, sidecar says {str(meta.get('sha256'))[:16]}…")
+        parts = split_payload(model_bytes, meta)
+        if split:
+            for name, data in zip(("observe", "advance"), parts):
+                if sha256_bytes(data) != meta[name]["sha256"]:
+                    raise ValueError(f"{name} part: sha256 does not match the sidecar (the two parts come from different exports)")
+        return [bytes(p) for p in parts if p is not None]
 
     def check_spaces(self, obs_space: dict[str, Any], act_space: Any) -> None:
         """Checks that this policy fits an environment or robot.
@@ -191,13 +191,18 @@ class PolicyRuntime:
         return int(self.meta["noise"]["dim"])
 
     def reset(self) -> None:
-        """Starts an episode: the next step resets the carry inside the graph."""
+        """Starts an episode: the next step starts from a fresh carry."""
+        if self.split:
+            for buffer in (self.inputs["deter"], self.outputs["stoch_out"], self._prev):
+                buffer[...] = 0
+            self._first, self._pending = True, False
+            return
         for name in ("deter", "stoch", "prev_action"):
             self.inputs[name][...] = 0
         self.inputs["is_first"][...] = True
 
     def step(self, obs: dict[str, np.ndarray], noise: np.ndarray | None = None) -> np.ndarray:
-        """One control step.
+        """One control step: the action for ``obs``.
 
         Args:
             obs: the observation (at least the model's keys, unbatched).
@@ -227,9 +232,12 @@ class PolicyRuntime:
             values.append((buffer, value))
         for buffer, value in values:
             buffer[0] = value
-        if bool(np.asarray(obs.get("is_first", False))):
-            self.inputs["is_first"][...] = True
+        first = bool(np.asarray(obs.get("is_first", False)))
         self.inputs["noise"][0] = self.rng.random(self.noise_dim, dtype=np.float32) if noise is None else noise
+        if self.split:
+            return self._observe(first)
+        if first:
+            self.inputs["is_first"][...] = True
         self.session.run_with_iobinding(self._binding)
         action = self.outputs["action"][0].copy()
         # The outputs become the next step's carry.
@@ -239,6 +247,36 @@ class PolicyRuntime:
         self.inputs["is_first"][...] = False
         return action
 
+    def _observe(self, first: bool) -> np.ndarray:
+        """The two-part step: h_t (advanced now if nobody did), then the observe part."""
+        if first or self._first:
+            self.inputs["deter"][...] = self._h0
+            self.inputs["post_deter"][...] = self._p0
+        else:
+            self.advance()  # a no-op when the loop already ran it
+            self.inputs["deter"][...] = self._next["deter_out"]
+            self.inputs["post_deter"][...] = self._next["post_deter_out"]
+        self.session.run_with_iobinding(self._binding)
+        action = self.outputs["action"][0].copy()
+        self._prev[...] = self.outputs["action"]
+        self._first, self._pending = False, True
+        return action
+
+    def advance(self) -> bool:
+        """Runs the recurrent advance of the current carry if it is due (two-part models).
+
+        Called by the control loop after the action is sent (off the critical
+        path); ``step`` calls it itself when it has not run.
+
+        Returns:
+            Whether it ran (False for a fused model, at an episode's start, or when already done).
+        """
+        if not self.split or not self._pending or self._first:
+            return False
+        self.advance_session.run_with_iobinding(self._advance_binding)
+        self._pending = False
+        return True
+
     def action_sent(self, action: np.ndarray) -> None:
         """The action actually sent (e.g. the loop's safe action) becomes the carry's previous action.
 
@@ -246,18 +284,78 @@ class PolicyRuntime:
             ValueError: for an action of another size or with non-finite values.
         """
         action = np.asarray(action)
-        expected = self.inputs["prev_action"].shape[1:]
+        prev = self._prev if self.split else self.inputs["prev_action"]
+        expected = prev.shape[1:]
         if action.shape != expected or not np.isfinite(action).all():
             raise ValueError(f"sent action {action.shape} must be finite with shape {expected}")
-        self.inputs["prev_action"][0] = action
+        prev[0] = action
+        if self.split:
+            self._pending = True  # the advance takes the action sent: (re)compute it
+
+    def latent(self) -> tuple[np.ndarray, np.ndarray]:
+        """Views of h_t ``[D]`` and z_t ``[S, C]`` (or ``[S]``) of the last step (the recorder stores them)."""
+        if self.split:
+            return self.inputs["deter"][0], self.outputs["stoch_out"][0]
+        return self.inputs["deter"][0], self.inputs["stoch"][0]
+
+    def carry(self) -> dict[str, np.ndarray]:
+        """Copies of the carry after the last step: ``deter`` (h_t), ``stoch`` (z_t), ``prev_action``, ``is_first``.
+
+        The same in both formats, so a carry moves between them (hot swap).
+        """
+        if self.split:
+            deter, stoch = self.latent()
+            return {
+                "deter": deter[None].copy(),
+                "stoch": stoch[None].copy(),
+                "prev_action": self._prev.copy(),
+                "is_first": np.array([self._first]),
+            }
+        return {k: self.inputs[k].copy() for k in ("deter", "stoch", "prev_action", "is_first")}
 
     def load_carry(self, other: PolicyRuntime) -> None:
-        """Continues another runtime's episode (hot swap): copies its carry and first-step flag."""
-        for name in ("deter", "stoch", "prev_action", "is_first"):
-            if self.inputs[name].shape != other.inputs[name].shape:
-                raise ValueError(f"cannot carry {name!r} over: shapes {other.inputs[name].shape} and {self.inputs[name].shape} differ")
-            self.inputs[name][...] = other.inputs[name]
+        """Continues another runtime's episode (hot swap): takes its carry and first-step flag.
 
-    def carry(self) -> dict[str, Any]:
-        """Copies of the current carry (for tests and hand-over)."""
-        return {k: self.inputs[k].copy() for k in ("deter", "stoch", "prev_action")}
+        A two-part runtime recomputes the advance with its own weights.
+
+        Raises:
+            ValueError: when a carry array's shape differs (nothing is changed then).
+        """
+        carry, mine = other.carry(), self.carry()
+        for name in ("deter", "stoch", "prev_action"):
+            if carry[name].shape != mine[name].shape:
+                raise ValueError(f"cannot carry {name!r} over: shapes {carry[name].shape} and {mine[name].shape} differ")
+        first = bool(carry["is_first"].reshape(-1)[0])
+        if self.split:
+            self.inputs["deter"][...] = carry["deter"]
+            self.outputs["stoch_out"][...] = carry["stoch"]
+            self._prev[...] = carry["prev_action"]
+            self._first, self._pending = first, not first
+            return
+        for name in ("deter", "stoch", "prev_action"):
+            self.inputs[name][...] = carry[name]
+        self.inputs["is_first"][...] = first
+
+
+def _session(ort: Any, source: str | bytes, options: Any, path: str | Path | None) -> Any:
+    """An onnxruntime session, or a ``ValueError`` with onnxruntime's first line."""
+    try:
+        # No fallback: with one provider it only retries the same load, after printing a banner.
+        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"], enable_fallback=0)
+    except UnicodeDecodeError as exc:  # a corrupted name inside the graph: onnxruntime's own message cannot be decoded
+        raise ValueError(
+            f"onnxruntime cannot load the model {path or ''}: it is corrupted (bytes that are not UTF-8 at {exc.start})"
+        ) from None
+    except Exception as exc:  # onnxruntime raises its own exception types for bad models
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ValueError(f"onnxruntime cannot load the model {path or ''}: {first}") from None
+
+
+def _bind(ort: Any, session: Any, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> Any:
+    """I/O binding of ``session`` to preallocated arrays (outputs are written into them in place)."""
+    binding = session.io_binding()
+    for name, array in inputs.items():
+        binding.bind_cpu_input(name, array)
+    for name, array in outputs.items():
+        binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(array))
+    return binding

@@ -1,11 +1,43 @@
 """Shared fixtures: a tiny, fast agent configuration for end-to-end runs."""
 
+import importlib.util
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+#: Committed tiny exported policies for the robot-side tests (tests/make_robot_models.py writes them).
+ROBOT_MODELS = Path(__file__).parent / "robot_models"
+#: False in the robot-only install (`make test-robot`).
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def copy_robot_model(name, target):
+    """Copies the committed model ``name`` (its file(s) and sidecar) to the ONNX path ``target``; returns ``target``."""
+    import shutil
+
+    target = Path(target)
+    shutil.copy(ROBOT_MODELS / f"{name}.onnx", target)
+    shutil.copy(ROBOT_MODELS / f"{name}.onnx.json", f"{target}.json")
+    advance = ROBOT_MODELS / f"{name}.advance.onnx"
+    if advance.exists():
+        shutil.copy(advance, target.with_name(f"{target.stem}.advance.onnx"))
+    return target
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Without torch (the robot-only install), collects only the test modules marked ``robot``.
+
+    The others import torch, the agent or a simulator at the top; a module
+    joins the robot-side run by carrying ``pytestmark = pytest.mark.robot``.
+    """
+    if HAS_TORCH or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    return "pytestmark = pytest.mark.robot" not in collection_path.read_text()
+
 
 # A model small enough that a few hundred steps train in seconds on 2 cores.
 TINY = [

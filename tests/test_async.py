@@ -29,13 +29,15 @@ SCHEMA = {
 
 
 class FakeRuntime:
-    """Looks like a PolicyRuntime to the recorder: a version and the carry in ``inputs``."""
+    """Looks like a PolicyRuntime to the recorder: a version and the latent of its last step."""
 
     def __init__(self, version):
         self.version = version
-        stoch = np.zeros((1, 2, 4), np.float32)
-        stoch[0, 0, 3] = stoch[0, 1, 1] = 1
-        self.inputs = {"deter": np.array([[1.0, 2.0, 3.0]], np.float32), "stoch": stoch}
+        self.stoch = np.zeros((2, 4), np.float32)
+        self.stoch[0, 3] = self.stoch[1, 1] = 1
+
+    def latent(self):
+        return np.array([1.0, 2.0, 3.0], np.float32), self.stoch
 
 
 def obs(i, first=False, last=False, x=None):
@@ -400,6 +402,7 @@ def test_actor_refuses_a_policy_with_a_nonfinite_warmup_action(tmp_path, monkeyp
     from reverie import envs
     from reverie.realtime import actor as actor_module
     from reverie.realtime.export import export_policy
+    from reverie.realtime.signature import read_payload
 
     env = envs.make("fake/vector", seed=0)
     sidecar = export_policy(make_agent(env, overrides=tuple(TINY)), tmp_path / "p.onnx", obs_space=env.obs_space)
@@ -412,6 +415,6 @@ def test_actor_refuses_a_policy_with_a_nonfinite_warmup_action(tmp_path, monkeyp
     actor = actor_module.Actor(tiny_cfg(tmp_path))
     try:
         with pytest.raises(ValueError, match="non-finite action"):
-            actor._build((tmp_path / "p.onnx").read_bytes(), sidecar)
+            actor._build(read_payload(tmp_path / "p.onnx", sidecar), sidecar)
     finally:
         actor.close()

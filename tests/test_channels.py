@@ -6,13 +6,14 @@ import time
 import numpy as np
 import pytest
 import zmq
-from conftest import make_agent, wait_for
+from conftest import copy_robot_model, wait_for
 
-from reverie import envs
 from reverie.realtime.channels import ExperienceReceiver, ExperienceSender, WeightPublisher, WeightSubscriber
-from reverie.realtime.export import export_policy
 from reverie.realtime.runtime import PolicyRuntime
 from reverie.realtime.security import CurveServer, generate_keys, protect_client
+
+# Robot side: runs in the robot-only install too (make test-robot).
+pytestmark = pytest.mark.robot
 
 SCHEMA = {"position": ("float32", (5,)), "image": ("uint8", (64, 64, 3)), "reward": ("float32", ()), "is_last": ("bool", ())}
 
@@ -110,10 +111,8 @@ def test_learner_away_buffers_then_drops_oldest_with_a_count(tmp_path):
 
 @pytest.fixture(scope="module")
 def policy_file(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("w")
-    env = envs.make("fake/vector")
-    export_policy(make_agent(env), tmp / "p.onnx", obs_space=env.obs_space)
-    return tmp / "p.onnx"
+    """The committed tiny fake/vector policy, as ``p.onnx`` (robot side: no exporter here)."""
+    return copy_robot_model("vector_fused", tmp_path_factory.mktemp("w") / "p.onnx")
 
 
 def running_subscriber(policy_file):

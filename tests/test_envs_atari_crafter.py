@@ -315,11 +315,10 @@ def test_crafter_score_from_logs(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_atari_options_from_the_command_line() -> None:
-    from reverie.agent.builder import make_env
     from reverie.cli.config import compose
 
-    env = make_env(compose(["env=atari/pong", "+env.options.sticky=0.0", "+env.options.gray=true"]), seed=0)
+    env = envs.from_config(compose(["env=atari/pong", "+env.options.sticky=0.0", "+env.options.gray=true"]), seed=0)
     assert env.unwrapped.sticky == 0.0 and env.obs_space["image"].shape == (64, 64, 1)
-    env = make_env(compose(["exp=atari100k", "env.options.noops=0"]), seed=0)
+    env = envs.from_config(compose(["exp=atari100k", "env.options.noops=0"]), seed=0)
     raw = env.unwrapped
     assert (raw.sticky, raw.noops, len(raw.action_names)) == (0.0, 0, 6)  # pong's minimal action set

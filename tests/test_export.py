@@ -1,7 +1,6 @@
 """ONNX policy step: parity with torch over a long rollout, the mode export, sidecar checks."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -15,21 +14,21 @@ from reverie.realtime.policy_step import PolicyStep
 from reverie.realtime.runtime import PolicyRuntime
 
 
-def export(agent, env, path, deterministic=False):
-    return export_policy(
-        agent,
-        path,
-        obs_space=env.obs_space,
-        deterministic=deterministic,
-    )
+def export(agent, env, path, deterministic=False, split=True):
+    return export_policy(agent, path, obs_space=env.obs_space, deterministic=deterministic, split=split)
 
 
-def rollout_parity(env, agent, path, steps, seed=0):
+def rollout_parity(env, agent, path, steps, seed=0, fused=None):
     """Runs torch and onnxruntime side by side, each with its own carry, on the same noise.
+
+    With ``fused`` (the fused export of the same agent), that runs beside the
+    two-part model at ``path`` too, and the two must agree within 1e-6 in the
+    action and the whole carry at every step.
 
     Returns the action differences of the steps whose latent samples agreed, and per step whether they agreed.
     """
     runtime = PolicyRuntime(path)
+    other = PolicyRuntime(fused) if fused else None
     step = PolicyStep(agent)
     rng = np.random.default_rng(seed)
     rssm = agent.wm.rssm
@@ -45,16 +44,22 @@ def rollout_parity(env, agent, path, steps, seed=0):
             act_t, deter, stoch = step(*inputs, deter, stoch, prev, torch.tensor([bool(obs["is_first"])]), torch.as_tensor(noise)[None])
         prev = act_t
         act_o = runtime.step(obs, noise)
+        carry = runtime.carry()
+        if other is not None:
+            np.testing.assert_allclose(other.step(obs, noise), act_o, atol=1e-6, rtol=0)
+            for name, value in other.carry().items():
+                np.testing.assert_allclose(value, carry[name], atol=1e-6, rtol=0, err_msg=name)
+        runtime.advance()  # as the control loop does, between two ticks
         if rssm.categorical:
-            same_latents.append(np.array_equal(runtime.inputs["stoch"].argmax(-1), stoch.argmax(-1).numpy()))
+            same_latents.append(np.array_equal(carry["stoch"].argmax(-1), stoch.argmax(-1).numpy()))
         else:  # a Gaussian z (V1): the same sample within float tolerance
-            same_latents.append(np.abs(runtime.inputs["stoch"] - stoch.numpy()).max() <= 1e-4)
+            same_latents.append(np.abs(carry["stoch"] - stoch.numpy()).max() <= 1e-4)
         if same_latents[-1]:
             action_diff.append(np.abs(act_o - act_t[0].numpy()).max())
         else:
             # A sample that fell the other way at a near-tie (float rounding): counted in same_latents; torch
             # continues from onnxruntime's carry so one flip is not compared as a thousand different steps.
-            deter, stoch = torch.from_numpy(runtime.inputs["deter"].copy()), torch.from_numpy(runtime.inputs["stoch"].copy())
+            deter, stoch = torch.from_numpy(carry["deter"]), torch.from_numpy(carry["stoch"])
             act_t = prev = torch.from_numpy(act_o.copy())[None]
         obs = env.step(act_t[0].numpy())
         if obs["is_last"]:
@@ -62,21 +67,20 @@ def rollout_parity(env, agent, path, steps, seed=0):
     return np.array(action_diff), np.array(same_latents)
 
 
-def test_parity_1000_steps_dmc_vector(tmp_path):
-    env = envs.make("dmc/cartpole_swingup", seed=0)
-    agent = make_agent(env)
-    export(agent, env, tmp_path / "p.onnx")
-    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 1000)
+@pytest.mark.parametrize("obs", ["vector", "pixels"])
+@pytest.mark.parametrize("algo", ["dreamerv1", "dreamerv2", "dreamerv3"])
+def test_two_part_fused_and_torch_agree_over_1000_steps(algo, obs, tmp_path):
+    """dmc/cartpole_swingup, 1,000 steps on the same noise: the two-part and fused exports agree within 1e-6
+    (actions and carry, every step), and both with torch (actions within 1e-4, the same latent samples)."""
+    env = envs.make("dmc/cartpole_swingup", obs=obs, seed=0)
+    agent = make_agent(env, (f"algo={algo}", f"obs={obs}", *(("size=1m",) if algo == "dreamerv3" else ())))
+    sidecar = export(agent, env, tmp_path / "p.onnx")
+    export(agent, env, tmp_path / "f.onnx", split=False)
+    assert sidecar["format"] == "reverie.policy_step/2"
+    assert sidecar["carry"]["latent"] == ("gaussian" if algo == "dreamerv1" else "categorical")
+    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 1000, fused=tmp_path / "f.onnx")
     assert diff.max() <= 1e-4, diff.max()
     assert same.mean() >= 0.999, same.mean()
-
-
-def test_parity_pixels(tmp_path):
-    env = envs.make("fake/pixels", seed=0)
-    agent = make_agent(env, ("size=1m", "obs=pixels"))
-    export(agent, env, tmp_path / "p.onnx")
-    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 100)
-    assert diff.max() <= 1e-4 and same.mean() >= 0.99
 
 
 def test_parity_discrete(tmp_path):
@@ -87,18 +91,13 @@ def test_parity_discrete(tmp_path):
     assert diff.max() <= 1e-4 and same.mean() >= 0.99
 
 
-@pytest.mark.parametrize(
-    "algo, env_name, steps",
-    [("dreamerv1", "dmc/cartpole_swingup", 1000), ("dreamerv2", "dmc/cartpole_swingup", 1000), ("dreamerv2", "fake/discrete", 200)],
-)
-def test_parity_dreamerv1_v2(algo, env_name, steps, tmp_path):
-    """The V1 (Gaussian z, tanh-normal actor, exploration noise) and V2 (truncated-normal actor) steps export too."""
-    env = envs.make(env_name, seed=0)
-    agent = make_agent(env, (f"algo={algo}",))
+def test_parity_dreamerv2_discrete(tmp_path):
+    """V2 with a discrete action space, both formats."""
+    env = envs.make("fake/discrete", seed=0)
+    agent = make_agent(env, ("algo=dreamerv2",))
     export(agent, env, tmp_path / "p.onnx")
-    sidecar = json.loads((tmp_path / "p.onnx.json").read_text())
-    assert sidecar["carry"]["latent"] == ("gaussian" if algo == "dreamerv1" else "categorical")
-    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", steps)
+    export(agent, env, tmp_path / "f.onnx", split=False)
+    diff, same = rollout_parity(env, agent, tmp_path / "p.onnx", 200, fused=tmp_path / "f.onnx")
     assert diff.max() <= 1e-4, diff.max()
     assert same.mean() >= 0.999, same.mean()
 
@@ -117,121 +116,6 @@ def test_deterministic_export_returns_the_mode(tmp_path):
         obs = env.step(got)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("exp")
-    env = envs.make("fake/vector", seed=0)
-    agent = make_agent(env)
-    export(agent, env, tmp / "p.onnx")
-    return tmp
-
-
-def edited_sidecar(exported, tmp_path, edit):
-    shutil.copy(exported / "p.onnx", tmp_path / "p.onnx")
-    meta = json.loads((exported / "p.onnx.json").read_text())
-    edit(meta)
-    (tmp_path / "p.onnx.json").write_text(json.dumps(meta))
-    return tmp_path / "p.onnx"
-
-
-def test_sidecar_hash_mismatch_refused(exported, tmp_path):
-    path = edited_sidecar(exported, tmp_path, lambda m: m.update(sha256="0" * 64))
-    with pytest.raises(ValueError, match="sha256 mismatch"):
-        PolicyRuntime(path)
-
-
-def test_sidecar_shape_dtype_and_missing_key_refused(exported, tmp_path):
-    def shape(m):
-        m["inputs"][0]["shape"] = [1, 99]
-
-    def dtype(m):
-        m["inputs"][0]["dtype"] = "uint8"
-
-    def missing(m):
-        m["inputs"] = m["inputs"][1:]
-
-    for edit, message in ((shape, "shape"), (dtype, "dtype"), (missing, "sidecar lacks inputs")):
-        with pytest.raises(ValueError, match=message):
-            PolicyRuntime(edited_sidecar(exported, tmp_path, edit))
-
-
-@pytest.mark.parametrize(
-    ("edit", "message"),
-    [
-        (lambda m: m.pop("outputs"), "'outputs' is missing"),
-        (lambda m: m.update(obs_keys="x"), "'obs_keys' is missing or not a list"),
-        (lambda m: m.update(action={"dim": 2}), "'action' needs"),
-        (lambda m: m.update(noise={}), "'noise' needs"),
-        (lambda m: m["inputs"][0].update(shape=[1, -3]), "bad shape or dtype"),
-        (lambda m: m.update(outputs=m["outputs"][:1]), "sidecar lacks outputs"),
-    ],
-)
-def test_malformed_sidecar_refused_naming_the_field(exported, tmp_path, edit, message):
-    with pytest.raises(ValueError, match=message):
-        PolicyRuntime(edited_sidecar(exported, tmp_path, edit))
-
-
-def test_sidecar_that_is_not_an_object_refused(exported, tmp_path):
-    shutil.copy(exported / "p.onnx", tmp_path / "p.onnx")
-    (tmp_path / "p.onnx.json").write_text("[1, 2]")
-    with pytest.raises(ValueError, match="JSON object"):
-        PolicyRuntime(tmp_path / "p.onnx")
-
-
-def test_corrupted_model_and_missing_sidecar_refused(exported, tmp_path):
-    shutil.copy(exported / "p.onnx.json", tmp_path / "p.onnx.json")
-    (tmp_path / "p.onnx").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="sha256"):
-        PolicyRuntime(tmp_path / "p.onnx")
-    (tmp_path / "q.onnx").write_bytes((exported / "p.onnx").read_bytes())
-    with pytest.raises(ValueError, match="sidecar .* is missing"):
-        PolicyRuntime(tmp_path / "q.onnx")
-
-
-def test_runtime_rejects_bad_observations(exported):
-    runtime = PolicyRuntime(exported / "p.onnx")
-    with pytest.raises(ValueError, match="missing"):
-        runtime.step({})
-    obs = {k: np.zeros(s["shape"][1:], np.float32) for k, s in zip(runtime.obs_keys, runtime.meta["inputs"])}
-    bad = dict(obs)
-    bad[runtime.obs_keys[0]] = np.zeros(7, np.float32)
-    with pytest.raises(ValueError, match="shape"):
-        runtime.step(bad)
-    assert np.all(np.isfinite(runtime.step(obs)))
-    carry = runtime.carry()
-    bad[runtime.obs_keys[0]] = np.full_like(obs[runtime.obs_keys[0]], np.nan)
-    with pytest.raises(ValueError, match="non-finite"):
-        runtime.step(bad)
-    for name, value in runtime.carry().items():  # a refused step leaves the carry as it was
-        np.testing.assert_array_equal(value, carry[name])
-    bad[runtime.obs_keys[0]] = obs[runtime.obs_keys[0]].astype(np.complex64)
-    with pytest.raises(ValueError, match="dtype complex64"):
-        runtime.step(bad)
-    with pytest.raises(ValueError, match="sent action"):
-        runtime.action_sent(np.zeros(runtime.meta["action"]["dim"] + 1, np.float32))
-
-
-def test_image_inputs_must_be_uint8():
-    """A float image in [0, 1] cast to uint8 would be all zeros: refused instead."""
-    from reverie.envs.base import dtype_fits
-
-    assert dtype_fits(np.dtype(np.uint8), np.dtype(np.uint8))
-    assert not dtype_fits(np.dtype(np.float32), np.dtype(np.uint8))
-    assert not dtype_fits(np.dtype(np.int64), np.dtype(np.uint8))
-    assert dtype_fits(np.dtype(np.float64), np.dtype(np.float32)) and dtype_fits(np.dtype(np.int32), np.dtype(np.float32))
-    assert dtype_fits(np.dtype(np.int64), np.dtype(np.bool_)) and not dtype_fits(np.dtype(np.float32), np.dtype(np.bool_))
-
-
-def test_runtime_checks_the_spaces_of_a_source(exported):
-    runtime = PolicyRuntime(exported / "p.onnx")
-    vector = envs.make("fake/vector", seed=0)
-    runtime.check_spaces(vector.obs_space, vector.act_space)  # the env it was exported for
-    with pytest.raises(ValueError, match="does not provide"):
-        runtime.check_spaces(envs.make("fake/pixels", seed=0).obs_space, vector.act_space)
-    with pytest.raises(ValueError, match="discrete"):
-        runtime.check_spaces(vector.obs_space, envs.make("fake/discrete", seed=0).act_space)
-
-
 def test_cli_export_from_a_training_run(tiny_overrides, tmp_path):
     assert main(["train", "env=fake/vector", "env.time_limit=10", "steps=40", *tiny_overrides]) == 0
     assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "policy.onnx")]) == 0
@@ -242,29 +126,31 @@ def test_cli_export_from_a_training_run(tiny_overrides, tmp_path):
         3,
     )
     assert main(["export", str(tmp_path / "nowhere")]) == 2
+    assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "fused.onnx"), "--fused"]) == 0
+    assert json.loads((tmp_path / "fused.onnx.json").read_text())["format"] == "reverie.policy_step/1"
 
 
-def test_runtime_takes_the_sent_action_as_previous_action(exported):
-    runtime = PolicyRuntime(exported / "p.onnx")
-    obs = {k: np.zeros(s["shape"][1:], np.float32) for k, s in zip(runtime.obs_keys, runtime.meta["inputs"])}
-    runtime.step(obs)
-    runtime.action_sent(np.full(3, 0.25, np.float32))
-    assert np.allclose(runtime.carry()["prev_action"], 0.25)
-
-
-def test_hot_swapped_runtime_continues_the_carry(exported):
-    env = envs.make("fake/vector", seed=0)
-    old, new, straight = (PolicyRuntime(exported / "p.onnx") for _ in range(3))
-    rng = np.random.default_rng(0)
-    obs = env.reset(seed=0)
-    for step in range(20):
-        noise = rng.random(old.noise_dim, dtype=np.float32)
-        if step == 10:
-            new.load_carry(old)  # swap between two ticks
-        runtime = old if step < 10 else new
-        action = runtime.step(obs, noise)
-        assert np.allclose(action, straight.step(obs, noise), atol=1e-6)
-        obs = env.step(action)
+def test_quantized_export_reports_its_deviation_and_is_refused_beyond_the_bound(tiny_overrides, tmp_path, capsys):
+    """`reverie export --quantize int8`: the report (mean |Δaction| over the rollout, returns of each) is printed and kept
+    in the sidecar; a bound it exceeds refuses the export and writes nothing."""
+    assert main(["train", "env=fake/vector", "env.time_limit=10", "steps=40", *tiny_overrides]) == 0
+    common = ["export", str(tmp_path / "run"), "--quantize", "int8", "--deviation-steps", "100", "--eval-episodes", "3"]
+    capsys.readouterr()
+    assert main([*common, "-o", str(tmp_path / "q.onnx"), "--max-deviation", "1.0"]) == 0
+    assert "int8: mean |Δaction|" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "q.onnx.json").read_text())
+    quant, report = meta["quantize"], meta["quantize"]["report"]
+    assert quant["mode"] == "int8" and quant["bound"] == 1.0 and report["steps"] == 100
+    assert 0 < report["mean_abs_action"] <= report["max_abs_action"] <= 2.0
+    assert len(report["returns_fp32"]) == len(report["returns_int8"]) == 3
+    assert report["return_difference"] == pytest.approx(report["return_int8"] - report["return_fp32"])
+    runtime = PolicyRuntime(tmp_path / "q.onnx")  # a quantized model loads and steps like any other
+    assert np.isfinite(
+        runtime.step({k: np.zeros(s["shape"][1:], np.float32) for k, s in zip(runtime.obs_keys, runtime.meta["inputs"])})
+    ).all()
+    assert main([*common, "-o", str(tmp_path / "refused.onnx"), "--max-deviation", "0"]) == 2
+    assert "int8 export refused: mean |Δaction|" in capsys.readouterr().err
+    assert not any(tmp_path.glob("refused*"))
 
 
 def test_export_of_a_compiled_agent_traces_the_plain_modules(tmp_path):
@@ -278,3 +164,28 @@ def test_export_of_a_compiled_agent_traces_the_plain_modules(tmp_path):
         {k: np.zeros(env.obs_space[k].shape, np.float32) for k in ("target", "prev_action", "progress")}
     ).shape == (3,)
     assert agent.critic.mlp.__dict__["forward"] is compiled_forward and "core" in agent.wm.rssm.__dict__
+
+
+def test_committed_robot_models_match_the_exporter(tmp_path):
+    """The robot-side tests load committed models (tests/robot_models/): they must still be what the exporter writes.
+
+    On failure, run `.venv/bin/python tests/make_robot_models.py` and commit the result.
+    """
+    from make_robot_models import FOLDER, export_all
+
+    def signature(meta):  # without what changes with the bytes or the versions
+        meta = {k: v for k, v in meta.items() if k not in ("sha256", "torch", "onnxruntime_tested")}
+        for part in ("observe", "advance"):
+            if part in meta:
+                meta[part] = {k: v for k, v in meta[part].items() if k not in ("sha256", "bytes")}
+        return meta
+
+    fresh = export_all(tmp_path)
+    for name, sidecar in fresh.items():
+        assert signature(json.loads((FOLDER / f"{name}.onnx.json").read_text())) == signature(sidecar), name
+        old, new = PolicyRuntime(FOLDER / f"{name}.onnx"), PolicyRuntime(tmp_path / f"{name}.onnx")
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            obs = {k: rng.integers(0, 255, s["shape"][1:]).astype(s["dtype"]) for k, s in zip(old.obs_keys, old.meta["inputs"])}
+            noise = rng.random(old.noise_dim, dtype=np.float32)
+            np.testing.assert_allclose(old.step(obs, noise), new.step(obs, noise), atol=1e-6, err_msg=name)

@@ -30,6 +30,9 @@ from reverie.realtime.loop import (
     zero_action,
 )
 
+# Robot side: runs in the robot-only install too (make test-robot).
+pytestmark = pytest.mark.robot
+
 PERIOD = 0.01  # 100 Hz
 ACT = Space(np.float32, (2,), -1.0, 1.0)
 
@@ -385,6 +388,7 @@ def test_stop_from_another_thread() -> None:
 
 
 def test_histogram_png(tmp_path) -> None:
+    pytest.importorskip("matplotlib", reason="the robot-only install draws no histograms")
     clock = FakeClock()
     env = FakeEnv(clock)
     rng = np.random.default_rng(0)

@@ -19,6 +19,9 @@ from reverie.realtime.protocol import (
     encode_weights,
 )
 
+# Robot side: runs in the robot-only install too (make test-robot).
+pytestmark = pytest.mark.robot
+
 
 def chunk(T=5, seed=0):
     rng = np.random.default_rng(seed)

@@ -235,7 +235,11 @@ class RSSM(nn.Module):
 
     def post_logits(self, deter: torch.Tensor, token_proj: torch.Tensor) -> torch.Tensor:
         """Raw posterior parameters ``[..., S, C]`` (or ``[..., S, 2]``); ``token_proj`` is ``post_token(tokens)``."""
-        x = self.post_out(self.post_net(self.post_deter(deter) + token_proj))
+        return self.post_logits_proj(self.post_deter(deter), token_proj)
+
+    def post_logits_proj(self, deter_proj: torch.Tensor, token_proj: torch.Tensor) -> torch.Tensor:
+        """:meth:`post_logits` from ``deter_proj = post_deter(deter)``, which the two-part policy step computes ahead of the observation."""
+        x = self.post_out(self.post_net(deter_proj + token_proj))
         return x.reshape(*x.shape[:-1], self.stoch, self.stats_per_latent)
 
     def dist_logits(self, logits: torch.Tensor) -> torch.Tensor:
