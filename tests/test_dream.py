@@ -10,8 +10,9 @@ import torch
 from conftest import TINY, chunk_of, wait_for
 from PIL import Image
 
+from reverie import envs
 from reverie.agent import dream_report as dr
-from reverie.agent.builder import build_agent, make_env
+from reverie.agent.builder import build_agent
 from reverie.agent.losses import world_model_losses
 from reverie.agent.openloop import OpenLoop, open_loop
 from reverie.agent.replay import DiskReplay, Replay
@@ -33,7 +34,7 @@ def one_thread():
 
 def tiny_agent(algo, obs):
     cfg = compose([*TINY, f"algo={algo}", f"env=fake/{obs}", f"obs={obs}"])
-    env = make_env(cfg, 0)
+    env = envs.from_config(cfg, 0)
     torch.manual_seed(0)
     return build_agent(cfg, env.obs_space, env.act_space), env
 
