@@ -322,7 +322,6 @@ class Trainer:
                     )
                     obs = None
                     self._maybe_evaluate(logger)
-                    self._maybe_report(logger)
                     self._maybe_checkpoint()
                 else:
                     obs = self.env.step(env_action)
@@ -343,6 +342,9 @@ class Trainer:
                     window = []
                     if bar is not None:
                         bar.set_postfix(updates_per_s=f"{summary['train/updates_per_s']:.2f}", ret=f"{last_return:.1f}")
+                # Any step, not only episode ends: the report reads replay alone (so a
+                # run that stops mid-episode still gets its report at the last interval).
+                self._maybe_report(logger)
                 if bar is not None:
                     bar.update(self.env_steps - bar.n)
             self._maybe_evaluate(logger, force=True)

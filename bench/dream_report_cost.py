@@ -4,7 +4,8 @@ Loads a run's checkpoint and replay (as the trainer holds them), then times
 :func:`reverie.agent.dream_report.training_report` exactly as ``reverie
 train`` calls it (sequence selection, open-loop prediction, drawing, files,
 TensorBoard). One JSON line: the first call (matplotlib's imports and font
-cache included) and the median of the following ones, and, from the run's
+cache included) and the median of the following ones (wall and CPU
+seconds: on a shared machine the wall time includes waiting for a core), and, from the run's
 ``metrics.jsonl`` (``time/wall_s`` against ``step``), its training seconds
 per environment step and the report's share of the training time at
 ``report_every``.
@@ -65,9 +66,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         writer = SummaryWriter(str(Path(tmp) / "tb"))
-        times = []
+        times, cpu = [], []
         for i in range(args.repeats + 1):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             training_report(
                 agent,
                 replay,
@@ -79,6 +80,7 @@ def main() -> None:
                 writer=writer,
             )
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         writer.close()
     per_step = seconds_per_env_step(Path(args.metrics) if args.metrics else logdir / "metrics.jsonl")
     median = statistics.median(times[1:])
@@ -93,6 +95,7 @@ def main() -> None:
         "threads": args.threads,
         "first_s": round(times[0], 3),
         "median_s": round(median, 3),
+        "median_cpu_s": round(statistics.median(cpu[1:]), 3),
         "report_every": args.report_every,
         "train_s_per_env_step": per_step and round(per_step, 5),
         "share_of_training": per_step and round(median / (per_step * args.report_every), 5),

@@ -230,7 +230,7 @@ PIXEL_RUN = [
     "env.size=16",
     "env.time_limit=20",
     "eval_episodes=0",
-    "report_every=60",
+    "report_every=100",
     f"report_context={K}",
     f"report_horizon={H}",
     "report_sequences=3",
@@ -259,7 +259,7 @@ def tensorboard_tags(logdir):
 def test_training_reports_to_files_metrics_and_tensorboard(pixel_run):
     lines = [json.loads(line) for line in (pixel_run / "metrics.jsonl").read_text().splitlines()]
     reports = [m for m in lines if "report/openloop_error_h1" in m]
-    assert [m["step"] for m in reports] == [63]  # episodes of 21 steps: the first episode end at ≥ 60 steps
+    assert [m["step"] for m in reports] == [100]  # mid-episode (episodes of 21 steps): any step, not only episode ends
     assert all({"report/openloop_error_h5", "report/seconds"} <= m.keys() for m in reports)
     assert "report/openloop_error_h15" not in reports[0]  # beyond the horizon of 8
     folder = pixel_run / "dream" / f"step_{reports[0]['step']:08d}"
@@ -321,6 +321,22 @@ def test_dream_command_on_a_vector_run_with_an_episode_file(tmp_path):
     assert numbers["sequences"] == 1 and numbers["source"] == str(episode)
     assert set(numbers["error_by_horizon"]) == {"target", "prev_action", "progress", "total"}
     assert len(numbers["cont_abs_error_by_horizon"]) == 6
+
+
+def test_a_training_report_leaves_the_global_generators_alone(tmp_path):
+    """Exact resume replays torch's, numpy's and Python's generators: a report must not draw from them."""
+    import random
+
+    agent, env = tiny_agent("dreamerv3", "vector")
+    steps = recorded(env, episodes=2)
+    replay = Replay(capacity=200, seq_len=4)
+    replay.extend(steps)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    metrics = dr.training_report(agent, replay, context=2, horizon=5, sequences=2, step=7, out_dir=tmp_path / "step_7")
+    assert torch.equal(torch.get_rng_state(), before[0]) and np.array_equal(np.random.get_state()[1], before[1])
+    assert random.getstate() == before[2]
+    assert set(metrics) == {"report/openloop_error_h1", "report/openloop_error_h5", "report/seconds"}
+    assert (tmp_path / "step_7" / "vector_target.png").exists()
 
 
 def test_the_learner_reports_too(tmp_path):
