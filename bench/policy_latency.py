@@ -90,7 +90,8 @@ def peak_flops(n: int = 1024, repeats: int = 20) -> float:
 
 
 def cost(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> dict[str, int]:
-    """FLOPs of one call's matrix products and convolutions, and the bytes of the parameters it touches."""
+    """FLOPs of one call's matrix products and convolutions (``flops``; ``conv_flops`` of those in convolutions),
+    and the bytes of the parameters it touches (``weight_bytes``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     touched: set[int] = set()
@@ -107,7 +108,8 @@ def cost(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> dict[str, i
     for hook in hooks:
         hook.remove()
     weight_bytes = sum(params[i].numel() * params[i].element_size() for i in touched)
-    return {"flops": int(counter.get_total_flops()), "weight_bytes": weight_bytes}
+    conv = sum(int(n) for op, n in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
+    return {"flops": int(counter.get_total_flops()), "conv_flops": conv, "weight_bytes": weight_bytes}
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -149,16 +151,17 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: floa
             export_policy(agent, Path(tmp) / f"s_{precision}.onnx", obs_space=env.obs_space, **quantize)
             runtimes[precision] = (PolicyRuntime(Path(tmp) / f"f_{precision}.onnx"), PolicyRuntime(Path(tmp) / f"s_{precision}.onnx"))
         # Alternating blocks: every part sees the same machine load; the first block of each is warm-up.
-        for block in range(steps // BLOCK + 1):
+        size = min(BLOCK, steps)
+        for block in range(steps // size + 1):
             for precision, (fused, split) in runtimes.items():
-                for i in range(BLOCK):
+                for i in range(size):
                     ob = obs_seq[i % len(obs_seq)]
                     start = time.perf_counter()
                     fused.step(ob)
                     end = time.perf_counter()
                     if block:
                         times[("fused", precision)].append(end - start)
-                for i in range(BLOCK):
+                for i in range(size):
                     ob = obs_seq[i % len(obs_seq)]
                     start = time.perf_counter()
                     sent = split.step(ob)
@@ -251,9 +254,16 @@ def installed_bytes(extras: tuple[str, ...]) -> tuple[int, list[str]]:
     """Bytes on disk of the distributions ``reverie[extras]`` pulls in (their RECORD files in this environment)."""
     from importlib import metadata
 
+    import tomllib
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
+    # reverie's own requirements from this checkout's pyproject.toml (an editable install's metadata
+    # may predate it); every other distribution's from its installed metadata.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    own = list(project["dependencies"])
+    for extra, reqs in project["optional-dependencies"].items():
+        own += [f"{r}; extra == '{extra}'" for r in reqs]
     sizes: dict[str, int] = {}
     todo, done = [("reverie", frozenset(extras))], set()
     while todo:
@@ -267,7 +277,7 @@ def installed_bytes(extras: tuple[str, ...]) -> tuple[int, list[str]]:
             continue
         if name not in sizes:
             sizes[name] = sum(f.locate().stat().st_size for f in (dist.files or []) if f.locate().is_file())
-        for text in dist.requires or []:
+        for text in own if name == "reverie" else dist.requires or []:
             req = Requirement(text)
             if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in (wanted or {""})):
                 continue
