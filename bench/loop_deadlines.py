@@ -1,10 +1,12 @@
 """Deadline misses and tick jitter of the fixed-rate loop driving an onnxruntime policy.
 
-Exports a policy of each preset (weights do not matter for timing), drives
-``dmc/cartpole_swingup`` (vector observations) for ``--seconds`` at the given
-rate, and prints one JSON line per run.
+Exports a policy of each preset (weights do not matter for timing) in each
+``--formats`` (``split``: the two-part step, whose advance the loop runs
+between ticks; ``fused``: one graph), drives ``dmc/cartpole_swingup`` (vector
+observations) for ``--seconds`` at the given rate, and prints one JSON line
+per run (``advance_*`` fields: the two-part step's off-path advance).
 
-    python bench/loop_deadlines.py --runs 1m:500 12m:100 --seconds 60
+    python bench/loop_deadlines.py --runs 1m:500 12m:100 --seconds 60 --formats split fused
 """
 
 from __future__ import annotations
@@ -24,22 +26,23 @@ from reverie.realtime.loop import ControlLoop
 from reverie.realtime.runtime import PolicyRuntime
 
 
-def run(preset: str, rate_hz: float, seconds: float, env_name: str, spin_us: float, out: Path | None) -> dict:
+def run(preset: str, rate_hz: float, seconds: float, env_name: str, spin_us: float, out: Path | None, split: bool = True) -> dict:
     env = envs.make(env_name, seed=0)
     torch.manual_seed(0)
     agent = build_agent(compose([f"size={preset}"]), env.obs_space, env.act_space).eval()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "p.onnx"
-        export_policy(agent, path, obs_space=env.obs_space)
+        export_policy(agent, path, obs_space=env.obs_space, split=split)
         runtime = PolicyRuntime(path, threads=1)
     loop = ControlLoop(env, runtime, rate_hz=rate_hz, spin_s=spin_us * 1e-6)
     stats = loop.run(seconds=seconds)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        stats.histogram_png(out / f"latency_{preset}_{int(rate_hz)}hz.png")
+        stats.histogram_png(out / f"latency_{preset}_{int(rate_hz)}hz{'' if split else '_fused'}.png")
     return {
         "name": "loop_deadlines",
         "preset": preset,
+        "format": "split" if split else "fused",
         "rate_hz": rate_hz,
         "seconds": seconds,
         "env": env_name,
@@ -55,12 +58,15 @@ def main() -> None:
     parser.add_argument("--env", default="dmc/cartpole_swingup")
     parser.add_argument("--spin-us", type=float, default=1500.0, help="busy-wait this long before each tick (lower jitter)")
     parser.add_argument("--out", default=None, help="folder for latency histograms")
+    parser.add_argument("--formats", nargs="*", default=["split"], choices=["split", "fused"], help="policy step formats")
     args = parser.parse_args()
     torch.set_num_threads(1)
     info = machine()
     for item in args.runs:
         preset, rate = item.split(":")
-        emit({**run(preset, float(rate), args.seconds, args.env, args.spin_us, Path(args.out) if args.out else None), "machine": info})
+        for form in args.formats:
+            out = Path(args.out) if args.out else None
+            emit({**run(preset, float(rate), args.seconds, args.env, args.spin_us, out, split=form == "split"), "machine": info})
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ import time, resident memory and installed size beside the full install's.
 
 One JSON line per measurement. Latency rows (``name: policy_latency``) have ``preset``, ``obs`` (vector |
 pixels), ``part`` (fused | critical | advance), ``precision`` (fp32 | int8), ``p50_us``, ``p99_us``,
-``p999_us``, ``floor_us`` (the part's weight bytes ÷ this thread's memory read bandwidth, measured in the same
-run) and ``compute_floor_us`` (its matrix-product and convolution FLOPs ÷ the best fp32 product rate of this
+``p999_us``, ``floor_us`` (the part's ONNX weight bytes, ``onnx_weight_bytes``, ÷ this thread's memory read
+bandwidth, measured in the same run; ``weight_bytes`` counts the torch parameters the part touches) and
+``compute_floor_us`` (its matrix-product and convolution FLOPs ÷ the best fp32 product rate of this
 thread, measured in the same run). The parts are timed in alternating blocks of 500 steps so that all of them
 see the same machine load; ratios between them are the robust figure on a busy machine. One
 ``policy_latency_ratio`` line per preset and observation type gives critical p99 ÷ fused p99 (and int8 ÷
@@ -90,7 +91,8 @@ def peak_flops(n: int = 1024, repeats: int = 20) -> float:
 
 
 def cost(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> dict[str, int]:
-    """FLOPs of one call's matrix products and convolutions, and the bytes of the parameters it touches."""
+    """FLOPs of one call's matrix products and convolutions (``flops``; ``conv_flops`` of those in convolutions),
+    and the bytes of the parameters it touches (``weight_bytes``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     touched: set[int] = set()
@@ -107,7 +109,16 @@ def cost(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> dict[str, i
     for hook in hooks:
         hook.remove()
     weight_bytes = sum(params[i].numel() * params[i].element_size() for i in touched)
-    return {"flops": int(counter.get_total_flops()), "weight_bytes": weight_bytes}
+    conv = sum(int(n) for op, n in counter.get_flop_counts()["Global"].items() if "convolution" in str(op))
+    return {"flops": int(counter.get_total_flops()), "conv_flops": conv, "weight_bytes": weight_bytes}
+
+
+def onnx_weight_bytes(path: Path) -> int:
+    """Bytes of an ONNX model's initializers: the weights it streams per call (int8 ones at a byte each)."""
+    import onnx
+    from onnx import numpy_helper
+
+    return sum(numpy_helper.to_array(init).nbytes for init in onnx.load(str(path)).graph.initializer)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -141,6 +152,7 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: floa
     }
     precisions = ["fp32", "int8"] if int8 else ["fp32"]
     times: dict[tuple[str, str], list[float]] = {(part, p): [] for part in costs for p in precisions}
+    onnx_bytes: dict[tuple[str, str], int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         runtimes = {}
         for precision in precisions:
@@ -148,17 +160,21 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: floa
             export_policy(agent, Path(tmp) / f"f_{precision}.onnx", obs_space=env.obs_space, split=False, **quantize)
             export_policy(agent, Path(tmp) / f"s_{precision}.onnx", obs_space=env.obs_space, **quantize)
             runtimes[precision] = (PolicyRuntime(Path(tmp) / f"f_{precision}.onnx"), PolicyRuntime(Path(tmp) / f"s_{precision}.onnx"))
+            files = {"fused": f"f_{precision}.onnx", "critical": f"s_{precision}.onnx", "advance": f"s_{precision}.advance.onnx"}
+            for part, name in files.items():
+                onnx_bytes[(part, precision)] = onnx_weight_bytes(Path(tmp) / name)
         # Alternating blocks: every part sees the same machine load; the first block of each is warm-up.
-        for block in range(steps // BLOCK + 1):
+        size = min(BLOCK, steps)
+        for block in range(steps // size + 1):
             for precision, (fused, split) in runtimes.items():
-                for i in range(BLOCK):
+                for i in range(size):
                     ob = obs_seq[i % len(obs_seq)]
                     start = time.perf_counter()
                     fused.step(ob)
                     end = time.perf_counter()
                     if block:
                         times[("fused", precision)].append(end - start)
-                for i in range(BLOCK):
+                for i in range(size):
                     ob = obs_seq[i % len(obs_seq)]
                     start = time.perf_counter()
                     sent = split.step(ob)
@@ -182,7 +198,9 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: floa
                 "steps": len(samples),
                 **percentiles(samples),
                 **c,
-                "floor_us": c["weight_bytes"] / bandwidth * 1e6,
+                "onnx_weight_bytes": onnx_bytes[(part, precision)],
+                # Streaming the model's own weights (int8 ones at a byte each) once per call.
+                "floor_us": onnx_bytes[(part, precision)] / bandwidth * 1e6,
                 # The products alone at this thread's best measured fp32 rate: no fp32 runtime can beat it.
                 "compute_floor_us": c["flops"] / peak * 1e6,
                 "bandwidth_gb_s": bandwidth / 1e9,
@@ -251,9 +269,16 @@ def installed_bytes(extras: tuple[str, ...]) -> tuple[int, list[str]]:
     """Bytes on disk of the distributions ``reverie[extras]`` pulls in (their RECORD files in this environment)."""
     from importlib import metadata
 
+    import tomllib
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
+    # reverie's own requirements from this checkout's pyproject.toml (an editable install's metadata
+    # may predate it); every other distribution's from its installed metadata.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    own = list(project["dependencies"])
+    for extra, reqs in project["optional-dependencies"].items():
+        own += [f"{r}; extra == '{extra}'" for r in reqs]
     sizes: dict[str, int] = {}
     todo, done = [("reverie", frozenset(extras))], set()
     while todo:
@@ -267,7 +292,7 @@ def installed_bytes(extras: tuple[str, ...]) -> tuple[int, list[str]]:
             continue
         if name not in sizes:
             sizes[name] = sum(f.locate().stat().st_size for f in (dist.files or []) if f.locate().is_file())
-        for text in dist.requires or []:
+        for text in own if name == "reverie" else dist.requires or []:
             req = Requirement(text)
             if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in (wanted or {""})):
                 continue

@@ -255,8 +255,8 @@ action bounds, noise layout, algo, size, sha256).
   --deterministic   export the mode policy (deployment) instead of sampling
   --fused           one graph, (observation keys…, deter, stoch, prev_action,
                     is_first, noise) → (action, deter, stoch) (sidecar format 1)
-  --quantize int8   int8 weights in the matrix products and convolutions
-                    (onnxruntime dynamic quantization). Before writing, the
+  --quantize int8   int8 weights in the matrix products (onnxruntime dynamic
+                    quantization; convolutions stay fp32). Before writing, the
                     export runs it beside fp32 on the run's task: the mean
                     |Δaction| over a 1,000-step rollout and the returns of 10
                     episodes of each, printed and kept in the sidecar; it is

@@ -100,8 +100,8 @@ def export_policy(
         deterministic: export the mode policy (deployment) instead of sampling.
         split: two parts, observe and advance (format 2); False writes the
             fused step (format 1).
-        quantize: ``"int8"``: int8 weights in the matrix products and
-            convolutions (``reverie.realtime.quantize``; recorded in the
+        quantize: ``"int8"``: int8 weights in the matrix products
+            (``reverie.realtime.quantize``; recorded in the
             sidecar). The round trip then checks finiteness, not closeness to
             torch: judging the deviation is ``quantize.export_quantized``'s job.
         metadata: extra sidecar fields (algo, size, env, checkpoint …).

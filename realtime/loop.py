@@ -86,7 +86,11 @@ class Policy(Protocol):
     ``obs['is_first']`` if it needs to know about episode starts, but the loop
     also calls ``reset`` before every episode. A policy may also define
     ``action_sent(action)``: the loop calls it after each send with the action
-    actually sent (which differs from the policy's output after a safe action).
+    actually sent (which differs from the policy's output after a safe action);
+    and ``advance() -> bool``: work for its next step that needs no
+    observation (a two-part ``PolicyRuntime``'s recurrent advance), which the
+    loop runs before waiting for the next tick and times apart; it returns
+    whether it did any work.
     """
 
     def reset(self) -> None:

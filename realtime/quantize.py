@@ -1,10 +1,10 @@
 """int8 exports: onnxruntime's dynamic quantization, and how far the quantized policy strays from fp32.
 
 Learner side (needs onnx for onnxruntime's quantizer). The matrix products
-(``MatMul``, ``Gemm``) and convolutions get int8 weights; activations are
-quantized per call (dynamic quantization, no calibration set), so the
-products run as int8 kernels (VNNI where the CPU has it). Everything else
-(norms, activations, sampling) stays fp32.
+(``MatMul``, ``Gemm``) get int8 weights; activations are quantized per call
+(dynamic quantization, no calibration set), so the products run as int8
+kernels (VNNI where the CPU has it). Everything else (convolutions, norms,
+activations, sampling) stays fp32.
 
 An int8 export is judged against the fp32 export of the same agent on the
 real task before anything is written: the mean |Δaction| over a rollout
@@ -28,14 +28,16 @@ from .signature import advance_path, sidecar_path
 
 #: Quantization modes ``export_policy(quantize=…)`` knows.
 MODES = ("int8",)
-#: The operators whose weights become int8.
-OPS = ("MatMul", "Gemm", "Conv")
+#: The operators whose weights become int8: the matrix products. Not the convolutions: onnxruntime runs a
+#: dynamically quantized convolution (ConvInteger) about 20× slower than the fp32 one here (1m pixels: 15.6 ms
+#: against 0.65 ms a step), where the products gain; docs/design.md, "int8".
+OPS = ("MatMul", "Gemm")
 #: Default refusal bound on the mean |Δaction| (actions lie in [-1, 1]).
 DEFAULT_BOUND = 0.05
 
 
 def quantize_bytes(data: bytes, mode: str) -> bytes:
-    """An ONNX model's bytes with int8 weights in its matrix products and convolutions (onnxruntime dynamic quantization).
+    """An ONNX model's bytes with int8 weights in its matrix products (onnxruntime dynamic quantization).
 
     Raises:
         ValueError: for an unknown mode.

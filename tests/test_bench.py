@@ -24,9 +24,12 @@ def test_train_throughput():
 
 @pytest.mark.slow
 def test_policy_latency():
-    rows = run("policy_latency.py", "--presets", "1m", "--obs", "vector", "--steps", "50")
-    assert {r["runtime"] for r in rows} == {"torch", "onnxruntime"}
-    assert all(r["p99_us"] > 0 and r["floor_us"] > 0 for r in rows)
+    rows = run("policy_latency.py", "--presets", "1m", "--obs", "vector", "--steps", "50", "--int8", "--no-install")
+    latency = [r for r in rows if r["name"] == "policy_latency"]
+    assert {(r["part"], r["precision"]) for r in latency} == {(p, q) for p in ("fused", "critical", "advance") for q in ("fp32", "int8")}
+    assert all(r["p99_us"] > 0 and r["floor_us"] > 0 and r["steps"] == 50 for r in latency)
+    (ratio,) = [r for r in rows if r["name"] == "policy_latency_ratio"]
+    assert ratio["critical_over_fused_p99"] > 0 and ratio["fp32_over_int8_fused_p50"] > 0
 
 
 @pytest.mark.slow
@@ -43,7 +46,7 @@ def test_policy_step_conv_flops_by_hand():
     sys.path.insert(0, str(BENCH))
     import numpy as np
     import torch
-    from policy_latency import step_flops
+    from policy_latency import cost
 
     from reverie import envs
     from reverie.agent.builder import build_agent
@@ -59,7 +62,7 @@ def test_policy_step_conv_flops_by_hand():
     channels = [3, 32, 48, 64, 64]  # depth 16 × mults (2, 3, 4, 4)
     expected = sum(2 * s * s * channels[i + 1] * channels[i] * 25 for i, s in enumerate((64, 32, 16, 8)))
     assert expected == 150_732_800
-    assert step_flops(step, example)["conv_flops"] == expected
+    assert cost(step, tuple(example))["conv_flops"] == expected
 
 
 def test_stall_probe():

