@@ -501,8 +501,10 @@ class SequenceTracker:
 
     def load_state(self, state: dict[str, dict[str, Any]], retired: dict[str, int] | None = None) -> None:
         """Restores :meth:`state` (and :attr:`retired`); entries of older checkpoints get the new fields."""
-        fresh = {**dict.fromkeys(self.TOTALS, 0), "session": -1, "next": 0, "episode": -1, "ended": True, "refused": {}}
-        self.actors = collections.OrderedDict((actor, {**fresh, **entry}) for actor, entry in state.items())
+        fresh = {**dict.fromkeys(self.TOTALS, 0), "session": -1, "next": 0, "episode": -1, "ended": True}
+        self.actors = collections.OrderedDict(
+            (actor, {**fresh, **entry, "refused": dict(entry.get("refused", {}))}) for actor, entry in state.items()
+        )
         self.retired = {**dict.fromkeys(self.TOTALS, 0), **(retired or {})}
 
 

@@ -433,3 +433,12 @@ def test_mutation_fuzz_against_a_live_learner():
     assert summary["updates_during_fuzz"] > 0 and summary["replay_invalid_rows"] == 0 and summary["replay_rows"] > 0, summary
     assert summary["honest_messages_accepted"] >= 0.95 * summary["honest_messages_sent"], summary
     assert summary["refused"] > 2500, summary  # most mutations are refused; those accepted were still valid
+
+
+def test_tracker_state_of_an_older_checkpoint_gets_its_own_refusal_counts():
+    old = {"a": {"session": 1, "next": 3, "messages": 3, "steps": 12, "missing": 0, "duplicates": 0, "stale": 0, "sessions": 1}}
+    tracker = SequenceTracker()
+    tracker.load_state({**old, "b": dict(old["a"])})
+    assert tracker.accept(experience(3, valid(first=False), actor="a"))
+    tracker.accept(experience(3, valid(first=False), actor="a"))  # a duplicate of a
+    assert tracker.actors["a"]["refused"] == {"duplicate": 1} and tracker.actors["b"]["refused"] == {}
