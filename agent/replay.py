@@ -123,7 +123,7 @@ class Replay:
         Raises:
             ValueError: when replay holds no sequence to sample.
         """
-        first = max(0, self.total - self.capacity)
+        first = self.first
         last_start = self.total - self.seq_len
         if last_start < first:
             raise ValueError(f"replay holds {len(self)} steps; need at least {self.seq_len} to sample")
@@ -165,15 +165,19 @@ class Replay:
 
     def held_steps(self) -> np.ndarray:
         """Step indices (0 … total−1) of the rows replay holds, oldest first."""
-        return np.arange(max(0, self.total - self.capacity), self.total)
+        return np.arange(self.first, self.total)
 
-    def scan(self, bad_rows, block: int = 65536) -> np.ndarray:
-        """Step indices of the held rows that ``bad_rows({key: [N, ...]}) → [N] mask`` flags, in blocks of ``block`` rows."""
+    def scan(self, bad_rows, keys: list[str] | None = None, block: int = 65536) -> np.ndarray:
+        """Step indices of the held rows that ``bad_rows({key: [N, ...]}) → [N] mask`` flags, in blocks of ``block`` rows.
+
+        ``keys``: the keys ``bad_rows`` reads (default all); leaving out the
+        images spares copying them, block by block, through the whole replay.
+        """
         held = self.held_steps()
         found = []
         for start in range(0, len(held), block):
             steps = held[start : start + block]
-            mask = bad_rows({k: v[steps % self.capacity] for k, v in self.data.items()})
+            mask = bad_rows({k: self.data[k][steps % self.capacity] for k in (keys or self.data)})
             found.append(steps[mask])
         return np.concatenate(found) if found else np.zeros(0, np.int64)
 

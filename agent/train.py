@@ -214,7 +214,7 @@ class Trainer:
 
     def repair_replay(self) -> int:
         """Quarantines the replay rows that fail validation by meaning (say so once); returns how many were new."""
-        steps = self.replay.scan(self.spec.bad_rows)
+        steps = self.replay.scan(self.spec.bad_rows, keys=self.spec.checked_keys)
         new = self.replay.quarantine(steps % self.replay.capacity) if len(steps) else 0
         if new:
             print(

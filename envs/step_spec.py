@@ -105,6 +105,11 @@ class StepSpec:
         """Keys of the observation (all but action and latents)."""
         return [k for k in self.schema if k not in EXTRA_KEYS]
 
+    @property
+    def checked_keys(self) -> list[str]:
+        """Keys some rule reads: all but the uint8 images, which may hold any byte (``stoch`` is checked)."""
+        return [k for k, (dtype, _) in self.schema.items() if dtype != "uint8" or k == "stoch"]
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able form (for files next to a replay)."""
         out = dataclasses.asdict(self)
@@ -115,8 +120,9 @@ class StepSpec:
     def violations(self, arrays: dict[str, np.ndarray], lead: int = 1) -> dict[str, np.ndarray]:
         """``{"reason key": mask}`` of the rows that break a rule; masks have the ``lead`` leading axes' shape.
 
-        ``arrays`` must already have the schema's keys, dtypes and shapes after
-        ``lead`` leading axes (``[T]`` for a message, ``[B, L]`` for a batch).
+        ``arrays`` must already have the :attr:`checked_keys` with the schema's
+        dtypes and shapes after ``lead`` leading axes (``[T]`` for a message,
+        ``[B, L]`` for a batch).
         Keys without violations are left out.
         """
         out: dict[str, np.ndarray] = {}
@@ -126,8 +132,8 @@ class StepSpec:
             if mask.any():
                 out[f"{reason} {key}"] = mask
 
-        for key, (dtype, _) in self.schema.items():
-            value = arrays[key]
+        for key in self.checked_keys:
+            dtype, value = self.schema[key][0], arrays[key]
             if dtype == "bool":
                 add("bool", key, value.view(np.uint8) > 1)
             elif value.dtype.kind == "f" and key != "action":
