@@ -427,16 +427,21 @@ class WeightSubscriber:
         self._close_sockets()
         self._socket, self._monitor = self._connect()
 
+    def _poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        return poller
+
     def _run(self) -> None:
         lower_thread_priority()
+        poller = self._poller()
         while not self._stop.is_set():
-            poller = zmq.Poller()
-            poller.register(self._socket, zmq.POLLIN)
-            poller.register(self._monitor, zmq.POLLIN)
             try:
                 ready = dict(poller.poll(100))
                 if self._monitor in ready:
                     self._reconnect()
+                    poller = self._poller()  # the old sockets are closed
                     continue
             except zmq.ZMQError:
                 return
