@@ -175,9 +175,13 @@ def _async_command(name: str, args: list[str]) -> int:
             print(f"learner done: {summary['env_steps']} env steps, {summary['updates']} updates, version {summary['version']}")
         else:
             from reverie.realtime.actor import run_actor
+            from reverie.realtime.launcher import EXIT_ESTOP
 
             status = run_actor(cfg)
             print(f"actor {status['actor']} stopped: {status['ticks']} ticks, {status['deadline_misses']} missed deadlines")
+            if status.get("estops"):
+                print(f"reverie actor: emergency stop ({status.get('estop_reason')}); the robot stays stopped", file=sys.stderr)
+                return EXIT_ESTOP
     except (ValueError, RuntimeError) as exc:
         print(f"reverie {name}: {exc}", file=sys.stderr)
         return 2

@@ -289,10 +289,14 @@ class SensorNoise:
         self._bias: dict[str, np.ndarray] = {}
         self._previous: Obs = {}
 
+    def forget(self) -> None:
+        """Forgets the held values (an episode starts: nothing to repeat yet)."""
+        self._previous = {}
+
     def begin(self, rng: np.random.Generator) -> dict[str, float]:
         """Starts an episode: draws the biases, forgets held values; returns the mean bias per key."""
         low, high = self.spec.obs_bias
-        self._previous = {}
+        self.forget()
         if (low, high) == (0.0, 0.0):
             self._bias = {}
             return {}

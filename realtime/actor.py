@@ -78,6 +78,27 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _safety_requested(safety: Any) -> bool:
+    return safety is not None and bool(safety.get("max_delta") or safety.get("low") or safety.get("high"))
+
+
+def build_robot(cfg: DictConfig, seed: int) -> Any:
+    """The actor's robot: the MuJoCo stand-in with ``realtime.robot_perturb``, behind ``realtime.safety``'s limits when set."""
+    from reverie.envs.randomize import RandomizeSpec
+    from reverie.envs.robot import MuJoCoRobot, SafeRobot
+
+    rt = cfg.realtime
+    robot: Any = MuJoCoRobot(cfg.env.name, obs=cfg.obs, seed=seed, perturb=RandomizeSpec.from_config(rt.get("robot_perturb")))
+    safety = rt.get("safety")
+    if _safety_requested(safety):
+        try:
+            robot = SafeRobot(robot, max_delta=safety.max_delta, low=list(safety.low) or None, high=list(safety.high) or None)
+        except ValueError:
+            robot.close()
+            raise
+    return robot
+
+
 def actor_seed(cfg: DictConfig, actor_id: str) -> int:
     """A seed per actor id, so distinct actors see distinct episodes."""
     return int(cfg.seed) + 1 + zlib.crc32(actor_id.encode()) % 100_000
@@ -100,11 +121,13 @@ class Actor:
         self.dir = Path(cfg.logdir) / "actors" / self.id
         self.dir.mkdir(parents=True, exist_ok=True)
         if rt.robot:
-            from reverie.envs.robot import MuJoCoRobot
-
-            self.source: Any = MuJoCoRobot(cfg.env.name, obs=cfg.obs, seed=self.seed)
+            self.source: Any = build_robot(cfg, self.seed)
             obs_space, act_space = self.source.obs_space, self.source.action_space
+            perturbation = getattr(self.source, "perturbation", {})
+            write_json_atomic(self.dir / "robot.json", {"name": cfg.env.name, "seed": self.seed, "perturbation": perturbation})
         else:
+            if _safety_requested(rt.get("safety")):
+                raise ValueError("realtime.safety limits a robot's commands: it needs realtime.robot=true")
             self.source = envs.from_config(cfg, self.seed)
             obs_space, act_space = self.source.obs_space, self.source.act_space
         self.obs_space, self.act_space = obs_space, act_space
@@ -184,6 +207,8 @@ class Actor:
             "safe_actions": stats.safe_actions,
             "nonfinite_obs": stats.nonfinite_obs,
             "exceptions": stats.exceptions,
+            "estops": stats.estops,
+            "estop_reason": stats.estop_reason,
             "latency_p99_us": float(np.percentile(recent, 99)) if recent.size else None,
             "advances": len(stats.advance_us),
             "advance_misses": stats.advance_misses,
