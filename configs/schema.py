@@ -227,6 +227,9 @@ class RealtimeConfig:
     rate_hz: float = doc(50.0, "actor control rate (ticks per second)")
     robot: bool = doc(False, "actor drives the MuJoCo robot stand-in paced in wall-clock time")
     robot_perturb: RandomizeConfig = field(default_factory=RandomizeConfig)
+    initial_policy: str = doc(
+        "", "reverie actor: exported policy (.onnx) to run until the learner's first weights arrive; '': random actions"
+    )
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     safe_action: str = doc("hold", "action on a missed deadline or a bad observation: hold | zero")
     priority: int = doc(0, "SCHED_FIFO priority of the actor's control thread, 1-99 (needs CAP_SYS_NICE); 0: normal scheduling")
