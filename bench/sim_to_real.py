@@ -315,6 +315,10 @@ def main() -> None:
         "robot_minutes": records[-1]["minutes"] if records else 0.0,
         "robot_episodes": len(records),
         "recovered": recovered(records, rows[0], args.window),
+        # The gap rows use the deterministic export; the flow runs the learner's sampling policy: its first episodes
+        # are the deployed agent's own starting point.
+        "flow_first": float(np.mean([r["return"] for r in records[: args.window]])) if records else None,
+        "flow_last": float(np.mean([r["return"] for r in records[-args.window :]])) if records else None,
         "machine": machine(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
