@@ -316,6 +316,7 @@ class Trainer:
                     last_return = episode_return
                     # Per-episode diagnostics of the env (Crafter's achievement counts) go along as episode/<name>.
                     diagnostics = {f"episode/{k[4:]}": int(v) for k, v in obs.items() if k.startswith("log/achievement_")}
+                    diagnostics.update(envs.episode_log(obs))  # the draws of env.randomize, as randomize/<param>/<element>
                     logger.write(
                         self.env_steps,
                         {"episode/return": episode_return, "episode/length": episode_length, **diagnostics, "time/wall_s": self.wall_s()},

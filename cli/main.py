@@ -67,6 +67,11 @@ def train_help() -> str:
     ]
     for key, default, text in describe_fields():
         lines.append(f"  {key:<18} {text} [default {default}]")
+    from reverie.configs.schema import RandomizeConfig
+
+    lines += ["", "domain randomisation (env.randomize.*; all off by default, see docs/sim_to_real.md):"]
+    for key, default, text in describe_fields(RandomizeConfig, "env.randomize."):
+        lines.append(f"  {key:<27} {text} [default {default}]")
     lines += [
         "",
         "nested keys are set with dots, e.g. algo.optimizer.lr=1e-4, env.time_limit=200,",
@@ -143,11 +148,13 @@ All `reverie train` settings apply too; see `reverie train --help`.
 
 
 def _async_help() -> str:
-    from reverie.configs.schema import RealtimeConfig
+    from reverie.configs.schema import RandomizeConfig, RealtimeConfig, SafetyConfig
 
     from .config import describe_fields
 
-    rows = [f"  {key:<16} {text} [default {default}]" for key, default, text in describe_fields(RealtimeConfig)]
+    fields = describe_fields(RealtimeConfig)
+    fields += describe_fields(RandomizeConfig, "robot_perturb.") + describe_fields(SafetyConfig, "safety.")
+    rows = [f"  {key:<16} {text} [default {default}]" for key, default, text in fields]
     return ASYNC_HELP.format(keys="\n".join(rows))
 
 
@@ -175,9 +182,13 @@ def _async_command(name: str, args: list[str]) -> int:
             print(f"learner done: {summary['env_steps']} env steps, {summary['updates']} updates, version {summary['version']}")
         else:
             from reverie.realtime.actor import run_actor
+            from reverie.realtime.launcher import EXIT_ESTOP
 
             status = run_actor(cfg)
             print(f"actor {status['actor']} stopped: {status['ticks']} ticks, {status['deadline_misses']} missed deadlines")
+            if status.get("estops"):
+                print(f"reverie actor: emergency stop ({status.get('estop_reason')}); the robot stays stopped", file=sys.stderr)
+                return EXIT_ESTOP
     except (ValueError, RuntimeError) as exc:
         print(f"reverie {name}: {exc}", file=sys.stderr)
         return 2

@@ -158,6 +158,37 @@ class SizeConfig:
 
 
 @dataclass
+class RandomizeConfig:
+    """Perturbations of the simulator (``env.randomize``) or the stand-in robot (``realtime.robot_perturb``); all off by default.
+
+    Factor ranges are ``[low, high]``: each element (body, geom, dof, actuator)
+    gets its own factor drawn uniformly from the range; ``[x, x]`` is a fixed
+    factor. ``env.randomize`` draws again at every episode reset;
+    ``realtime.robot_perturb`` draws once when the robot is built and keeps it.
+    """
+
+    mass: list = doc([1.0, 1.0], "factor range of each body's mass (its inertia scales alike)")
+    friction: list = doc([1.0, 1.0], "factor range of each geom's friction (sliding, torsional, rolling)")
+    damping: list = doc([1.0, 1.0], "factor range of each joint dof's damping")
+    gain: list = doc([1.0, 1.0], "factor range of each actuator's gain (a servo's mirrored bias term scales with it)")
+    obs_noise: float = doc(0.0, "std of Gaussian noise added to every float sensor value at every tick")
+    obs_bias: list = doc([0.0, 0.0], "range of a per-episode offset drawn for every float sensor element ([b, b]: fixed)")
+    act_noise: float = doc(0.0, "std of Gaussian noise added to continuous actions in [-1, 1] (then clipped)")
+    act_delay: int = doc(0, "control ticks between computing an action and applying it (zeros applied at an episode's first ticks)")
+    dropout: float = doc(0.0, "probability per sensor key and tick that it repeats its previous value")
+    seed: int | None = doc(None, "seed of the draws (default: the environment's seed)")
+
+
+@dataclass
+class SafetyConfig:
+    """Command limits the actor puts between the policy and the robot (``realtime.safety``); all off by default."""
+
+    max_delta: float = doc(0.0, "largest change of any action dimension from one tick to the next ([-1, 1] units); 0: no limit")
+    low: list = doc([], "per-joint lower bounds of the command in [-1, 1] (one number, or one per action dimension); []: -1")
+    high: list = doc([], "per-joint upper bounds of the command in [-1, 1]; []: 1")
+
+
+@dataclass
 class EnvConfig:
     """The environment (``env=``)."""
 
@@ -168,6 +199,7 @@ class EnvConfig:
     options: dict = doc(
         {}, "keyword arguments of the raw environment (add one with +env.options.KEY=V), e.g. atari: sticky, actions, noops, gray"
     )
+    randomize: RandomizeConfig = field(default_factory=RandomizeConfig)
 
 
 @dataclass
@@ -194,6 +226,11 @@ class RealtimeConfig:
     actor_id: str = doc("actor0", "reverie actor: this actor's id (distinct per actor)")
     rate_hz: float = doc(50.0, "actor control rate (ticks per second)")
     robot: bool = doc(False, "actor drives the MuJoCo robot stand-in paced in wall-clock time")
+    robot_perturb: RandomizeConfig = field(default_factory=RandomizeConfig)
+    initial_policy: str = doc(
+        "", "reverie actor: exported policy (.onnx) to run until the learner's first weights arrive; '': random actions"
+    )
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     safe_action: str = doc("hold", "action on a missed deadline or a bad observation: hold | zero")
     priority: int = doc(0, "SCHED_FIFO priority of the actor's control thread, 1-99 (needs CAP_SYS_NICE); 0: normal scheduling")
     chunk: int = doc(64, "steps per experience message")

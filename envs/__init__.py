@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .base import BASIC_KEYS, Env, Space, model_keys
+from .randomize import Randomize, RandomizeSpec, episode_log
 from .wrappers import ActionRepeat, CheckSpaces, NormalizeAction, OneHotAction, TimeLimit
 
 #: Families ``make`` builds.
@@ -105,14 +106,18 @@ def make(
     action_repeat: int | None = None,
     time_limit: int | None = None,
     size: tuple[int, int] = (64, 64),
+    randomize: RandomizeSpec | None = None,
     **kwargs: Any,
 ) -> Env:
     """Builds an environment that follows the reverie contract.
 
-    The raw environment is wrapped as ``CheckSpaces(TimeLimit(ActionRepeat(
-    NormalizeAction | OneHotAction(raw))))``: continuous actions are in
-    [-1, 1], discrete actions are one-hot. Atari repeats actions itself (it
-    max-pools the last two frames), so it gets ``repeat`` and no ``ActionRepeat``.
+    The raw environment is wrapped as ``CheckSpaces([Randomize](TimeLimit(
+    ActionRepeat(NormalizeAction | OneHotAction(raw)))))``: continuous actions
+    are in [-1, 1], discrete actions are one-hot. Atari repeats actions itself
+    (it max-pools the last two frames), so it gets ``repeat`` and no
+    ``ActionRepeat``. ``Randomize`` is there only when ``randomize`` asks for
+    something; it sits outside the time limit and the repeat, so its action
+    delay and noise count agent steps and it sees every episode's end.
 
     Args:
         name: ``dmc/<domain>_<task>``, ``gym/<id>``, ``atari/<game>``,
@@ -127,6 +132,8 @@ def make(
             steps at repeat 2; atari: 108,000 frames, i.e. 27,000 agent steps
             at repeat 4; crafter: 10,000 steps).
         size: image (height, width) for pixel observations.
+        randomize: domain randomisation (``envs.randomize.RandomizeSpec``);
+            None or a nominal spec leaves the environment untouched.
         **kwargs: passed to the raw environment (``DMC``, ``Gym``, ``Atari``,
             ``Crafter``, ``FakeEnv``).
 
@@ -154,11 +161,13 @@ def make(
         time_limit = DMC_FALLBACK_STEPS // repeat
     if time_limit is not None:
         env = TimeLimit(env, time_limit)
+    if randomize is not None and randomize.enabled:
+        env = Randomize(env, randomize, seed)
     return CheckSpaces(env)
 
 
 def from_config(cfg: Any, seed: int) -> Env:
-    """The environment a composed config describes (``cfg.env``: name, action repeat, time limit, image size, options; ``cfg.obs``).
+    """The environment a composed config describes (``cfg.env``: name, action repeat, time limit, image size, options, randomize; ``cfg.obs``).
 
     The trainer, the learner and the actor all build their environment here,
     so the actor needs no agent code (and no torch) to build its own.
@@ -173,7 +182,17 @@ def from_config(cfg: Any, seed: int) -> Env:
         from omegaconf import OmegaConf
 
         options = OmegaConf.to_container(options, resolve=True)
-    return make(e.name, obs=cfg.obs, seed=seed, action_repeat=e.action_repeat, time_limit=e.time_limit, size=(e.size, e.size), **options)
+    randomize = RandomizeSpec.from_config(e.get("randomize"))
+    return make(
+        e.name,
+        obs=cfg.obs,
+        seed=seed,
+        action_repeat=e.action_repeat,
+        time_limit=e.time_limit,
+        size=(e.size, e.size),
+        randomize=randomize,
+        **options,
+    )
 
 
 def list_envs(family: str | None = None) -> list[str]:
@@ -221,8 +240,11 @@ __all__ = [
     "Env",
     "NormalizeAction",
     "OneHotAction",
+    "Randomize",
+    "RandomizeSpec",
     "Space",
     "TimeLimit",
+    "episode_log",
     "from_config",
     "list_envs",
     "make",

@@ -12,6 +12,14 @@ not with the calls. Each ``read_sensors``/``send_command`` first integrates the
 physics up to now, in whole physics timesteps, under the command that was
 active during that time (zero-order hold). A command that arrives late is
 applied late, so latency costs control quality as it would on a real robot.
+Given a ``RandomizeSpec`` (``perturb``) it also differs from the simulator the
+policy was trained in: physics factors drawn once and kept, sensor noise,
+bias and dropout, command noise and delay (the "reality gap").
+
+``SafeRobot`` puts command limits (per-joint bounds, a rate limit) in front of
+any robot, and ``EmergencyStop`` is how a driver tells the control loop to
+stop: raised from ``read_sensors`` or ``send_command``, the loop stops the
+robot within that tick and ends its run.
 """
 
 from __future__ import annotations
@@ -25,12 +33,23 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .base import BASIC_KEYS, Space
+from .randomize import ActionPipe, PhysicsRandomizer, RandomizeSpec, SensorNoise, mujoco_model
 
 Obs = dict[str, np.ndarray]
 
 #: Slack (in timesteps) when converting elapsed seconds to whole timesteps, so
 #: that a clock advanced by exactly k timesteps gives k despite rounding.
 _STEP_EPS = 1e-6
+
+
+class EmergencyStop(Exception):
+    """A driver's demand to stop now (a pressed e-stop button, a tripped limit, a lost watchdog).
+
+    Raised from ``read_sensors`` or ``send_command`` (or a policy's ``step``),
+    it makes ``ControlLoop.run`` call ``emergency_stop()``, send nothing more
+    and return; ``LoopStats.estops`` and ``estop_reason`` record it. The
+    robot stays stopped until its next ``reset``.
+    """
 
 
 @runtime_checkable
@@ -70,10 +89,13 @@ class Robot(Protocol):
     def read_sensors(self) -> Obs:
         """The latest observation (the env contract's dict). Non-blocking."""
 
-    def send_command(self, action: np.ndarray) -> None:
+    def send_command(self, action: np.ndarray) -> np.ndarray | None:
         """Applies ``action`` until the next command. Non-blocking.
 
-        Ignored while an emergency stop is latched.
+        Ignored while an emergency stop is latched. A driver that changes
+        the command before applying it (limits, see ``SafeRobot``) returns
+        what it applies, in the units of ``action_space``, so the loop records
+        and tells the policy that action; None means ``action`` as given.
         """
 
     def emergency_stop(self) -> None:
@@ -211,6 +233,14 @@ class MuJoCoRobot:
     raw command of zero (zero force/torque, clipped into the bounds) and
     ignores commands until ``reset``.
 
+    Reality gap (``perturb``): physics factors (mass, friction, damping,
+    gain) are drawn once, here, from the spec's ranges (``[x, x]`` for a fixed
+    factor) and kept for the robot's life, as are the per-element sensor
+    biases; every ``read_sensors`` adds sensor noise and dropout, and every
+    command goes through the spec's action noise and a delay of
+    ``act_delay`` commands (zeros before the first). The draws use
+    ``perturb.seed``, else ``seed``; ``perturbation`` lists them.
+
     All public methods hold one lock, so ``emergency_stop`` may come from any
     thread.
 
@@ -225,6 +255,7 @@ class MuJoCoRobot:
             ``max_episode_steps · dt``, unlimited when it has none).
         clock: monotonic clock in seconds; inject a fake one in tests.
         size: image (height, width) for pixels.
+        perturb: the robot's difference from the simulator (None: none).
         **kwargs: passed to ``envs.dmc.DMC`` or ``envs.gym.Gym``.
 
     Raises:
@@ -241,6 +272,7 @@ class MuJoCoRobot:
         duration_s: float | None = None,
         clock: Callable[[], float] = time.perf_counter,
         size: tuple[int, int] = (64, 64),
+        perturb: RandomizeSpec | None = None,
         **kwargs: Any,
     ) -> None:
         family, _, rest = name.partition("/")
@@ -281,6 +313,19 @@ class MuJoCoRobot:
         self._terminal = False
         self._first = True
 
+        self._perturb = perturb or RandomizeSpec()
+        self._rng = np.random.default_rng([(seed if self._perturb.seed is None else self._perturb.seed) % 2**63, 2])
+        self.perturbation: dict[str, float] = {}
+        if self._perturb.physics:
+            model = mujoco_model(self._sim.raw)
+            if model is None:
+                raise ValueError(f"MuJoCoRobot: {name} has no MuJoCo model to perturb")
+            self.perturbation.update(PhysicsRandomizer(model, self._perturb).sample(self._rng))
+        self._sensor_noise = SensorNoise(self._sim.obs_space, self._perturb) if self._perturb.sensors else None
+        if self._sensor_noise is not None:
+            self.perturbation.update(self._sensor_noise.begin(self._rng))  # the biases stay for the robot's life
+        self._pipe = ActionPipe(self._space, self._perturb) if self._perturb.actions else None
+
     # -- the Robot interface ---------------------------------------------------
 
     @property
@@ -314,6 +359,10 @@ class MuJoCoRobot:
             self._reward = 0.0
             self._last = self._terminal = False
             self._first = True
+            if self._pipe is not None:
+                self._pipe.reset()
+            if self._sensor_noise is not None:
+                self._sensor_noise.forget()
 
     def read_sensors(self) -> Obs:
         """Integrates up to now and returns the observation (see the class docstring).
@@ -328,6 +377,8 @@ class MuJoCoRobot:
             else:
                 self._catch_up()
             obs = self._sim.sensors()
+            if self._sensor_noise is not None:
+                obs = self._sensor_noise.apply(obs, self._rng)
             obs["reward"] = np.array(0.0 if self._first else self._reward, np.float32)
             obs["is_first"] = np.array(self._first)
             obs["is_last"] = np.array(self._last)
@@ -337,7 +388,7 @@ class MuJoCoRobot:
             return obs
 
     def send_command(self, action: np.ndarray) -> None:
-        """Integrates up to now under the old command, then applies ``action``.
+        """Integrates up to now under the old command, then applies ``action`` (after the perturbation's delay and noise).
 
         Args:
             action: float32 ``(A,)``; clipped to [-1, 1]. Ignored while an
@@ -355,7 +406,9 @@ class MuJoCoRobot:
             self._catch_up()
             if self._estopped:
                 return
-            self._command = np.clip(command, -1.0, 1.0)
+            command = np.clip(command, -1.0, 1.0)
+            # The reality gap acts after the command left the controller: what the actuators get.
+            self._command = command if self._pipe is None else self._pipe.push(command, self._rng)
             self._raw = self._to_raw(self._command)
 
     def emergency_stop(self) -> None:
@@ -442,4 +495,118 @@ class MuJoCoRobot:
                 return
 
 
-__all__ = ["MuJoCoRobot", "Robot"]
+class SafeRobot:
+    """Command limits in front of a robot: per-joint bounds and a rate limit.
+
+    Each command is clipped to the sub-box ``[low, high]`` of [-1, 1], then
+    moved at most ``max_delta`` per dimension away from the previous command
+    applied (zeros after ``reset``, which is what a robot holds when it
+    starts), then clipped into the box again: the bounds are hard, the rate
+    limit holds inside them. ``send_command`` returns the limited command, so
+    the control loop records it and tells the policy. Everything else is the
+    wrapped robot's; ``emergency_stop`` passes straight through.
+
+    Args:
+        robot: the robot (a ``Robot`` with a continuous ``(A,)`` action space).
+        max_delta: largest change per tick and dimension ([-1, 1] units);
+            0 or None: no rate limit.
+        low: lower bounds, one number or one per dimension, within [-1, 1]
+            (None: -1).
+        high: upper bounds likewise (None: 1).
+
+    Raises:
+        ValueError: for a discrete action space, a negative or non-finite
+            ``max_delta``, or bounds of the wrong size, outside [-1, 1] or
+            with ``low > high``.
+    """
+
+    def __init__(self, robot: Any, *, max_delta: float | None = None, low: Any = None, high: Any = None) -> None:
+        space = robot.action_space
+        if space.discrete or len(space.shape) != 1:
+            raise ValueError(f"SafeRobot needs a continuous (A,) action space, got {space}")
+        self.robot = robot
+        delta = float(max_delta or 0.0)
+        if not (math.isfinite(delta) and delta >= 0):
+            raise ValueError(f"safety.max_delta: expected a number >= 0, got {max_delta!r}")
+        self.max_delta = delta
+        self.low = self._bound("low", low, -1.0, space.shape)
+        self.high = self._bound("high", high, 1.0, space.shape)
+        if np.any(self.low > self.high):
+            raise ValueError(f"safety: low {self.low.tolist()} exceeds high {self.high.tolist()}")
+        self._previous = np.zeros(space.shape, np.float32)
+        #: Commands the limits changed (bounds or rate).
+        self.limited = 0
+
+    @staticmethod
+    def _bound(name: str, value: Any, default: float, shape: tuple[int, ...]) -> np.ndarray:
+        if value is None or (not np.isscalar(value) and len(value) == 0):
+            return np.full(shape, default, np.float32)
+        array = np.asarray(value, np.float64).reshape(-1)
+        if array.size == 1:
+            array = np.full(shape, array[0])
+        if array.shape != shape or not np.all(np.isfinite(array)) or np.any(np.abs(array) > 1):
+            raise ValueError(f"safety.{name}: expected one number or {shape[0]} numbers within [-1, 1], got {value!r}")
+        return array.astype(np.float32)
+
+    @property
+    def obs_space(self) -> dict[str, Space]:
+        """The wrapped robot's."""
+        return self.robot.obs_space
+
+    @property
+    def action_space(self) -> Space:
+        """The wrapped robot's (commands outside the limits are accepted and limited)."""
+        return self.robot.action_space
+
+    def clock(self) -> float:
+        """The wrapped robot's clock."""
+        return self.robot.clock()
+
+    def reset(self) -> None:
+        """Resets the robot; the rate limit starts again from zeros."""
+        self.robot.reset()
+        self._previous = np.zeros(self.action_space.shape, np.float32)
+
+    def read_sensors(self) -> Obs:
+        """The wrapped robot's observation."""
+        return self.robot.read_sensors()
+
+    def limit(self, action: np.ndarray) -> np.ndarray:
+        """The command ``action`` becomes (bounds, then rate limit), without sending it."""
+        command = np.clip(np.asarray(action, np.float32), self.low, self.high)
+        if self.max_delta > 0:
+            command = self._previous + np.clip(command - self._previous, -self.max_delta, self.max_delta)
+            command = np.clip(command, self.low, self.high)
+        return command.astype(np.float32)
+
+    def send_command(self, action: np.ndarray) -> np.ndarray:
+        """Sends the limited command; returns it.
+
+        Raises:
+            ValueError: for a wrong shape or non-finite values (nothing is sent).
+        """
+        action = np.asarray(action, np.float32)
+        if action.shape != self.action_space.shape or not np.isfinite(action).all():
+            raise ValueError(f"command: expected finite float32 {self.action_space.shape}, got {action!r}")
+        command = self.limit(action)
+        if not np.array_equal(command, np.clip(action, -1.0, 1.0)):
+            self.limited += 1
+        self.robot.send_command(command)
+        self._previous = command
+        return command.copy()
+
+    def emergency_stop(self) -> None:
+        """The wrapped robot's emergency stop (any thread)."""
+        self.robot.emergency_stop()
+
+    def close(self) -> None:
+        """Closes the wrapped robot."""
+        self.robot.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "robot":
+            raise AttributeError(name)
+        return getattr(self.robot, name)
+
+
+__all__ = ["EmergencyStop", "MuJoCoRobot", "Robot", "SafeRobot"]

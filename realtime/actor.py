@@ -10,8 +10,9 @@ The loop runs on the main thread at ``realtime.rate_hz``. Around it:
 * a status thread sends the actor's counters to the learner every
   ``realtime.status_every_s`` and writes them to ``logdir/actors/<id>/status.json``.
 
-Until the first weights arrive the actor explores with uniform random actions
-(policy version 0).
+Until the first weights arrive the actor explores with uniform random actions,
+or runs ``realtime.initial_policy`` (an exported policy, e.g. the one a
+simulation run wrote) when given; either is policy version 0.
 """
 
 from __future__ import annotations
@@ -78,6 +79,27 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _safety_requested(safety: Any) -> bool:
+    return safety is not None and bool(safety.get("max_delta") or safety.get("low") or safety.get("high"))
+
+
+def build_robot(cfg: DictConfig, seed: int) -> Any:
+    """The actor's robot: the MuJoCo stand-in with ``realtime.robot_perturb``, behind ``realtime.safety``'s limits when set."""
+    from reverie.envs.randomize import RandomizeSpec
+    from reverie.envs.robot import MuJoCoRobot, SafeRobot
+
+    rt = cfg.realtime
+    robot: Any = MuJoCoRobot(cfg.env.name, obs=cfg.obs, seed=seed, perturb=RandomizeSpec.from_config(rt.get("robot_perturb")))
+    safety = rt.get("safety")
+    if _safety_requested(safety):
+        try:
+            robot = SafeRobot(robot, max_delta=safety.max_delta, low=list(safety.low) or None, high=list(safety.high) or None)
+        except ValueError:
+            robot.close()
+            raise
+    return robot
+
+
 def actor_seed(cfg: DictConfig, actor_id: str) -> int:
     """A seed per actor id, so distinct actors see distinct episodes."""
     return int(cfg.seed) + 1 + zlib.crc32(actor_id.encode()) % 100_000
@@ -100,11 +122,13 @@ class Actor:
         self.dir = Path(cfg.logdir) / "actors" / self.id
         self.dir.mkdir(parents=True, exist_ok=True)
         if rt.robot:
-            from reverie.envs.robot import MuJoCoRobot
-
-            self.source: Any = MuJoCoRobot(cfg.env.name, obs=cfg.obs, seed=self.seed)
+            self.source: Any = build_robot(cfg, self.seed)
             obs_space, act_space = self.source.obs_space, self.source.action_space
+            perturbation = getattr(self.source, "perturbation", {})
+            write_json_atomic(self.dir / "robot.json", {"name": cfg.env.name, "seed": self.seed, "perturbation": perturbation})
         else:
+            if _safety_requested(rt.get("safety")):
+                raise ValueError("realtime.safety limits a robot's commands: it needs realtime.robot=true")
             self.source = envs.from_config(cfg, self.seed)
             obs_space, act_space = self.source.obs_space, self.source.act_space
         self.obs_space, self.act_space = obs_space, act_space
@@ -121,7 +145,9 @@ class Actor:
         )
         schema = experience_schema(obs_space, act_space, deter=cfg.size.deter, stoch=cfg.algo.rssm.stoch)
         self.recorder = ExperienceRecorder(self.sender.send, schema, chunk=rt.chunk, on_new_policy=self._first_use)
-        initial = RandomPolicy(act_space, seed=self.seed)
+        initial: Any = RandomPolicy(act_space, seed=self.seed)
+        if rt.get("initial_policy"):
+            initial = self._initial_policy(Path(str(rt.initial_policy)))
         self.loop = ControlLoop(
             self.source, initial, rate_hz=rt.rate_hz, safe_action=rt.safe_action, spin_s=default_spin_s(rt.rate_hz), recorder=self.recorder
         )
@@ -134,13 +160,36 @@ class Actor:
         self._status_thread = threading.Thread(target=self._report, name="actor-status", daemon=True)
 
     # ------------------------------------------------------------- weights
-    def _build(self, payload: bytes | memoryview, sidecar: dict) -> PolicyRuntime:
-        """Checks a published policy against this actor's spaces and prepares its session."""
+    def _check_fits(self, sidecar: dict) -> None:
+        """Raises ValueError unless a policy's sidecar fits this actor's observation keys and action space."""
         if list(sidecar.get("obs_keys", [])) != self.model_keys:
             raise ValueError(f"policy observes {sidecar.get('obs_keys')}, this actor has {self.model_keys}")
         action = sidecar.get("action", {})
         if action.get("dim") != int(np.prod(self.act_space.shape)) or bool(action.get("discrete")) != bool(self.act_space.discrete):
             raise ValueError(f"policy action {action} does not fit this actor's action space {self.act_space}")
+
+    def _warm_up(self, runtime: PolicyRuntime) -> None:
+        # The first run of a session allocates; do it here, off the control thread.
+        zeros = {k: np.zeros(self.obs_space[k].shape, self.obs_space[k].dtype) for k in self.model_keys}
+        if not np.isfinite(runtime.step(zeros)).all():  # e.g. weights that went NaN: keep the current policy
+            raise ValueError("policy gives a non-finite action on a zero observation")
+        runtime.reset()
+
+    def _initial_policy(self, path: Path) -> PolicyRuntime:
+        """``realtime.initial_policy``: an exported policy (e.g. the simulation run's ``policy.onnx``) run until the first weights arrive."""
+        runtime = PolicyRuntime(path, threads=1, seed=self.seed)
+        try:
+            self._check_fits(runtime.meta)
+            self._warm_up(runtime)
+        except ValueError as exc:
+            raise ValueError(f"realtime.initial_policy {path}: {exc}") from None
+        runtime.version = 0
+        runtime.published_at = 0.0
+        return runtime
+
+    def _build(self, payload: bytes | memoryview, sidecar: dict) -> PolicyRuntime:
+        """Checks a published policy against this actor's spaces and prepares its session."""
+        self._check_fits(sidecar)
         self._builds += 1
         # Through a file in memory (written without the GIL; onnxruntime reads
         # it itself): a copy of the model into a bytes object would hold the
@@ -149,11 +198,7 @@ class Actor:
         write_payload(payload, sidecar, path)  # one file, or the two parts of a two-part model
         # decode_weights has checked the bytes against the header and sidecar hashes.
         runtime = PolicyRuntime(path, sidecar=sidecar, threads=1, seed=self.seed + self._builds, hash_checked=True)
-        # The first run of a session allocates; do it here, off the control thread.
-        zeros = {k: np.zeros(self.obs_space[k].shape, self.obs_space[k].dtype) for k in self.model_keys}
-        if not np.isfinite(runtime.step(zeros)).all():  # e.g. weights that went NaN: keep the current policy
-            raise ValueError("policy gives a non-finite action on a zero observation")
-        runtime.reset()
+        self._warm_up(runtime)
         runtime.published_at = float(sidecar.get("published_at", 0.0))
         return runtime
 
@@ -184,6 +229,8 @@ class Actor:
             "safe_actions": stats.safe_actions,
             "nonfinite_obs": stats.nonfinite_obs,
             "exceptions": stats.exceptions,
+            "estops": stats.estops,
+            "estop_reason": stats.estop_reason,
             "latency_p99_us": float(np.percentile(recent, 99)) if recent.size else None,
             "advances": len(stats.advance_us),
             "advance_misses": stats.advance_misses,

@@ -4,7 +4,8 @@ Each role runs in its own process (``reverie learner`` / ``reverie actor``
 with the same overrides), so the control loop never shares an interpreter
 lock with training. The launcher shows progress from the learner's
 ``status.json``, restarts a process that dies (the learner resumes its
-checkpoint and replay; an actor rejoins under a new session), and when the
+checkpoint and replay; an actor rejoins under a new session; an actor that
+exited after an emergency stop, status ``EXIT_ESTOP``, is left stopped), and when the
 learner has reached ``steps`` stops the actors and gathers the plots:
 ``curve.png`` (learner) and ``latency.png`` (first actor).
 """
@@ -29,6 +30,8 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 #: Niceness added to the learner process.
 LEARNER_NICE = 10
+#: Exit status of ``reverie actor`` after an emergency stop: the launcher does not restart it (a person decides).
+EXIT_ESTOP = 3
 
 
 class _Process:
@@ -38,6 +41,7 @@ class _Process:
         self.name, self.command, self.log, self.nice = name, command, log, nice
         self.restarts = 0
         self.restart_times: list[float] = []
+        self.estopped = False
         self.popen: subprocess.Popen | None = None
 
     def start(self) -> None:
@@ -117,7 +121,11 @@ def launch(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
                 _restart(learner, f"learner exited with code {code}; see {learner.log}")
             for actor in actors:
                 code = actor.poll()
-                if code is not None:
+                if code == EXIT_ESTOP:
+                    if not actor.estopped:
+                        actor.estopped = True
+                        print(f"reverie run: {actor.name} was emergency-stopped; it is not restarted (see {actor.log})", file=sys.stderr)
+                elif code is not None:
                     _restart(actor, f"{actor.name} exited with code {code}; see {actor.log}")
     except KeyboardInterrupt:
         learner.stop(timeout=120.0)  # lets it checkpoint

@@ -40,6 +40,18 @@ counted in ``LoopStats.source_errors``, a robot gets the safe action, and an
 environment starts a new episode (its state after a failed step is unknown).
 Only ``max_source_errors`` failures in a row end ``run``, with a
 ``SourceError``; a robot is emergency-stopped first.
+
+An emergency stop is not a failure to ride out: when the source (or the
+policy) raises ``reverie.envs.robot.EmergencyStop``, or another thread calls
+``ControlLoop.emergency_stop``, the loop calls the source's
+``emergency_stop()``, sends nothing more (no safe action either: the robot's
+stop is the safe state) and ``run`` returns before the next tick, with
+``LoopStats.estops`` and ``estop_reason`` set. The robot stays latched; a
+later ``run`` starts with a reset (which clears the latch).
+
+A robot whose ``send_command`` returns an array (``SafeRobot``: the command
+after its limits) has that array recorded and passed to the policy's
+``action_sent`` as the action sent.
 """
 
 from __future__ import annotations
@@ -57,6 +69,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from reverie.envs.base import Space
+from reverie.envs.robot import EmergencyStop
 
 Obs = dict[str, np.ndarray]
 
@@ -219,6 +232,8 @@ class LoopStats:
         swaps: policies swapped in by ``swap_policy``.
         recorder_errors: recorder calls that raised (the tick went on).
         source_errors: source calls that failed (reset, observation, send).
+        estops: emergency stops (each ended a ``run``).
+        estop_reason: what caused the last one.
         episode_returns: the return of each finished episode.
         last_error: ``repr`` of the last exception a policy, the recorder or the source raised.
     """
@@ -240,6 +255,8 @@ class LoopStats:
     swaps: int = 0
     recorder_errors: int = 0
     source_errors: int = 0
+    estops: int = 0
+    estop_reason: str | None = None
     episode_returns: list[float] = dataclasses.field(default_factory=list)
     last_error: str | None = None
 
@@ -253,7 +270,7 @@ class LoopStats:
 
         Returns:
             Counts (``ticks``, ``skipped``, ``deadline_misses``, ``miss_rate``,
-            ``advance_misses``, the fault counts, ``safe_actions``, ``swaps``,
+            ``advance_misses``, the fault counts, ``estops``, ``safe_actions``, ``swaps``,
             ``episodes``, ``mean_return``), ``period_us``, ``deadline_us``, and
             ``latency_{p50,p99,p999,max}_us`` / ``jitter_{...}_us`` /
             ``advance_{...}_us`` (NaN when none ran).
@@ -273,6 +290,7 @@ class LoopStats:
             "swaps": self.swaps,
             "recorder_errors": self.recorder_errors,
             "source_errors": self.source_errors,
+            "estops": self.estops,
             "episodes": self.episodes,
             "mean_return": float(np.mean(returns)) if returns else float("nan"),
             "period_us": self.period_s * 1e6,
@@ -364,6 +382,7 @@ class _EnvSource:
 
     def act(self, action: np.ndarray) -> None:
         self._obs = self.env.step(action)
+        return None
 
     def emergency_stop(self) -> None:
         pass
@@ -382,8 +401,8 @@ class _RobotSource:
     def observe(self) -> Obs:
         return self.robot.read_sensors()
 
-    def act(self, action: np.ndarray) -> None:
-        self.robot.send_command(action)
+    def act(self, action: np.ndarray) -> np.ndarray | None:
+        return self.robot.send_command(action)
 
     def emergency_stop(self) -> None:
         self.robot.emergency_stop()
@@ -492,6 +511,7 @@ class ControlLoop:
         self._pending: Policy | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._estop: str | None = None
         self._running = False
         self._needs_reset = True
         self._t0 = 0.0
@@ -537,6 +557,33 @@ class ControlLoop:
         """Asks ``run`` to return before its next tick (from any thread)."""
         self._stop.set()
 
+    def emergency_stop(self, reason: str = "requested") -> None:
+        """Stops the robot now and ends ``run`` before its next tick (from any thread).
+
+        The source's ``emergency_stop()`` runs in the calling thread (a
+        ``Robot``'s may be called from any thread); a tick already past its
+        send finishes, one before it sends nothing. Counted in ``estops``.
+        """
+        self._emergency(reason)
+
+    def _emergency(self, reason: str) -> None:
+        if self._estop is not None:  # already stopping (the stop latches; once is enough)
+            return
+        self._estop = reason
+        self._stop.set()
+        self.stats.estops += 1
+        self.stats.estop_reason = reason
+        self._needs_reset = True  # a later run starts a new episode: reset() clears the robot's latch
+        try:
+            self._source.emergency_stop()
+        except Exception as err:  # noted; the loop stops sending either way
+            self.stats.last_error = repr(err)
+
+    @property
+    def estopped(self) -> bool:
+        """True from an emergency stop until the next ``run`` starts."""
+        return self._estop is not None
+
     def safe_action(self) -> np.ndarray:
         """The action sent when a tick fails: see ``safe_action`` in the constructor."""
         if self._safe_mode == "hold" and self._last_sent is not None:
@@ -574,6 +621,7 @@ class ControlLoop:
             raise RuntimeError("ControlLoop.run is already running")
         self._running = True
         self._stop.clear()
+        self._estop = None
         stats = self.stats
         # Python's cyclic garbage collector can pause for milliseconds at any
         # allocation; with pause_gc it runs only between episodes (where the
@@ -696,6 +744,9 @@ class ControlLoop:
             finite = _finite(obs)
             reward = float(np.asarray(obs.get("reward", 0.0)))  # raises unless a scalar
             last = bool(np.asarray(obs.get("is_last", False)))
+        except EmergencyStop as err:
+            self._emergency(f"read_sensors: {err}")
+            return False
         except Exception as err:  # a driver failing, or a malformed observation
             self._source_failed(err)
             return self._send_safe(target, start)
@@ -715,6 +766,9 @@ class ControlLoop:
         else:
             try:
                 raw = self._policy.step(obs)
+            except EmergencyStop as err:
+                self._emergency(f"policy: {err}")
+                return False
             except Exception as err:  # any policy failure gives the safe action
                 stats.exceptions += 1
                 stats.last_error = repr(err)
@@ -725,14 +779,19 @@ class ControlLoop:
         if ready - target > self.deadline:
             stats.deadline_misses += 1
             reason = reason or DEADLINE
+        if self._estop is not None:  # stopped from another thread (or the policy) during this tick: send nothing
+            return False
         if reason is not None or action is None:
             action = self.safe_action()
             stats.safe_actions += 1
-        self._account(target, start, ready, action, reason)
-        if not self._send(action):
+        sent = self._send(action)
+        if self._estop is not None:  # the send demanded the stop: nothing was sent
+            return False
+        self._account(target, start, ready, action if sent is None else sent, reason)
+        if sent is None:
             return True
         self._source_errors_in_row = 0
-        self._record(obs, action)
+        self._record(obs, sent)
         return True
 
     def _account(self, target: float, start: float, ready: float, action: np.ndarray, reason: str | None) -> None:
@@ -742,15 +801,24 @@ class ControlLoop:
         self.last_tick = TickRecord(stats.ticks, target, start, ready - start, action, reason)
         stats.ticks += 1
 
-    def _send(self, action: np.ndarray) -> bool:
-        """Sends ``action``; False when the source failed (counted; an environment then starts a new episode)."""
+    def _send(self, action: np.ndarray) -> np.ndarray | None:
+        """Sends ``action``; returns the action applied (what a limiting robot returned, else ``action``).
+
+        None when the source failed (counted; an environment then starts a
+        new episode) or demanded an emergency stop.
+        """
         try:
-            self._source.act(action)
+            applied = self._source.act(action)
+        except EmergencyStop as err:
+            self._emergency(f"send_command: {err}")
+            return None
         except Exception as err:
             self._source_failed(err)
             if not self._robot:
                 self._needs_reset = True
-            return False
+            return None
+        if isinstance(applied, np.ndarray) and applied.shape == action.shape:
+            action = applied.astype(action.dtype, copy=False)
         self._last_sent = action
         # A recurrent policy conditions on its previous action: tell it what
         # was really sent (the safe action, after a miss). Optional hook.
@@ -761,14 +829,16 @@ class ControlLoop:
             except Exception as err:
                 self.stats.exceptions += 1
                 self.stats.last_error = repr(err)
-        return True
+        return action
 
     def _send_safe(self, target: float, start: float) -> bool:
         """A tick without a usable observation: the safe action, counted."""
         action = self.safe_action()
         self.stats.safe_actions += 1
-        self._account(target, start, self._clock(), action, SOURCE_ERROR)
-        self._send(action)
+        sent = self._send(action)
+        if self._estop is not None:
+            return False
+        self._account(target, start, self._clock(), action if sent is None else sent, SOURCE_ERROR)
         return True
 
     def _source_failed(self, err: Exception) -> None:

@@ -108,3 +108,35 @@ def test_data_parallel():
     rows = run("data_parallel.py", "--ranks", "1", "2", "--batch", "2", "--length", "8", "--updates", "1", "--warmup", "0")
     assert [r["ranks"] for r in rows[:2]] == [1, 2] and rows[1]["allreduce_bytes_per_update"] == 4 * rows[1]["params"]
     assert rows[2]["bench"] == "data_parallel_scaling" and rows[2]["speedup"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sim_to_real_gap_and_flow(tmp_path):
+    from conftest import TINY
+
+    from reverie.cli.config import compose
+    from reverie.cli.main import main
+
+    sim = tmp_path / "sim"
+    assert main(["train", *TINY, "env=dmc/cartpole_swingup", "eval_episodes=0", "report_every=0", "steps=100", f"logdir={sim}"]) == 0
+    sys.path.insert(0, str(BENCH))
+    try:
+        from sim_to_real import OWN_KEYS, run_overrides
+    finally:
+        sys.path.remove(str(BENCH))
+    # The overrides compose the run's own config again (else the learner would refuse to resume it), except for
+    # the keys the flow sets itself (all of them resumable).
+    from omegaconf import OmegaConf
+
+    again = OmegaConf.to_container(compose(run_overrides(sim / "config.yaml")), resolve=True)
+    saved = OmegaConf.to_container(OmegaConf.load(sim / "config.yaml"))
+    assert {k: v for k, v in again.items() if k not in OWN_KEYS} == {k: v for k, v in saved.items() if k not in OWN_KEYS}
+    out = tmp_path / "bench"
+    args = ["--sim", str(sim), "--out", str(out), "--episodes", "1", "--minutes", "0.4", "--window", "1", "--publish-every", "5"]
+    (row,) = run("sim_to_real.py", *args, "--override", "threads=1")
+    (gap,) = row["gap"]
+    assert gap["policy"] == "nominal-trained" and gap["gap"] == pytest.approx(gap["simulator"] - gap["robot"])
+    flow = [json.loads(line) for line in (out / "flow.jsonl").read_text().splitlines()]
+    assert row["robot_episodes"] == len(flow) >= 1 and flow[-1]["policy_version"] >= 1
+    assert (out / "sim_to_real.png").exists() and (out / "deploy" / "actors" / "actor0" / "robot.json").exists()

@@ -244,3 +244,62 @@ def test_control_loop_real_clock_robot() -> None:
     # Simulated time follows the wall clock: never ahead of it.
     assert 0 < robot.sim_time <= elapsed + DT
     robot.close()
+
+
+# -- the reality gap (realtime.robot_perturb) ---------------------------------------
+
+
+def drive(robot: MuJoCoRobot, clock: FakeClock, values) -> dict[str, np.ndarray]:
+    """From reset: one command per timestep; returns the last observation."""
+    robot.reset()
+    obs = robot.read_sensors()
+    for value in values:
+        robot.send_command(cmd(value))
+        clock.advance(DT)
+        obs = robot.read_sensors()
+    return obs
+
+
+def test_perturbed_robot_has_fixed_physics_that_differ_from_the_simulator(clock: FakeClock) -> None:
+    from reverie.envs.randomize import RandomizeSpec, mujoco_model
+
+    spec = RandomizeSpec(mass=(1.5, 1.5), damping=(0.5, 2.0), gain=(0.7, 0.7))
+    robot = MuJoCoRobot(TASK, seed=3, clock=clock, perturb=spec)
+    nominal = mujoco_model(DMC("cartpole_swingup", seed=3))
+    model = mujoco_model(robot.sim)
+    np.testing.assert_allclose(model.body_mass, 1.5 * nominal.body_mass)
+    np.testing.assert_allclose(model.actuator_gainprm[:, 0], 0.7 * nominal.actuator_gainprm[:, 0])
+    damping = model.dof_damping / nominal.dof_damping
+    assert np.all((damping >= 0.5) & (damping <= 2.0)) and not np.allclose(damping, 1.0)
+    assert robot.perturbation["mass/cart"] == pytest.approx(1.5) and robot.perturbation["damping/slider"] == pytest.approx(damping[0])
+    before = model.dof_damping.copy()
+    plain = MuJoCoRobot(TASK, seed=3, clock=clock)
+    values = [1.0] * 20 + [-1.0] * 20
+    perturbed_obs = drive(robot, clock, values)
+    np.testing.assert_array_equal(model.dof_damping, before)  # kept across resets: one robot, one set of physics
+    plain_obs = drive(plain, clock, values)
+    assert not np.allclose(perturbed_obs["position"], plain_obs["position"], atol=1e-3)
+    again = MuJoCoRobot(TASK, seed=3, clock=clock, perturb=spec)  # same seed: the same robot
+    np.testing.assert_array_equal(mujoco_model(again.sim).dof_damping, before)
+    for r in (robot, plain, again):
+        r.close()
+
+
+def test_perturbed_robot_sensor_bias_and_command_delay(clock: FakeClock) -> None:
+    from reverie.envs.randomize import RandomizeSpec
+
+    robot = MuJoCoRobot(TASK, seed=3, clock=clock, perturb=RandomizeSpec(obs_bias=(0.1, 0.1), act_delay=2))
+    robot.reset()
+    first = robot.read_sensors()
+    start = DMC("cartpole_swingup", seed=3).reset()
+    np.testing.assert_allclose(first["position"], start["position"] + 0.1, atol=1e-6)
+    applied = []
+    for value in (0.3, 0.6, 0.9, -0.2):
+        robot.send_command(cmd(value))
+        applied.append(float(robot.command[0]))
+    assert applied == pytest.approx([0.0, 0.0, 0.3, 0.6])  # the command sent two commands ago; zeros first
+    robot.reset()
+    robot.read_sensors()
+    robot.send_command(cmd(0.5))
+    assert float(robot.command[0]) == 0.0  # a reset empties the delay line
+    robot.close()

@@ -30,6 +30,7 @@ ROBOT_MODULES = (
     "reverie.cli.main",
     "reverie.cli.config",
     "reverie.envs",
+    "reverie.envs.randomize",
     "reverie.envs.robot",
     "reverie.realtime.actor",
     "reverie.realtime.channels",
