@@ -33,6 +33,24 @@ def world_from_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+def _join(world: int, backend: str) -> None:
+    """``init_process_group`` for a torchrun worker, safe across torchrun's restarts.
+
+    torchrun's agent keeps one store for the whole job; after a restart
+    (``--max-restarts``) the keys of the attempt before (a dead rank's address)
+    are still in it, and a new rank that read one of them before its peer
+    wrote the new one would connect to nobody. Each attempt's keys therefore
+    get their own prefix.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend)
+        return
+    rank = int(os.environ["RANK"])
+    client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    store = dist.PrefixStore(f"reverie/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", client)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
+
+
 class DataParallel:
     """The torch.distributed collectives one Dreamer update needs.
 
@@ -56,7 +74,7 @@ class DataParallel:
         if world <= 1:
             return None
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            _join(world, "nccl" if device.type == "cuda" else "gloo")
         objects = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
         return cls(object_group=objects)
 

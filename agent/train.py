@@ -18,6 +18,8 @@ from __future__ import annotations
 import functools
 import math
 import resource
+import signal
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -213,6 +215,8 @@ class Trainer:
         and writes.
         """
         cfg = self.cfg
+        if self.parallel is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _stopped_by_signal)
         logger = MetricsLogger(self.logdir) if self.writer else None
         bar = _progress(cfg, self.env_steps) if self.writer else None
         self.book.start_clock()
@@ -246,6 +250,8 @@ class Trainer:
             if logger is not None:
                 self._maybe_evaluate(logger, force=True)
             self.save()
+        except RankLost:
+            raise
         except Exception as exc:
             if self.parallel is not None and collective_failed(exc):
                 raise RankLost(lost_rank_message(exc)) from exc
@@ -336,6 +342,14 @@ def dream_report(agent: Any, replay: Any, cfg: DictConfig, env_steps: int, logge
         warnings.warn(f"dream report at step {env_steps} skipped: {type(exc).__name__}: {exc}", stacklevel=2)
         return
     logger.write(env_steps, metrics)
+
+
+def _stopped_by_signal(signum: int, frame: Any) -> None:
+    # torchrun stops every rank with SIGTERM when one of them fails: end with a message, not silently.
+    raise RankLost(
+        "stopped by SIGTERM (torchrun stops every rank when one fails, or the job was stopped); the last checkpoint is intact:"
+        " rerun the same command to resume from it"
+    )
 
 
 def _progress(cfg: DictConfig, initial: int):

@@ -432,6 +432,8 @@ class Learner:
             if self.writer and self.env_steps >= cfg.steps:
                 self._maybe_export_eval(force=True)
             clean = True
+        except RankLost:
+            raise
         except Exception as exc:
             if self.parallel is not None and collective_failed(exc):
                 raise RankLost(lost_rank_message(exc)) from exc
