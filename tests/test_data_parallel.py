@@ -82,10 +82,10 @@ COMMON = [*TINY, "env=fake/vector", "env.time_limit=15", "eval_episodes=0", "che
 
 
 def test_two_rank_train_writes_one_run_and_resumes_exactly(tmp_path):
-    """Rank 0 alone writes; a job stopped at 48 steps and resumed ends where an uninterrupted one does."""
+    """Rank 0 alone writes; a job stopped at 32 steps and resumed ends where an uninterrupted one does."""
     a, b = tmp_path / "a", tmp_path / "b"
-    run_jobs(["train", *COMMON, "steps=96", f"logdir={a}"], ["train", *COMMON, "steps=48", f"logdir={b}"])
-    run_jobs(["train", *COMMON, "steps=96", f"logdir={b}"])
+    run_jobs(["train", *COMMON, "steps=64", f"logdir={a}"], ["train", *COMMON, "steps=32", f"logdir={b}"])
+    run_jobs(["train", *COMMON, "steps=64", f"logdir={b}"])
     # One run's files, written once: one checkpoint, one metrics stream, no per-rank copies.
     assert sorted(p.name for p in a.iterdir() if p.is_file()) == [
         "checkpoint.pt",
@@ -97,11 +97,11 @@ def test_two_rank_train_writes_one_run_and_resumes_exactly(tmp_path):
         "policy.onnx.json",
     ]
     episodes = [m["step"] for m in read_lines(a / "metrics.jsonl") if "episode/return" in m]
-    assert episodes == [16, 32, 48, 64, 80, 96]  # each episode logged once, by rank 0
+    assert episodes == [16, 32, 48, 64]  # each episode logged once, by rank 0
     straight, resumed = counters(a), counters(b)
     assert len(straight["ranks"]) == 2
     # TINY: ratio 32 over 2 ranks × 4 × 8 replayed steps per update: one update per 2 agent steps from step 16.
-    assert straight["counters"]["updates"] == resumed["counters"]["updates"] == 40
+    assert straight["counters"]["updates"] == resumed["counters"]["updates"] == 24
     worst = max((straight["agent"][k].float() - resumed["agent"][k].float()).abs().max().item() for k in straight["agent"])
     assert worst <= 1e-6, worst
     # Rank 1's own draws resumed too: its generator is where the uninterrupted job's rank 1 left it.
@@ -109,8 +109,8 @@ def test_two_rank_train_writes_one_run_and_resumes_exactly(tmp_path):
     assert straight["ranks"][1]["replay_rng"] == resumed["ranks"][1]["replay_rng"]
     assert straight["ranks"][1]["replay_rng"] != straight["ranks"][0]["replay_rng"]  # each rank samples its own batches
     # Metric windows after 60 cover the same updates in both (the one at 60 began at 40 in one and at 48 in the other).
-    # The metric windows after step 60 cover the same updates in both runs (the one at 60 opened at 40 in one, at 48 in the other).
-    losses = lambda run: [m["loss/total"] for m in read_lines(run / "metrics.jsonl") if m["step"] > 60 and "loss/total" in m]  # noqa: E731
+    # The metric windows after step 40 cover the same updates in both runs (the one at 40 opened at 20 in one, at 32 in the other).
+    losses = lambda run: [m["loss/total"] for m in read_lines(run / "metrics.jsonl") if m["step"] > 40 and "loss/total" in m]  # noqa: E731
     assert losses(a) == pytest.approx(losses(b), abs=1e-6) and losses(a)
 
 
@@ -164,7 +164,7 @@ def test_two_rank_learner_fed_by_one_actor(tmp_path):
 def test_a_rank_that_dies_ends_the_job_with_a_message_and_the_checkpoint_resumes(tmp_path):
     """kill -9 rank 1: rank 0 says why it stops, torchrun ends the attempt; its restart resumes the checkpoint and finishes."""
     run = tmp_path / "run"
-    args = [*TINY, "env=fake/vector", "env.time_limit=15", "eval_episodes=0", "report_every=0", "checkpoint_every=16", "steps=400"]
+    args = [*TINY, "env=fake/vector", "env.time_limit=15", "eval_episodes=0", "report_every=0", "checkpoint_every=16", "steps=160"]
     log_path = tmp_path / "job.log"
     log = open(log_path, "wb")
     cmd = torchrun(["train", *args, f"logdir={run}"], restarts=1)
@@ -180,7 +180,7 @@ def test_a_rank_that_dies_ends_the_job_with_a_message_and_the_checkpoint_resumes
         log.close()
     text = log_path.read_text()
     assert "reverie train:" in text and ("stopped answering" in text or "stopped by SIGTERM" in text), text[-4000:]
-    assert counters(run)["counters"]["agent_steps"] == 400 and killed_at < 400
+    assert counters(run)["counters"]["agent_steps"] == 160 and killed_at < 160
     # The restart resumed rather than started over: the first episodes are in the metrics once.
     episodes = [m["step"] for m in read_lines(run / "metrics.jsonl") if "episode/return" in m]
-    assert episodes.count(16) == 1 and episodes[-1] == 400
+    assert episodes.count(16) == 1 and episodes[-1] == 160
