@@ -70,11 +70,11 @@ def worker(args: argparse.Namespace) -> None:
         env.obs_space, env.act_space, args.batch, args.length + 1, cfg.size.deter, cfg.algo.rssm.stoch, cfg.size.classes, seed=rank
     )
     for _ in range(args.warmup):
-        _, latents = agent.train_step(batch)
+        agent.train_step(batch)
     times = []
     for _ in range(args.updates):
         start = time.perf_counter()
-        agent.train_step(batch)
+        _, latents = agent.train_step(batch)
         times.append(time.perf_counter() - start)
     world = 1 if parallel is None else parallel.world
     params = sum(p.numel() for p in agent.parameters() if p.requires_grad)
