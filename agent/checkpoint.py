@@ -29,7 +29,10 @@ def spaces_from_dict(data: dict[str, Any]) -> tuple[dict, Any]:
 
 def rng_state() -> dict[str, Any]:
     """The state of Python's, numpy's and torch's global generators."""
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # the update's noise on a GPU comes from its own generator
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -37,6 +40,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save(logdir: str | Path, agent: torch.nn.Module, counters: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
@@ -56,6 +61,34 @@ def save(logdir: str | Path, agent: torch.nn.Module, counters: dict[str, Any], e
     return path
 
 
+def read(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The payload of a checkpoint file (e.g. its ``spaces``, before an agent is built to load it into).
+
+    Raises:
+        ValueError: when the file cannot be read or is not a reverie checkpoint.
+    """
+    try:
+        payload = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupted file
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != 1:
+        raise ValueError(f"{path} is not a reverie checkpoint")
+    return payload
+
+
+def restore(payload: dict[str, Any], agent: torch.nn.Module, path: str | Path) -> None:
+    """Loads the agent and optimiser state of a :func:`read` payload into ``agent``.
+
+    Raises:
+        ValueError: when it does not fit the agent (another algorithm, size or environment).
+    """
+    try:
+        agent.load_state_dict(payload["agent"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} does not fit this agent (other algo, size or env?): {exc}") from exc
+    agent.optimizer.load_state_dict(payload["optimizer"])
+
+
 def load(path: str | Path, agent: torch.nn.Module) -> dict[str, Any]:
     """Loads a checkpoint into ``agent``; returns the whole payload.
 
@@ -63,15 +96,6 @@ def load(path: str | Path, agent: torch.nn.Module) -> dict[str, Any]:
         ValueError: when the file is not a reverie checkpoint or does not fit
             the agent (another algorithm, size or environment).
     """
-    try:
-        payload = torch.load(path, map_location=agent.device, weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupted file
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("format") != 1:
-        raise ValueError(f"{path} is not a reverie checkpoint")
-    try:
-        agent.load_state_dict(payload["agent"])
-    except RuntimeError as exc:
-        raise ValueError(f"checkpoint {path} does not fit this agent (other algo, size or env?): {exc}") from exc
-    agent.optimizer.load_state_dict(payload["optimizer"])
+    payload = read(path, agent.device)
+    restore(payload, agent, path)
     return payload

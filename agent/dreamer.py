@@ -219,6 +219,9 @@ class Dreamer(nn.Module):
         for k, v in data.items():
             # Renderers may hand out views with negative strides; torch needs a copy then.
             t = torch.as_tensor(np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v)
+            if self.device.type == "cuda" and t.device.type == "cpu":
+                # Page-locked host memory: the copy to the GPU is a DMA that does not wait for the host (non_blocking).
+                t = t.pin_memory()
             out[k] = t.to(self.device, non_blocking=True)
         return out
 

@@ -53,20 +53,26 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curve(metrics_path: str | Path, out_path: str | Path, *, title: str = "") -> None:
-    """Plots training and evaluation returns against environment steps to a PNG."""
+def plot_curve(metrics_path: str | Path, out_path: str | Path, *, title: str = "", evaluations: str | Path | None = None) -> None:
+    """Plots training and evaluation returns against environment steps to a PNG.
+
+    ``evaluations``: a JSONL file of further ``eval/return`` lines (an
+    asynchronous run's, made by an evaluator beside the learner); ignored when absent.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = read_metrics(metrics_path)
+    lines = read_metrics(metrics_path) if Path(metrics_path).exists() else []
+    if evaluations is not None and Path(evaluations).exists():
+        lines += read_metrics(evaluations)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for key, style in (
         ("episode/return", dict(alpha=0.35, lw=1, label="train episode")),
         ("eval/return", dict(marker="o", lw=2, label="eval (deterministic)")),
     ):
-        points = [(m["step"], m[key]) for m in lines if m.get(key) is not None]
+        points = sorted((m["step"], m[key]) for m in lines if m.get(key) is not None)
         if points:
             xs, ys = zip(*points)
             ax.plot(xs, ys, **style)

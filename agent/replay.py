@@ -38,13 +38,26 @@ class Replay:
         directory: where chunks are written; None keeps everything in memory.
         chunk_size: steps per chunk file.
         seed: seed of the sampling generator.
+        write: False reads ``directory`` (``load``) but never writes it: the
+            replays of data-parallel ranks other than 0, which hold the same
+            steps as rank 0's.
     """
 
-    def __init__(self, *, capacity: int, seq_len: int, directory: str | Path | None = None, chunk_size: int = 1024, seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        capacity: int,
+        seq_len: int,
+        directory: str | Path | None = None,
+        chunk_size: int = 1024,
+        seed: int = 0,
+        write: bool = True,
+    ) -> None:
         if capacity < seq_len:
             raise ValueError(f"replay capacity {capacity} is smaller than the sequence length {seq_len}")
         self.capacity, self.seq_len, self.chunk_size = int(capacity), int(seq_len), int(chunk_size)
         self.directory = Path(directory) if directory else None
+        self.write = write
         self.rng = np.random.default_rng(seed)
         self.total = 0  # steps ever added
         self.data: dict[str, np.ndarray] = {}
@@ -72,7 +85,7 @@ class Replay:
             self.data[k][pos] = v
         self.bad[pos] = False
         self.total += 1
-        if self.directory and self.total % self.chunk_size == 0:
+        if self.directory and self.write and self.total % self.chunk_size == 0:
             self._write_chunk(self.total // self.chunk_size - 1)
 
     def extend(self, steps: dict[str, np.ndarray]) -> None:
@@ -92,7 +105,7 @@ class Replay:
             self.data[k][pos] = v
         self.bad[pos] = False
         before, self.total = self.total, self.total + count
-        if self.directory:
+        if self.directory and self.write:
             for index in range(before // self.chunk_size, self.total // self.chunk_size):
                 self._write_chunk(index)
 
@@ -200,7 +213,7 @@ class Replay:
     # ---------------------------------------------------------- persistence
     def save(self) -> None:
         """Makes the on-disk replay equal to the in-memory one."""
-        if not self.directory or not self.data:
+        if not self.directory or not self.write or not self.data:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         done = self.total // self.chunk_size

@@ -74,11 +74,11 @@ def worker(args: argparse.Namespace) -> None:
     times = []
     for _ in range(args.updates):
         start = time.perf_counter()
-        agent.train_step(batch)
+        _, latents = agent.train_step(batch)
         times.append(time.perf_counter() - start)
     world = 1 if parallel is None else parallel.world
     params = sum(p.numel() for p in agent.parameters() if p.requires_grad)
-    allreduce_s = None
+    allreduce_s = exchange_s = exchange_bytes = None
     if parallel is not None:
         flat = torch.zeros(params)
         dist.barrier()
@@ -86,6 +86,16 @@ def worker(args: argparse.Namespace) -> None:
         for _ in range(10):
             dist.all_reduce(flat)
         allreduce_s = (time.perf_counter() - start) / 10
+        # What the training loops exchange after each update besides the gradients: every rank's refreshed
+        # replay latents (and positions), all-gathered as Python objects over gloo (agent/updater.py).
+        pos = np.zeros((args.batch, args.length), np.int64)
+        change = (pos, latents, np.zeros(0, np.int64), 0)
+        exchange_bytes = pos.nbytes + sum(v.nbytes for v in latents.values())
+        dist.barrier()
+        start = time.perf_counter()
+        for _ in range(10):
+            parallel.all_gather_object(change)
+        exchange_s = (time.perf_counter() - start) / 10
     if rank == 0:
         median = float(np.median(times))
         print(
@@ -104,6 +114,8 @@ def worker(args: argparse.Namespace) -> None:
                     "params": params,
                     "allreduce_bytes_per_update": 4 * params,
                     "allreduce_s": allreduce_s,
+                    "replay_exchange_bytes_per_rank": exchange_bytes,
+                    "replay_exchange_s": exchange_s,
                 }
             ),
             flush=True,

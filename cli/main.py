@@ -30,6 +30,8 @@ commands:
             the truth: image grid, GIF, plots, error by horizon
   keys      generate ZeroMQ CURVE key pairs (learner and actors)
   replay    check a run's replay for invalid rows (`replay check LOGDIR [--repair]`)
+  spaces    the observation and action spaces of the configured env as JSON,
+            for a learner without the simulator (`learner env.spaces=FILE`)
 
 Run `reverie <command> --help` for what can be set. Configuration is Hydra:
 `group=option` picks a preset, `key=value` sets a value, e.g.
@@ -93,14 +95,34 @@ def cmd_train(args: list[str]) -> int:
     if "--cfg" in args:
         print(OmegaConf.to_yaml(cfg, resolve=True))
         return 0
-    from reverie.agent.train import train
+    from reverie.agent.distributed import RankLost
+    from reverie.agent.train import Trainer
 
     try:
-        summary = train(cfg)
+        trainer = Trainer(cfg)
     except ValueError as exc:
         print(f"reverie train: {exc}", file=sys.stderr)
         return 2
-    print(f"done: {summary['env_steps']} env steps, {summary['updates']} updates, logdir {cfg.logdir}")
+    try:
+        summary = trainer.run()
+        if trainer.writer:  # the deployable policy and the curve, written where every run's are (realtime.outputs)
+            from reverie.realtime.outputs import finish_run
+
+            finish_run(
+                trainer.agent,
+                cfg,
+                trainer.obs_space,
+                trainer.env_steps,
+                title=f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} seed {cfg.seed}",
+            )
+    except (ValueError, RankLost) as exc:
+        print(f"reverie train: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if trainer.parallel is not None:
+            trainer.parallel.close()
+    if trainer.writer:
+        print(f"done: {summary['env_steps']} env steps, {summary['updates']} updates, logdir {cfg.logdir}")
     return 0
 
 
@@ -485,6 +507,55 @@ def cmd_replay(args: list[str]) -> int:
     return 1 if report["invalid"] and "--repair" not in args else 0
 
 
+SPACES_HELP = """\
+usage: reverie spaces [overrides…] [-o FILE]
+
+Builds the environment the overrides describe (without stepping it) and writes
+its observation and action spaces as JSON (to FILE, or stdout). A learner
+given `env.spaces=FILE` takes its spaces from that file and needs no
+simulator: run this where the environment or robot is (the robot-side install
+suffices), copy the file to the learner's machine.
+"""
+
+
+def cmd_spaces(args: list[str]) -> int:
+    """``reverie spaces``."""
+    import json
+    from pathlib import Path
+
+    if "--help" in args or "-h" in args:
+        print(SPACES_HELP)
+        return 0
+    output = None
+    if "-o" in args:
+        at = args.index("-o")
+        if at + 1 >= len(args):
+            print("reverie spaces: -o needs a file name", file=sys.stderr)
+            return 2
+        output, args = Path(args[at + 1]), args[:at] + args[at + 2 :]
+    cfg = _compose(args)
+    if cfg is None:
+        return 2
+    from reverie import envs
+    from reverie.realtime.spaces import spaces_to_json
+
+    try:
+        env = envs.from_config(cfg, int(cfg.seed))
+    except ValueError as exc:
+        print(f"reverie spaces: {exc}", file=sys.stderr)
+        return 2
+    try:
+        text = json.dumps(spaces_to_json(env.obs_space, env.act_space), indent=1)
+    finally:
+        env.close()
+    if output is None:
+        print(text)
+    else:
+        output.write_text(text + "\n")
+        print(f"wrote {output}")
+    return 0
+
+
 def cmd_dream(args: list[str]) -> int:
     """``reverie dream`` (see ``reverie.cli.dream``)."""
     from .dream import cmd_dream as dream
@@ -542,6 +613,7 @@ COMMANDS = {
     "keys": cmd_keys,
     "replay": cmd_replay,
     "dream": cmd_dream,
+    "spaces": cmd_spaces,
 }
 
 

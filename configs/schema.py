@@ -200,6 +200,11 @@ class EnvConfig:
         {}, "keyword arguments of the raw environment (add one with +env.options.KEY=V), e.g. atari: sticky, actions, noops, gray"
     )
     randomize: RandomizeConfig = field(default_factory=RandomizeConfig)
+    spaces: str = doc(
+        "",
+        "learner: a JSON file of the observation and action spaces (`reverie spaces` writes it), so the learner needs no"
+        " simulator; empty: the checkpoint's, else read from the env named here without stepping it",
+    )
 
 
 @dataclass
@@ -262,7 +267,7 @@ class Config:
     seed: int = doc(0, "seed of everything")
     logdir: str = doc("logs/${env.name}/${algo.name}-${size.name}-seed${seed}", "output folder; rerunning into it resumes")
     device: str = doc("auto", "auto | cpu | cuda")
-    precision: str = doc("fp32", "fp32 | bf16 (autocast of matrix products)")
+    precision: str = doc("fp32", "fp32 | bf16 (autocast of matrix products) | auto (bf16 on a GPU, fp32 on the CPU)")
     compile: bool = doc(True, "torch.compile the hot modules (same maths, ~3x faster; ~1 min to compile)")
     threads: int = doc(0, "CPU threads for torch (0: all cores)")
     eval_every: int = doc(10_000, "environment steps between evaluations")

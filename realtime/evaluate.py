@@ -15,6 +15,15 @@ from .loop import ControlLoop, default_spin_s
 from .runtime import PolicyRuntime
 
 
+def _env_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """The environment settings a run recorded in the sidecar (``env_config``: repeat, time limit, image size, options)."""
+    config = meta.get("env_config") or {}
+    settings: dict[str, Any] = {"action_repeat": config.get("action_repeat"), "time_limit": config.get("time_limit")}
+    if config.get("size"):
+        settings["size"] = (int(config["size"]), int(config["size"]))
+    return {**settings, **(config.get("options") or {})}
+
+
 def evaluate_policy(
     policy_path: str | Path,
     *,
@@ -33,7 +42,9 @@ def evaluate_policy(
 
     Args:
         policy_path: the ONNX file (its sidecar beside it).
-        env: environment name; default the one recorded in the sidecar.
+        env: environment name; default the one recorded in the sidecar, with
+            the settings the run recorded there (``env_config``: action
+            repeat, time limit, image size, options) when it has them.
         rate_hz: control rate.
         episodes, steps, seconds: stop at whichever comes first.
         robot: drive a MuJoCo robot stand-in paced in wall-clock time.
@@ -55,7 +66,7 @@ def evaluate_policy(
 
         source: Any = MuJoCoRobot(name, obs=obs_kind, seed=seed)
     else:
-        source = envs.make(name, obs=obs_kind, seed=seed)
+        source = envs.make(name, obs=obs_kind, seed=seed, **(_env_settings(runtime.meta) if env is None else {}))
     try:
         runtime.check_spaces(source.obs_space, source.action_space if robot else source.act_space)
     except ValueError:

@@ -8,6 +8,14 @@ checkpoint and replay; an actor rejoins under a new session; an actor that
 exited after an emergency stop, status ``EXIT_ESTOP``, is left stopped), and when the
 learner has reached ``steps`` stops the actors and gathers the plots:
 ``curve.png`` (learner) and ``latency.png`` (first actor).
+
+Evaluation happens here, not in the learner (which has no environment): the
+learner writes the deterministic policy every ``eval_every`` environment
+steps (``eval/policy_<env steps>.onnx``), and the launcher runs each in the
+control loop next to a fresh environment (``reverie eval``, the robot-side
+code, at ``realtime.rate_hz``), one at a time, the newest first. Results go to
+``eval.jsonl`` and into ``curve.png``; the last one, of the final policy, is
+made after the learner has finished.
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ RESTART_WINDOW_S = 600.0
 LEARNER_NICE = 10
 #: Exit status of ``reverie actor`` after an emergency stop: the launcher does not restart it (a person decides).
 EXIT_ESTOP = 3
+#: Seed offset of evaluation episodes (as in ``reverie train``'s evaluation env).
+EVAL_SEED = 1_000_000
 
 
 class _Process:
@@ -66,6 +76,96 @@ class _Process:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             return self.popen.wait()
+
+
+class Evaluations:
+    """Evaluates the deterministic policies the learner writes to ``logdir/eval/``, one process at a time.
+
+    Each is run by ``reverie eval`` (episodes in the fixed-rate control loop
+    with onnxruntime, in the environment the run's sidecar describes); its
+    mean return is appended to ``logdir/eval.jsonl`` as ``eval/return`` at the
+    policy's environment step. While one runs, newer policies wait and older
+    waiting ones are dropped (the curve gets the newest points, not a backlog).
+    """
+
+    def __init__(self, cfg: DictConfig, logdir: Path, command: list[str]) -> None:
+        self.cfg, self.logdir, self.command = cfg, logdir, command
+        self.folder = logdir / "eval"
+        self.running: tuple[_Process, Path, int] | None = None
+        self.results: list[dict[str, Any]] = []
+        self.failures = 0
+
+    def _pending(self) -> list[tuple[int, Path]]:
+        found = []
+        for path in self.folder.glob("policy_*.onnx"):
+            step = path.stem.split("_", 1)[1]
+            if step.isdigit() and not path.name.endswith(".advance.onnx"):
+                found.append((int(step), path))
+        return sorted(found)
+
+    def poll(self) -> None:
+        """Collects a finished evaluation and starts the next one (call every second or so)."""
+        if self.running is not None:
+            process, policy, step = self.running
+            code = process.poll()
+            if code is None:
+                return
+            self._collect(code, policy, step)
+        pending = self._pending()
+        if not pending:
+            return
+        *older, (step, policy) = pending
+        for _, old in older:
+            _remove_policy(old)
+        out = self.folder / f"step_{step:010d}"
+        out.mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg
+        args = [
+            str(policy),
+            f"episodes={int(cfg.eval_episodes)}",
+            f"rate_hz={cfg.realtime.rate_hz}",
+            f"seed={int(cfg.seed) + EVAL_SEED + step}",
+            f"robot={'true' if cfg.realtime.robot else 'false'}",
+            f"out={out}",
+        ]
+        process = _Process(f"eval {step}", [*self.command, "eval", *args], out / "eval.log")
+        process.start()
+        self.running = (process, policy, step)
+
+    def _collect(self, code: int, policy: Path, step: int) -> None:
+        self.running = None
+        report = self.folder / f"step_{step:010d}" / "eval.json"
+        result = _read_status(report) if code == 0 else None
+        if result is None or result.get("return_mean") is None:
+            self.failures += 1
+            print(f"reverie run: evaluating {policy.name} failed (exit {code}); see {report.with_name('eval.log')}", file=sys.stderr)
+        else:
+            line = {"step": step, "eval/return": result["return_mean"], "eval/return_std": result["return_std"]}
+            self.results.append(line)
+            with open(self.logdir / "eval.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+        _remove_policy(policy)
+
+    def finish(self, timeout: float = 600.0) -> None:
+        """Waits for the running evaluation and makes the last one (the final policy's)."""
+        deadline = time.monotonic() + timeout
+        while (self.running is not None or self._pending()) and time.monotonic() < deadline:
+            self.poll()
+            time.sleep(0.2)
+        if self.running is not None:
+            self.running[0].stop()
+            self.poll()
+
+    def stop(self) -> None:
+        """Ends a running evaluation (the launcher is interrupted)."""
+        if self.running is not None:
+            self.running[0].stop()
+            self.running = None
+
+
+def _remove_policy(path: Path) -> None:
+    for part in (path, path.with_name(f"{path.stem}.advance.onnx"), path.with_name(f"{path.name}.json")):
+        part.unlink(missing_ok=True)
 
 
 def learner_threads(cfg: DictConfig) -> int:
@@ -103,8 +203,10 @@ def launch(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         _Process(f"actor{i}", [*base, "actor", *passed, f"realtime.actor_id=actor{i}"], logdir / f"actor{i}.log")
         for i in range(int(cfg.realtime.actors))
     ]
+    evaluations = Evaluations(cfg, logdir, base) if cfg.eval_episodes else None
     bar = _bar(cfg)
     status: dict[str, Any] = {}
+    finished = False
     learner.start()
     for actor in actors:
         actor.start()
@@ -112,10 +214,13 @@ def launch(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         while True:
             time.sleep(1.0)
             status = _read_status(logdir / "status.json") or status
+            if evaluations is not None:
+                evaluations.poll()
             if bar is not None and status:
-                _show(bar, status)
+                _show(bar, status, evaluations.results[-1] if evaluations is not None and evaluations.results else None)
             code = learner.poll()
             if code == 0:
+                finished = True
                 break
             if code is not None:
                 _restart(learner, f"learner exited with code {code}; see {learner.log}")
@@ -133,9 +238,25 @@ def launch(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         for actor in actors:
             actor.stop()
         learner.stop(timeout=120.0)
-        if bar is not None:
-            bar.close()
+        if not finished:
+            if evaluations is not None:
+                evaluations.stop()
+            if bar is not None:
+                bar.close()
+    if evaluations is not None and finished:
+        evaluations.finish()  # the final policy's evaluation, with the cores free of actors and learner
+        from reverie.agent.logger import plot_curve
+
+        # The learner drew curve.png without the evaluations; draw it again with them (as realtime.outputs.plot does).
+        title = f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} (async)"
+        plot_curve(logdir / "metrics.jsonl", logdir / "curve.png", title=title, evaluations=logdir / "eval.jsonl")
+    if bar is not None and finished:
+        if evaluations is not None and evaluations.results:
+            bar.set_postfix(eval=f"{evaluations.results[-1]['eval/return']:.1f}")
+        bar.close()
     status = _read_status(logdir / "status.json") or status
+    if evaluations is not None and evaluations.results:
+        status["eval_return"] = evaluations.results[-1]["eval/return"]
     latency = logdir / "actors" / "actor0" / "latency.png"
     if latency.exists():
         shutil.copyfile(latency, logdir / "latency.png")
@@ -168,7 +289,7 @@ def _bar(cfg: DictConfig):
     return tqdm(total=cfg.steps, unit="step", desc=f"run {cfg.env.name}", dynamic_ncols=True)
 
 
-def _show(bar: Any, status: dict[str, Any]) -> None:
+def _show(bar: Any, status: dict[str, Any], evaluation: dict[str, Any] | None = None) -> None:
     actors = list(status.get("actors", {}).values())
     p99 = max((a.get("latency_p99_us") or 0.0 for a in actors), default=0.0)
     misses = sum(a.get("deadline_misses", 0) for a in actors)
@@ -178,6 +299,7 @@ def _show(bar: Any, status: dict[str, Any]) -> None:
         updates=status.get("updates", 0),
         policy=status.get("policy_version", 0),
         ret="-" if last is None else f"{last:.1f}",
+        eval="-" if evaluation is None else f"{evaluation['eval/return']:.1f}",
         p99_us=f"{p99:.0f}",
         misses=misses,
     )

@@ -1,20 +1,26 @@
 """``reverie learner``: trains from experience streamed by actors and publishes weights.
 
-The learner is the synchronous trainer's agent, replay, checkpoints and
-evaluation (:class:`reverie.agent.train.Trainer`) with the environment loop
-replaced by the network:
+The learner composes the parts ``reverie train`` uses (the run's bookkeeping,
+the train ratio and the updates: :mod:`reverie.agent.run`,
+:mod:`reverie.agent.ratio`, :mod:`reverie.agent.updater`) with the network in
+place of an environment. It builds no environment: the spaces come from the
+checkpoint, from ``env.spaces`` (a file), or from the environment the config
+names, read without stepping it (:func:`learner_spaces`).
 
 * every valid chunk goes into the disk replay; a chunk that does not directly
   follow the previous one written (another actor, or a gap) starts with
   ``is_first`` so no sampled sequence runs across the seam;
-* the train ratio is enforced here: each received step earns
-  ``train_ratio / (batch_size · batch_length)`` updates, and the learner waits
-  for data when it has none left; it never blocks an actor;
+* the train ratio is enforced here: each received step earns updates
+  (:class:`~reverie.agent.ratio.TrainRatio`), and the learner waits for data
+  when it has none left; it never blocks an actor;
 * every ``realtime.publish_every`` updates it exports the sampling policy and
   publishes it (the newest is republished every few seconds for actors that
   join later); the version counter survives restarts (``policy_version`` file);
   an export that fails (e.g. NaN weights) is logged and counted, the actors
   keep the previous policy, and training goes on;
+* every ``eval_every`` environment steps it writes the deterministic policy
+  to ``eval/`` for an evaluator next to an environment (``reverie run``
+  evaluates them; results in ``eval.jsonl``);
 * a malformed message is refused and counted by the receiver; whatever ends
   the loop (``stop()``, a signal or an exception), the state is checkpointed
   on the way out unless the exception struck in the middle of changing it;
@@ -22,6 +28,11 @@ replaced by the network:
   restart every transition is accounted for: received, or counted missing;
 * status (counters of the learner and of each actor) goes to
   ``logdir/status.json`` and a REP socket that ``reverie status`` queries.
+
+Under ``torchrun`` (data parallel) rank 0 alone has the sockets: each loop
+iteration it sends what it received (and whether to stop) to the other
+ranks, every rank stores the same steps and makes the same updates, each on
+its own batch, and rank 0 alone publishes, logs and writes.
 """
 
 from __future__ import annotations
@@ -35,25 +46,66 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 import zmq
 from omegaconf import DictConfig
 
+from reverie.agent import checkpoint
+from reverie.agent.distributed import DataParallel, RankLost, collective_failed, lost_rank_message, world_from_env
 from reverie.agent.logger import MetricsLogger
+from reverie.agent.ratio import TrainRatio
 from reverie.agent.replay import write_text_atomic
-from reverie.agent.train import Trainer, window_summary
+from reverie.agent.run import MetricsWindow, RunBook, rank_seed, resolve_device, save_config, seed_everything
+from reverie.agent.train import dream_report, export_metadata
+from reverie.agent.updater import Updater
 
-from .channels import ExperienceReceiver, WeightPublisher
-from .endpoints import Endpoints, Security, endpoints
+from .endpoints import Endpoints
 from .protocol import Experience
 from .status import query_status  # noqa: F401  (re-exported: where callers used to find it)
 
 #: Seconds between republications of the newest policy.
 REPUBLISH_S = 2.0
 VERSION_FILE = "policy_version"
+#: The learner's own counters (checkpointed with the run's).
+LEARNER_COUNTERS: dict[str, Any] = {
+    "version": 0,
+    "last_publish": 0,
+    "publish_failures": 0,
+    "tracker": {},
+    "tracker_retired": {},
+    "returns": {},
+    "writer": None,
+}
 
 
-class Learner(Trainer):
-    """The learner process.
+def learner_spaces(cfg: DictConfig, book: RunBook) -> tuple[dict, Any]:
+    """The observation and action spaces of the learner's model, without an environment to step.
+
+    In this order: the checkpoint's (a resumed run keeps its spaces, whatever
+    is installed or configured now); the file ``env.spaces`` (written by
+    ``reverie spaces`` where the environment or robot is: a learner on a
+    machine without the simulator); else the spaces of the environment the
+    config names, built and closed without a step (only that environment's
+    package is needed).
+    """
+    spaces = book.spaces()
+    if spaces is not None:
+        return spaces
+    if cfg.env.get("spaces"):
+        from .spaces import read_spaces
+
+        return read_spaces(cfg.env.spaces)
+    from reverie import envs
+
+    env = envs.from_config(cfg, cfg.seed)
+    try:
+        return env.obs_space, env.act_space
+    finally:
+        env.close()
+
+
+class Learner:
+    """The learner process (one rank of it under torchrun).
 
     Args:
         cfg: the composed config.
@@ -61,45 +113,105 @@ class Learner(Trainer):
     """
 
     def __init__(self, cfg: DictConfig, *, addresses: Endpoints | None = None) -> None:
-        super().__init__(cfg)  # agent, replay, counters; resumes a checkpoint in logdir
-        defaults = (
-            ("version", 0),
-            ("last_publish", 0),
-            ("publish_failures", 0),
-            ("tracker", {}),
-            ("tracker_retired", {}),
-            ("returns", {}),
-            ("writer", None),
-        )
-        for key, value in defaults:
-            self.counters.setdefault(key, value)
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        self.device = resolve_device(cfg.device)
+        #: the data-parallel job torchrun started (None: one process).
+        self.parallel = DataParallel.from_env(self.device) if world_from_env()[1] > 1 else None
+        self.book = RunBook(cfg, parallel=self.parallel, counters=LEARNER_COUNTERS)
+        self.writer = self.book.writer
+        self.logdir, self.repeat = self.book.logdir, self.book.repeat
+        seed_everything(cfg.seed)
+        spaces = learner_spaces(cfg, self.book) if self.writer else None
+        if self.parallel is not None:
+            spaces = self.parallel.broadcast_object(spaces)
+        self.obs_space, self.act_space = spaces
+        self.updater = Updater(cfg, self.obs_space, self.act_space, device=self.device, counters=self.counters, parallel=self.parallel)
+        self.ratio = TrainRatio(cfg, self.counters, world=self.book.world)
+        if self.book.rank:  # each rank draws its own batches and noise; the parameters come from rank 0
+            seed_everything(rank_seed(cfg.seed, self.book.rank))
+        if self.book.resume(self.agent, self.replay):
+            self.updater.repair_replay()
+        self.updater.share_start()
+        if self.writer:
+            save_config(self.logdir, cfg)
+        if cfg.compile:
+            self.agent.compile()
+        self.last_return: float | None = None
+        self.last_publish_error: str | None = None
+        self._status: dict[str, Any] = {}
+        self._stop = threading.Event()
+        #: what the loop is changing (ingest, update) while it is; None between
+        #: those steps, where the state is consistent and may be saved.
+        self._changing: str | None = None
+        self.context: zmq.Context | None = None
+        if self.writer:
+            self._open_sockets(addresses)
+
+    def _open_sockets(self, addresses: Endpoints | None) -> None:
+        from .channels import ExperienceReceiver, WeightPublisher
+        from .endpoints import Security, endpoints
+
         version_file = self.logdir / VERSION_FILE
         if version_file.exists():  # published after the last checkpoint: never reuse a number
             self.counters["version"] = max(self.counters["version"], int(version_file.read_text() or 0))
-        addresses = addresses or endpoints(cfg, bind=True)
+        addresses = addresses or endpoints(self.cfg, bind=True)
         self.context = zmq.Context()
-        self.security = Security(cfg, self.context, server=True)
+        self.security = Security(self.cfg, self.context, server=True)
         # Unauthenticated senders can forge the accounting fields: bound them (see SequenceTracker).
-        window = None if self.security.enabled else int(cfg.realtime.seq_window)
+        window = None if self.security.enabled else int(self.cfg.realtime.seq_window)
         self.receiver = ExperienceReceiver(
             addresses.experience, spec=self.spec, seq_window=window, context=self.context, secure=self.security()
         )
         self.receiver.tracker.load_state(self.counters["tracker"], self.counters["tracker_retired"])
         self.publisher = WeightPublisher(addresses.weights, context=self.context, secure=self.security())
         self.addresses = addresses
-        self._status: dict[str, Any] = {}
-        self._stop = threading.Event()
         self._status_server = _StatusServer(self.context, addresses.status, lambda: self._status, self.security())
-        self.last_return: float | None = None
-        self.last_publish_error: str | None = None
-        #: what the loop is changing (ingest, update) while it is; None between
-        #: those steps, where the state is consistent and may be saved.
-        self._changing: str | None = None
+
+    # ------------------------------------------------------ the parts' state
+    @property
+    def counters(self) -> dict[str, Any]:
+        """The run's counters (checkpointed)."""
+        return self.book.counters
+
+    @property
+    def agent(self) -> Any:
+        """The agent being trained."""
+        return self.updater.agent
+
+    @property
+    def replay(self) -> Any:
+        """The replay (identical on every rank)."""
+        return self.updater.replay
+
+    @property
+    def spec(self) -> Any:
+        """What the values of a replay step mean (the receiver checks every message against it)."""
+        return self.updater.spec
+
+    @property
+    def env_steps(self) -> int:
+        """Simulator steps received so far (agent steps × action repeat)."""
+        return self.book.env_steps
+
+    def wall_s(self) -> float:
+        """Training wall clock, summed over resumed runs."""
+        return self.book.wall_s()
+
+    def sample_batch(self) -> Any:
+        """A replayed batch whose every value is valid (see :meth:`Updater.sample_batch`)."""
+        return self.updater.sample_batch()
+
+    def update(self) -> dict[str, float]:
+        """One update on a sampled batch (spends one unit of train credit); returns its metrics."""
+        self.ratio.spend()
+        return self.updater.update()
 
     # ----------------------------------------------------------- experience
     def can_train(self) -> bool:
         """Enough data, and updates owed by the train ratio."""
-        return self.replay_ready() and self.counters["train_credit"] >= 1.0
+        return self.ratio.ready(len(self.replay)) and self.ratio.owed()
 
     def ingest(self, exp: Experience, logger: MetricsLogger | None = None) -> None:
         """Writes one accepted chunk into replay and accounts for its steps and episodes."""
@@ -113,7 +225,7 @@ class Learner(Trainer):
         self.counters["writer"] = (exp.actor, exp.session, exp.seq)
         self._episode_returns(exp, follows, logger)
         self.counters["agent_steps"] += exp.steps
-        self.earn_credit(exp.steps)
+        self.ratio.earn(exp.steps, len(self.replay))
 
     def _episode_returns(self, exp: Experience, follows: bool, logger: MetricsLogger | None) -> None:
         # Per actor: the running return, or None when part of the episode is missing.
@@ -138,8 +250,12 @@ class Learner(Trainer):
                 returns[key] = None
 
     # -------------------------------------------------------------- weights
+    def export_metadata(self) -> dict[str, Any]:
+        """What an exported policy's sidecar records about the run."""
+        return export_metadata(self.cfg, self.env_steps)
+
     def publish(self) -> int:
-        """Exports the sampling policy and publishes it as the next version."""
+        """Exports the sampling policy and publishes it as the next version (rank 0)."""
         from reverie.realtime.export import export_policy
 
         version = self.counters["version"] + 1
@@ -147,7 +263,7 @@ class Learner(Trainer):
         write_text_atomic(self.logdir / VERSION_FILE, str(version))
         path = self.logdir / "published" / "policy.onnx"
         meta = {**self.export_metadata(), "version": version, "updates": self.counters["updates"]}
-        export_policy(self.agent, path, obs_space=self.env.obs_space, deterministic=False, metadata=meta)
+        export_policy(self.agent, path, obs_space=self.obs_space, deterministic=False, metadata=meta)
         self.publisher.publish(version, path)
         self.counters["version"] = version
         self.counters["last_publish"] = self.counters["updates"]
@@ -174,12 +290,29 @@ class Learner(Trainer):
             )
             return None
 
+    def _maybe_export_eval(self, force: bool = False) -> None:
+        """Every ``eval_every`` environment steps (and at the end), the deterministic policy for an evaluator."""
+        cfg = self.cfg
+        if not cfg.eval_episodes:
+            return
+        due = self.env_steps - self.counters["last_eval"] >= cfg.eval_every
+        if not (due or (force and self.counters["last_eval"] != self.env_steps)):
+            return
+        self.counters["last_eval"] = self.env_steps
+        from .outputs import export_for_evaluation
+
+        try:
+            export_for_evaluation(self.agent, cfg, self.obs_space, self.env_steps)
+        except Exception as exc:  # as a failed publication: logged, training goes on
+            print(f"reverie learner: the evaluation export at step {self.env_steps} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
     # --------------------------------------------------------------- status
     def status(self) -> dict[str, Any]:
         """Counters of the learner and, as last reported, of each actor."""
         stats = self.receiver.stats()
         return {
             "role": "learner",
+            "ranks": self.book.world,
             "env_steps": self.env_steps,
             "agent_steps": self.counters["agent_steps"],
             "updates": self.counters["updates"],
@@ -187,7 +320,7 @@ class Learner(Trainer):
             "publish_failures": self.counters["publish_failures"],
             "last_publish_error": self.last_publish_error,
             "replay_steps": len(self.replay),
-            "train_ratio": self.counters["updates"] * self.cfg.batch_size * self.cfg.batch_length / max(1, self.counters["agent_steps"]),
+            "train_ratio": self.ratio.achieved(),
             "episodes": self.counters["episodes"],
             "last_return": self.last_return,
             "received": stats["actors"],
@@ -226,13 +359,35 @@ class Learner(Trainer):
                 file=sys.stderr,
             )
             return
+        if self.parallel is not None and not clean:
+            # A checkpoint is a collective: after an error the other ranks may be gone (or stuck in another one).
+            print("reverie learner: a data-parallel job is not checkpointed after an error; the last checkpoint stays", file=sys.stderr)
+            return
         try:
             self.save()
-            self._refresh_status()
+            if self.writer:
+                self._refresh_status()
         except Exception as exc:
             if clean:
                 raise
             print(f"reverie learner: the checkpoint on the way out failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def _next(self) -> tuple[bool, list[Experience]]:
+        """Rank 0: whether to stop, and what arrived (waiting a little when nothing is owed); sent to every rank."""
+        plan: tuple[bool, list[Experience]] | None = None
+        if self.writer:
+            stop = self.env_steps >= self.cfg.steps or self._stop.is_set()
+            received: list[Experience] = []
+            if not stop and self.receiver.wait(timeout=0.0 if self.can_train() else 0.05):
+                # receive() advances the stream accounting for the whole batch, so the state is
+                # only consistent again once all of it is in replay (the ingest below).
+                # Bad messages are refused and counted by receive() itself, never raised.
+                self._changing = "taking in received messages"
+                received = list(self.receiver.receive())
+            plan = (stop, received)
+        if self.parallel is not None:
+            plan = self.parallel.broadcast_object(plan)
+        return plan
 
     def run(self, *, handle_signals: bool = True) -> dict[str, Any]:
         """Receives, trains and publishes until ``cfg.steps`` environment steps arrived or ``stop()``."""
@@ -240,63 +395,60 @@ class Learner(Trainer):
         if handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop())
-        logger = MetricsLogger(self.logdir)
-        self._start_time, self._wall_base = time.time(), self.counters["wall_s"]
-        window: list[dict[str, float]] = []
-        window_time, window_updates = time.time(), self.counters["updates"]
+        logger = MetricsLogger(self.logdir) if self.writer else None
+        self.book.start_clock()
+        window = MetricsWindow(self.counters["updates"])
         next_status = next_republish = 0.0
         clean, self._changing = False, None
         try:
-            self._status_server.start()
-            self._try_publish()
-            while self.env_steps < cfg.steps and not self._stop.is_set():
-                # Wait outside, take in inside _change: receive() advances the stream accounting for
-                # the whole batch, so the state is only consistent again once all of it is in replay.
-                # Bad messages are refused and counted by receive() itself, never raised.
-                if self.receiver.wait(timeout=0.0 if self.can_train() else 0.05):
-                    with self._change("taking in received messages"):
-                        for exp in self.receiver.receive():
-                            self.ingest(exp, logger)
+            if self.writer:
+                self._status_server.start()
+                self._try_publish()
+            while True:
+                stop, received = self._next()
+                if stop:
+                    break
+                with self._change("taking in received messages"):
+                    for exp in received:
+                        self.ingest(exp, logger)
                 if self.can_train():
                     with self._change("an update"):
-                        window.append(self.update())
-                    if self.counters["updates"] - self.counters["last_publish"] >= rt.publish_every:
+                        window.add(self.update())
+                    if self.writer and self.counters["updates"] - self.counters["last_publish"] >= rt.publish_every:
                         self._try_publish()
-                now = time.time()
-                if now >= next_republish:
-                    self.publisher.republish()
-                    next_republish = now + REPUBLISH_S
-                if now >= next_status:
-                    self._refresh_status()
-                    next_status = now + rt.status_every_s
-                if self.env_steps - self.counters["last_log"] >= cfg.log_every:
-                    self.counters["last_log"] = self.env_steps
-                    summary = window_summary(window)
-                    summary["train/updates_per_s"] = (self.counters["updates"] - window_updates) / max(now - window_time, 1e-9)
-                    summary["train/updates"] = self.counters["updates"]
-                    summary["train/replay_steps"] = len(self.replay)
-                    summary["realtime/policy_version"] = self.counters["version"]
-                    summary["realtime/publish_failures"] = self.counters["publish_failures"]
-                    summary["realtime/refused"] = sum(self.receiver.refused.values())
-                    summary["train/dropped_batches"] = self.counters["dropped_batches"]
-                    summary["replay/quarantined"] = self.replay.quarantined
-                    summary["realtime/train_ratio"] = self._status.get("train_ratio", 0.0)
-                    summary["time/wall_s"] = self.wall_s()
-                    logger.write(self.env_steps, summary)
-                    window, window_time, window_updates = [], now, self.counters["updates"]
-                self._maybe_evaluate(logger)
-                self._maybe_report(logger)
+                if self.writer:
+                    now = time.time()
+                    if now >= next_republish:
+                        self.publisher.republish()
+                        next_republish = now + REPUBLISH_S
+                    if now >= next_status:
+                        self._refresh_status()
+                        next_status = now + rt.status_every_s
+                    if self.env_steps - self.counters["last_log"] >= cfg.log_every:
+                        self._log_window(logger, window)
+                    self._maybe_export_eval()
+                    self._maybe_report(logger)
                 self._maybe_checkpoint()
-            if self.env_steps >= cfg.steps:
-                self._maybe_evaluate(logger, force=True)
+            if self.writer and self.env_steps >= cfg.steps:
+                self._maybe_export_eval(force=True)
             clean = True
+        except RankLost:
+            raise
+        except Exception as exc:
+            if self.parallel is not None and collective_failed(exc):
+                raise RankLost(lost_rank_message(exc)) from exc
+            raise
         finally:
             try:
                 self._save_on_exit(clean=clean)
             finally:
-                logger.close()
+                if logger is not None:
+                    logger.close()
                 self.close()
-        self.finish(f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} (async)")
+        if self.writer:
+            from .outputs import finish_run
+
+            finish_run(self.agent, cfg, self.obs_space, self.env_steps, title=f"{cfg.algo.name} {cfg.size.name} {cfg.env.name} (async)")
         return {
             "env_steps": self.env_steps,
             "updates": self.counters["updates"],
@@ -304,15 +456,39 @@ class Learner(Trainer):
             "wall_s": self.wall_s(),
         }
 
+    def _log_window(self, logger: MetricsLogger, window: MetricsWindow) -> None:
+        self.counters["last_log"] = self.env_steps
+        summary, _ = window.close(self.counters["updates"])
+        summary["train/replay_steps"] = len(self.replay)
+        summary["realtime/policy_version"] = self.counters["version"]
+        summary["realtime/publish_failures"] = self.counters["publish_failures"]
+        summary["realtime/refused"] = sum(self.receiver.refused.values())
+        summary["train/dropped_batches"] = self.counters["dropped_batches"]
+        summary["replay/quarantined"] = self.replay.quarantined
+        summary["realtime/train_ratio"] = self.ratio.achieved()
+        summary["time/wall_s"] = self.wall_s()
+        logger.write(self.env_steps, summary)
+
+    def _maybe_report(self, logger: MetricsLogger) -> None:
+        if not self.cfg.report_every or self.env_steps - self.counters["last_report"] < self.cfg.report_every:
+            return
+        self.counters["last_report"] = self.env_steps
+        dream_report(self.agent, self.replay, self.cfg, self.env_steps, logger)
+
+    def _maybe_checkpoint(self) -> None:
+        if self.env_steps - self.counters["last_ckpt"] >= self.cfg.checkpoint_every:
+            self.save()
+
     def save(self) -> None:
-        """Checkpoint with the stream accounting (see :meth:`Trainer.save`)."""
-        self.counters["tracker"] = self.receiver.tracker.state()
-        self.counters["tracker_retired"] = dict(self.receiver.tracker.retired)
-        super().save()
+        """Checkpoint and replay with the stream accounting (every rank at the same update; rank 0 writes)."""
+        if self.writer:
+            self.counters["tracker"] = self.receiver.tracker.state()
+            self.counters["tracker_retired"] = dict(self.receiver.tracker.retired)
+        self.book.save(self.agent, self.replay, {"spaces": checkpoint.spaces_to_dict(self.obs_space, self.act_space)})
 
     def close(self) -> None:
         """Closes the sockets (idempotent)."""
-        if self.context.closed:
+        if self.context is None or self.context.closed:
             return
         self._status_server.stop()
         self.receiver.close()
@@ -354,8 +530,13 @@ class _StatusServer(threading.Thread):
 
 
 def run_learner(cfg: DictConfig) -> dict[str, Any]:
-    """Runs (or resumes) the learner of ``cfg`` until ``cfg.steps`` environment steps."""
-    return Learner(cfg).run()
+    """Runs (or resumes) the learner of ``cfg`` until ``cfg.steps`` environment steps (one rank of it under torchrun)."""
+    learner = Learner(cfg)
+    try:
+        return learner.run()
+    finally:
+        if learner.parallel is not None:
+            learner.parallel.close()
 
 
 __all__ = ["Learner", "query_status", "run_learner"]

@@ -47,3 +47,22 @@ def test_bf16_autocast_changes_the_matrix_products_not_the_parameters():
     exact = net(x)
     # bf16 keeps 8 bits of mantissa: close to fp32, but not equal.
     assert not torch.equal(out.float(), exact) and torch.allclose(out.float(), exact, atol=0.05, rtol=0.05)
+
+
+def test_batches_are_pinned_only_for_a_gpu(monkeypatch):
+    """Pinned (page-locked) host memory is for CPU → GPU copies; on the CPU path nothing is pinned (pinning needs CUDA)."""
+    from conftest import TINY, fake_batch, vector_obs_space
+
+    from reverie.agent.builder import build_agent
+    from reverie.cli.config import compose
+    from reverie.envs.base import Space
+
+    agent = build_agent(compose(list(TINY)), vector_obs_space(), Space("float32", (2,), -1.0, 1.0))
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: pinned.append(self.shape) or self)
+    tensors = agent._to_tensors(fake_batch(B=2, deter=32, stoch=4))
+    assert not pinned and all(t.device.type == "cpu" for t in tensors.values())
+    monkeypatch.setattr(type(agent), "device", property(lambda self: torch.device("cuda")))
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)  # no GPU here: only the host side of the copy runs
+    agent._to_tensors(fake_batch(B=2, deter=32, stoch=4))
+    assert len(pinned) == len(tensors)  # every array of the batch went through page-locked memory

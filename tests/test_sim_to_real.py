@@ -49,7 +49,7 @@ def test_deploy_resumes_the_simulation_run_and_keeps_learning_on_the_robot(tmp_p
         ]
     )
     learner = Learner(cfg)
-    assert learner.resumed and learner.counters["agent_steps"] == sim_counters["agent_steps"]
+    assert learner.book.resumed and learner.counters["agent_steps"] == sim_counters["agent_steps"]
     assert learner.counters["updates"] == sim_counters["updates"] and len(learner.replay) == sim_counters["agent_steps"]
 
     # 3. The actor on the perturbed robot starts with the simulation's policy, streams, and swaps in new weights.
