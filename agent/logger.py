@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,20 +12,32 @@ from typing import Any
 class MetricsLogger:
     """Writes namespaced scalars with the environment step.
 
+    A resumed run passes ``resume_step``, the step of the checkpoint it
+    resumed: lines written after that checkpoint (by the process that died
+    or was stopped) are dropped from ``metrics.jsonl``, and TensorBoard purges
+    its events past it, because the resumed run logs those steps again.
+    Without this a curve read from the file counts them twice.
+
     Args:
         logdir: output folder.
         tensorboard: also write TensorBoard events (needs the tensorboard package).
+        resume_step: the step the run resumed at (None or 0: a new run; nothing is dropped).
     """
 
-    def __init__(self, logdir: str | Path, *, tensorboard: bool = True) -> None:
+    def __init__(self, logdir: str | Path, *, tensorboard: bool = True, resume_step: int | None = None) -> None:
         self.logdir = Path(logdir)
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.logdir / "metrics.jsonl", "a", buffering=1)
+        path = self.logdir / "metrics.jsonl"
+        if resume_step and path.exists():
+            _drop_after(path, int(resume_step))
+        self._file = open(path, "a", buffering=1)
         self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.logdir / "tensorboard"))
+            # purge_step: events at or after it, from before a crash, are discarded.
+            purge = int(resume_step) + 1 if resume_step else None
+            self._tb = SummaryWriter(str(self.logdir / "tensorboard"), purge_step=purge)
 
     @property
     def tensorboard(self) -> Any:
@@ -45,6 +58,24 @@ class MetricsLogger:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _drop_after(path: Path, step: int) -> None:
+    """Rewrites ``path`` without the lines past ``step`` (and without a torn last line); atomic."""
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            keep = int(json.loads(line)["step"]) <= step
+        except (ValueError, KeyError, TypeError):  # a line torn by a kill, or not a metrics line
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

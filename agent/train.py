@@ -218,7 +218,7 @@ class Trainer:
         cfg = self.cfg
         if self.parallel is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _stopped_by_signal)
-        logger = MetricsLogger(self.logdir) if self.writer else None
+        logger = MetricsLogger(self.logdir, resume_step=self.env_steps) if self.writer else None
         bar = _progress(cfg, self.env_steps) if self.writer else None
         self.book.start_clock()
         window = MetricsWindow(self.counters["updates"])

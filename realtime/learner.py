@@ -395,7 +395,7 @@ class Learner:
         if handle_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: self.stop())
-        logger = MetricsLogger(self.logdir) if self.writer else None
+        logger = MetricsLogger(self.logdir, resume_step=self.env_steps) if self.writer else None
         self.book.start_clock()
         window = MetricsWindow(self.counters["updates"])
         next_status = next_republish = 0.0

@@ -50,6 +50,10 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     straight.run()
     first = Trainer(compose([*common, "steps=48", f"logdir={tmp_path / 'b'}"]))
     first.run()
+    # As if the first process had gone on past its checkpoint and been killed mid-line:
+    # the resumed run logs those steps again, so these lines must go.
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 64, "episode/return": 1.0}\n{"step": 80, "episode/ret')
     resumed = Trainer(compose([*common, "steps=96", f"logdir={tmp_path / 'b'}"]))
     assert resumed.resumed and resumed.counters["agent_steps"] == 48
     resumed.run()
@@ -57,6 +61,9 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     a, b = params(straight), params(resumed)
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst <= 1e-6, worst
+    # One line per episode end, as in the uninterrupted run.
+    episodes = [[m["step"] for m in read_lines(tmp_path / run / "metrics.jsonl") if "episode/return" in m] for run in "ab"]
+    assert episodes[0] == episodes[1] and len(set(episodes[1])) == len(episodes[1])
 
 
 def test_resume_with_another_config_is_refused(tiny_overrides):
