@@ -38,12 +38,23 @@ LOSSES = {
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    rows = []
+    """The lines of a run's JSONL, without those a resume superseded.
+
+    Both codes log at a step that never decreases within one process. A step
+    lower than one already read means the run resumed from an earlier
+    checkpoint and logs those steps again: the lines past it, from the
+    process that stopped, are dropped (reverie now drops them itself at
+    resume; the official code and older reverie runs do not).
+    """
+    rows: list[dict] = []
     for line in path.read_text().splitlines():
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a line being written while we read
-            pass
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line being written while we read, or torn by a kill
+            continue
+        if rows and row["step"] < rows[-1]["step"]:
+            rows = [r for r in rows if r["step"] <= row["step"]]
+        rows.append(row)
     return rows
 
 

@@ -140,3 +140,13 @@ def test_sim_to_real_gap_and_flow(tmp_path):
     flow = [json.loads(line) for line in (out / "flow.jsonl").read_text().splitlines()]
     assert row["robot_episodes"] == len(flow) >= 1 and flow[-1]["policy_version"] >= 1
     assert (out / "sim_to_real.png").exists() and (out / "deploy" / "actors" / "actor0" / "robot.json").exists()
+
+
+def test_parity_reader_drops_lines_a_resume_superseded(tmp_path):
+    sys.path.insert(0, str(BENCH.parent))
+    from bench.parity import read_jsonl
+
+    lines = [{"step": s} for s in (0, 10, 20, 30)] + [{"step": 15}, {"step": 25}]  # resumed at 15
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 3')  # and a torn last line
+    assert [r["step"] for r in read_jsonl(path)] == [0, 10, 15, 25]
