@@ -324,6 +324,7 @@ def cmd_export(args: list[str]) -> int:
     from reverie import envs
     from reverie.agent.loading import load_trained
     from reverie.realtime.export import export_policy
+    from reverie.realtime.outputs import env_record
     from reverie.realtime.quantize import DEFAULT_BOUND, export_quantized
     from reverie.realtime.signature import FORMAT_SPLIT, advance_path
 
@@ -338,7 +339,14 @@ def cmd_export(args: list[str]) -> int:
         "obs_space": obs_space,
         "deterministic": opts.deterministic,
         "split": not opts.fused,
-        "metadata": {"algo": cfg.algo.name, "size": cfg.size.name, "env": cfg.env.name, "obs": cfg.obs, "checkpoint": str(source)},
+        "metadata": {
+            "algo": cfg.algo.name,
+            "size": cfg.size.name,
+            "env": cfg.env.name,
+            "obs": cfg.obs,
+            "env_config": env_record(cfg),  # so `reverie eval` rebuilds the run's environment
+            "checkpoint": str(source),
+        },
     }
     if opts.quantize:
         bound = DEFAULT_BOUND if opts.max_deviation is None else opts.max_deviation

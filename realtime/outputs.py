@@ -36,7 +36,7 @@ def finish_run(agent: Any, cfg: DictConfig, obs_space: dict[str, Any], env_steps
     """
     logdir = Path(cfg.logdir)
     path = logdir / "policy.onnx"
-    export_policy(agent, path, obs_space=obs_space, deterministic=True, metadata=export_metadata(cfg, env_steps))
+    export_policy(agent, path, obs_space=obs_space, deterministic=True, metadata=run_metadata(cfg, env_steps))
     plot(logdir, title)
     return path
 
@@ -44,6 +44,21 @@ def finish_run(agent: Any, cfg: DictConfig, obs_space: dict[str, Any], env_steps
 def plot(logdir: Path, title: str) -> None:
     """``curve.png``: training returns from ``metrics.jsonl``, evaluations from it and from ``eval.jsonl``."""
     plot_curve(logdir / "metrics.jsonl", logdir / "curve.png", title=title, evaluations=logdir / EVAL_FILE)
+
+
+def run_metadata(cfg: DictConfig, env_steps: int) -> dict[str, Any]:
+    """The sidecar's record of the run: the agent's (``export_metadata``) and the environment settings.
+
+    ``env_config`` lets ``reverie eval`` rebuild the run's environment (action
+    repeat, time limit, image size, options) from the policy file alone.
+    """
+    return {**export_metadata(cfg, env_steps), "env_config": env_record(cfg)}
+
+
+def env_record(cfg: DictConfig) -> dict[str, Any]:
+    """The environment settings a sidecar records (``env_config``), for ``reverie eval`` to rebuild the run's environment."""
+    env = OmegaConf.to_container(cfg.env, resolve=True)
+    return {k: env.get(k) for k in ("action_repeat", "time_limit", "size", "options")}
 
 
 def eval_policy_path(logdir: Path, env_steps: int) -> Path:
@@ -57,13 +72,7 @@ def export_for_evaluation(agent: Any, cfg: DictConfig, obs_space: dict[str, Any]
     The model file is renamed into place last (see :func:`export_policy`), so
     once ``policy_<env steps>.onnx`` exists its parts and sidecar are whole.
     """
-    env = OmegaConf.to_container(cfg.env, resolve=True)
-    metadata = {
-        **export_metadata(cfg, env_steps),
-        "env_config": {k: env.get(k) for k in ("action_repeat", "time_limit", "size", "options")},
-        "eval_episodes": int(cfg.eval_episodes),
-        "seed": int(cfg.seed),
-    }
+    metadata = {**run_metadata(cfg, env_steps), "eval_episodes": int(cfg.eval_episodes), "seed": int(cfg.seed)}
     path = eval_policy_path(Path(cfg.logdir), env_steps)
     export_policy(agent, path, obs_space=obs_space, deterministic=True, metadata=metadata)
     return path

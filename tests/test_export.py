@@ -121,6 +121,9 @@ def test_cli_export_from_a_training_run(tiny_overrides, tmp_path):
     assert main(["export", str(tmp_path / "run"), "-o", str(tmp_path / "policy.onnx")]) == 0
     meta = json.loads((tmp_path / "policy.onnx.json").read_text())
     assert meta["algo"] == "dreamerv3" and meta["env"] == "fake/vector"
+    # `reverie eval` rebuilds the run's environment from these (here: its 10-step time limit).
+    assert meta["env_config"]["time_limit"] == 10
+    assert json.loads((tmp_path / "run" / "policy.onnx.json").read_text())["env_config"]["time_limit"] == 10
     runtime = PolicyRuntime(tmp_path / "policy.onnx")
     assert runtime.step({k: np.zeros(3, np.float32) if k != "progress" else np.zeros(1, np.float32) for k in runtime.obs_keys}).shape == (
         3,
