@@ -50,7 +50,6 @@ from .signature import (
     validate_sidecar,
 )
 
-
 #: Observe parts up to this size are warmed after each advance (``warm=None``): their weights can stay in a
 #: core's private cache (1–2 MB on current x86 server cores) until the next tick. Larger ones would not, and
 #: warming them would only add a whole critical-path run to the off-path work.
