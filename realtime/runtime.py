@@ -20,8 +20,7 @@ step allocates nothing.
 A small observe part is also *warmed* after each advance: run once more on
 scratch outputs, off the critical path, so that its weights and code are back
 in the core's caches when the next observation comes (the advance streams its
-own, larger weights through them). On this machine that took the 1m vector
-critical path from ~75 to ~54 µs (docs/benchmarks.md, issue #13).
+own, larger weights through them); docs/design.md, "Warming the observe part".
 """
 
 from __future__ import annotations
