@@ -126,9 +126,9 @@ def export_policy(
     obs_args = [torch.zeros(1, *obs_space[k].shape, dtype=getattr(torch, obs_space[k].dtype.name)) for k in keys]
     parts = _parts(step, obs_args, path, split)
     if quantize is not None:
-        from .quantize import OPS, STATIC_OPS, has_convolutions, quantize_bytes
+        from .quantize import MIN_STATIC_CHANNELS, OPS, STATIC_OPS, convolutions_to_quantize, quantize_bytes
 
-        static = bool(calibration) and any(has_convolutions(part.data) for part in parts)
+        static = sum(len(convolutions_to_quantize(part.data)) for part in parts) if calibration else 0
         for part in parts:
             part.data = quantize_bytes(part.data, quantize, calibration)
     rssm = step.rssm
@@ -155,9 +155,11 @@ def export_policy(
         sidecar["quantize"] = {"mode": quantize, "method": "onnxruntime dynamic quantization", "ops": list(OPS)}
         if static:
             sidecar["quantize"].update(
-                method="onnxruntime dynamic quantization (matrix products); static QDQ quantization of the convolutions"
-                " (per-channel int8 weights, uint8 activations, MinMax ranges over the calibration observations)",
+                method=f"onnxruntime dynamic quantization (matrix products); static QDQ quantization of the convolutions"
+                f" with {MIN_STATIC_CHANNELS} input channels or more (per-channel int8 weights, uint8 activations,"
+                " MinMax ranges over the calibration observations)",
                 ops=[*OPS, *STATIC_OPS],
+                static_convolutions=static,
                 calibration_observations=len(calibration),
             )
     if split:

@@ -38,22 +38,37 @@ MODES = ("int8",)
 #: dynamically quantized convolution (ConvInteger) about 20× slower than the fp32 one here (1m pixels: 15.6 ms
 #: against 0.65 ms a step), where the products gain; docs/design.md, "int8".
 OPS = ("MatMul", "Gemm")
-#: The operators quantized statically, on calibration observations: the convolutions (``QLinearConv``, 1.9×
-#: faster than fp32 for the 12m encoder's here; docs/design.md, "int8").
+#: The operators quantized statically, on calibration observations: the convolutions (``QLinearConv``).
 STATIC_OPS = ("Conv",)
-#: Observations of the calibration rollout (a seed apart from the deviation report's).
+#: A convolution is quantized only with at least this many input channels. Here (onnxruntime 1.32, one thread,
+#: VNNI) the int8 convolutions of the 12m encoder's 32-, 48- and 64-channel inputs ran 3.3–4.3× faster than
+#: fp32, but its first (3 channels) 1.6× slower, and the whole 1m encoder (3, 8, 12, 16 channels) 1.2× slower
+#: with the quantize/dequantize steps around the fp32 norms; docs/design.md, "int8".
+MIN_STATIC_CHANNELS = 32
+#: Observations of the calibration rollout.
 CALIBRATION_STEPS = 200
-#: Seed offset of the calibration rollout from the report's first seed.
+#: Seed of the calibration rollout (the deviation report's rollout and episodes use seeds 0 … episodes).
 CALIBRATION_SEED = 1000
 #: Default refusal bound on the mean |Δaction| (actions lie in [-1, 1]).
 DEFAULT_BOUND = 0.05
 
 
-def has_convolutions(data: bytes) -> bool:
-    """Whether an ONNX model has convolutions (what static quantization is for)."""
+def convolutions_to_quantize(model: Any) -> list[str]:
+    """The names of a model's convolutions with at least ``MIN_STATIC_CHANNELS`` input channels.
+
+    Args:
+        model: the ONNX model's bytes, or an ``onnx.ModelProto``.
+    """
     import onnx
 
-    return any(node.op_type in STATIC_OPS for node in onnx.load_from_string(data).graph.node)
+    graph = (onnx.load_from_string(model) if isinstance(model, bytes) else model).graph
+    weights = {init.name: list(init.dims) for init in graph.initializer}
+    # Conv weights are [out, in / groups, kh, kw].
+    return [
+        node.name
+        for node in graph.node
+        if node.op_type in STATIC_OPS and len(weights.get(node.input[1], [])) == 4 and weights[node.input[1]][1] >= MIN_STATIC_CHANNELS
+    ]
 
 
 def quantize_bytes(data: bytes, mode: str, observations: list[dict[str, np.ndarray]] | None = None) -> bytes:
@@ -66,7 +81,8 @@ def quantize_bytes(data: bytes, mode: str, observations: list[dict[str, np.ndarr
             convolutions' activation ranges on (the model's observation
             inputs come from them, its other inputs are zeros: the encoder,
             the only place with convolutions, sees only the observation).
-            None: the convolutions stay fp32.
+            Only convolutions with ``MIN_STATIC_CHANNELS`` input channels or
+            more are quantized. None: the convolutions stay fp32.
 
     Raises:
         ValueError: for an unknown mode, or observations that lack a key the model observes.
@@ -82,7 +98,10 @@ def quantize_bytes(data: bytes, mode: str, observations: list[dict[str, np.ndarr
         # onnxruntime's recommended preparation (graph optimisation, shapes); the shapes are static,
         # so ONNX's own shape inference suffices (the symbolic one would need sympy).
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
-        if observations and has_convolutions(data):
+        import onnx
+
+        convolutions = convolutions_to_quantize(onnx.load(str(prepared))) if observations else []
+        if convolutions:
             static = Path(tmp) / "static.onnx"
             # QDQ with per-channel s8 weights and u8 activations: what onnxruntime fuses into QLinearConv
             # (VNNI kernels). MinMax ranges over the calibration observations.
@@ -92,6 +111,7 @@ def quantize_bytes(data: bytes, mode: str, observations: list[dict[str, np.ndarr
                 _Calibration(prepared, observations),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(STATIC_OPS),
+                nodes_to_quantize=convolutions,
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
