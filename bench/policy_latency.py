@@ -11,9 +11,10 @@ thread, measured in the same run). ``cpu_p50_us``, ``cpu_p99_us``: the same step
 (``time.thread_time``), which leaves out the time the thread waited for a core: on a machine shared with other
 work a multi-millisecond step is preempted most times and its wall-clock figures measure the scheduler. The
 parts are timed in alternating blocks of 500 steps so that all of them see the same machine load; ratios
-between them are the robust figure on a busy machine. The int8 exports quantize the convolutions statically,
-calibrated on the recorded observations (``reverie.realtime.quantize``). The two-part runtime warms its
-observe part after each advance when it is small (``warm`` in the rows; ``PolicyRuntime``). One
+between them are the robust figure on a busy machine. The int8 exports quantize the wide convolutions (≥ 32
+input channels) statically, calibrated on the recorded observations (``reverie.realtime.quantize``). The
+two-part runtime warms its observe part after each advance when it is small (``warm`` in the rows;
+``PolicyRuntime``). One
 ``policy_latency_ratio`` line per preset and observation type gives critical ÷ fused (p99, p50, CPU-time p50)
 and fp32 ÷ int8. ``robot_install`` lines give the import time and resident memory of the robot side (from
 ``.venv-robot`` when it exists, which has no torch) and of the full stack, and the installed size of each
