@@ -7,10 +7,16 @@ pixels), ``part`` (fused | critical | advance), ``precision`` (fp32 | int8), ``p
 ``p999_us``, ``floor_us`` (the part's ONNX weight bytes, ``onnx_weight_bytes``, ÷ this thread's memory read
 bandwidth, measured in the same run; ``weight_bytes`` counts the torch parameters the part touches) and
 ``compute_floor_us`` (its matrix-product and convolution FLOPs ÷ the best fp32 product rate of this
-thread, measured in the same run). The parts are timed in alternating blocks of 500 steps so that all of them
-see the same machine load; ratios between them are the robust figure on a busy machine. One
-``policy_latency_ratio`` line per preset and observation type gives critical p99 ÷ fused p99 (and int8 ÷
-fp32). ``robot_install`` lines give the import time and resident memory of the robot side (from
+thread, measured in the same run). ``cpu_p50_us``, ``cpu_p99_us``: the same steps in this thread's CPU time
+(``time.thread_time``), which leaves out the time the thread waited for a core: on a machine shared with other
+work a multi-millisecond step is preempted most times and its wall-clock figures measure the scheduler. The
+parts are timed in alternating blocks of 500 steps so that all of them see the same machine load; ratios
+between them are the robust figure on a busy machine. The int8 exports quantize the wide convolutions (≥ 32
+input channels) statically, calibrated on the recorded observations (``reverie.realtime.quantize``). The
+two-part runtime warms its observe part after each advance when it is small (``warm`` in the rows;
+``PolicyRuntime``). One
+``policy_latency_ratio`` line per preset and observation type gives critical ÷ fused (p99, p50, CPU-time p50)
+and fp32 ÷ int8. ``robot_install`` lines give the import time and resident memory of the robot side (from
 ``.venv-robot`` when it exists, which has no torch) and of the full stack, and the installed size of each
 dependency set.
 
@@ -121,10 +127,19 @@ def onnx_weight_bytes(path: Path) -> int:
     return sum(numpy_helper.to_array(init).nbytes for init in onnx.load(str(path)).graph.initializer)
 
 
-def percentiles(samples: list[float]) -> dict[str, float]:
-    us = np.array(samples) * 1e6
+def percentiles(samples: list[float], cpu: list[float]) -> dict[str, float]:
+    """Wall-clock p50/p99/p99.9/mean and CPU-time p50/p99 (µs) of per-step seconds."""
+    us, cpu_us = np.array(samples) * 1e6, np.array(cpu) * 1e6
     p50, p99, p999 = np.percentile(us, [50, 99, 99.9])
-    return {"p50_us": float(p50), "p99_us": float(p99), "p999_us": float(p999), "mean_us": float(us.mean())}
+    cpu50, cpu99 = np.percentile(cpu_us, [50, 99])
+    return {
+        "p50_us": float(p50),
+        "p99_us": float(p99),
+        "p999_us": float(p999),
+        "mean_us": float(us.mean()),
+        "cpu_p50_us": float(cpu50),
+        "cpu_p99_us": float(cpu99),
+    }
 
 
 def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: float, int8: bool) -> list[dict]:
@@ -152,11 +167,13 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: floa
     }
     precisions = ["fp32", "int8"] if int8 else ["fp32"]
     times: dict[tuple[str, str], list[float]] = {(part, p): [] for part in costs for p in precisions}
+    cpu: dict[tuple[str, str], list[float]] = {(part, p): [] for part in costs for p in precisions}
+    calibration = [{k: o[k] for k in step.obs_keys} for o in obs_seq]
     onnx_bytes: dict[tuple[str, str], int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         runtimes = {}
         for precision in precisions:
-            quantize = {"quantize": "int8"} if precision == "int8" else {}
+            quantize = {"quantize": "int8", "calibration": calibration} if precision == "int8" else {}
             export_policy(agent, Path(tmp) / f"f_{precision}.onnx", obs_space=env.obs_space, split=False, **quantize)
             export_policy(agent, Path(tmp) / f"s_{precision}.onnx", obs_space=env.obs_space, **quantize)
             runtimes[precision] = (PolicyRuntime(Path(tmp) / f"f_{precision}.onnx"), PolicyRuntime(Path(tmp) / f"s_{precision}.onnx"))
@@ -169,22 +186,25 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: floa
             for precision, (fused, split) in runtimes.items():
                 for i in range(size):
                     ob = obs_seq[i % len(obs_seq)]
-                    start = time.perf_counter()
+                    cpu_start, start = time.thread_time(), time.perf_counter()
                     fused.step(ob)
-                    end = time.perf_counter()
+                    end, cpu_end = time.perf_counter(), time.thread_time()
                     if block:
                         times[("fused", precision)].append(end - start)
+                        cpu[("fused", precision)].append(cpu_end - cpu_start)
                 for i in range(size):
                     ob = obs_seq[i % len(obs_seq)]
-                    start = time.perf_counter()
+                    cpu_start, start = time.thread_time(), time.perf_counter()
                     sent = split.step(ob)
-                    middle = time.perf_counter()
+                    middle, cpu_middle = time.perf_counter(), time.thread_time()
                     split.action_sent(sent)
                     split.advance()
-                    end = time.perf_counter()
+                    end, cpu_end = time.perf_counter(), time.thread_time()
                     if block:
                         times[("critical", precision)].append(middle - start)
                         times[("advance", precision)].append(end - middle)
+                        cpu[("critical", precision)].append(cpu_middle - cpu_start)
+                        cpu[("advance", precision)].append(cpu_end - cpu_middle)
     out = []
     for (part, precision), samples in times.items():
         c = costs[part]
@@ -196,7 +216,8 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: floa
                 "part": part,
                 "precision": precision,
                 "steps": len(samples),
-                **percentiles(samples),
+                **percentiles(samples, cpu[(part, precision)]),
+                "warm": part != "fused" and runtimes[precision][1].warm,
                 **c,
                 "onnx_weight_bytes": onnx_bytes[(part, precision)],
                 # Streaming the model's own weights (int8 ones at a byte each) once per call.
@@ -209,17 +230,22 @@ def measure(preset: str, obs_kind: str, steps: int, bandwidth: float, peak: floa
         )
     p99 = {(r["part"], r["precision"]): r["p99_us"] for r in out}
     p50 = {(r["part"], r["precision"]): r["p50_us"] for r in out}
+    cpu50 = {(r["part"], r["precision"]): r["cpu_p50_us"] for r in out}
     ratio = {
         "name": "policy_latency_ratio",
         "preset": preset,
         "obs": obs_kind,
         "critical_over_fused_p99": p99[("critical", "fp32")] / p99[("fused", "fp32")],
         "critical_over_fused_p50": p50[("critical", "fp32")] / p50[("fused", "fp32")],
+        "critical_over_fused_cpu_p50": cpu50[("critical", "fp32")] / cpu50[("fused", "fp32")],
     }
     if int8:
         ratio["fp32_over_int8_fused_p50"] = p50[("fused", "fp32")] / p50[("fused", "int8")]
         ratio["fp32_over_int8_fused_p99"] = p99[("fused", "fp32")] / p99[("fused", "int8")]
         ratio["fp32_over_int8_critical_p50"] = p50[("critical", "fp32")] / p50[("critical", "int8")]
+        ratio["fp32_over_int8_fused_cpu_p50"] = cpu50[("fused", "fp32")] / cpu50[("fused", "int8")]
+        ratio["fp32_over_int8_critical_cpu_p50"] = cpu50[("critical", "fp32")] / cpu50[("critical", "int8")]
+        ratio["critical_over_fused_int8_cpu_p50"] = cpu50[("critical", "int8")] / cpu50[("fused", "int8")]
     out.append(ratio)
     return out
 

@@ -288,9 +288,13 @@ action bounds, noise layout, algo, size, sha256).
   --deterministic   export the mode policy (deployment) instead of sampling
   --fused           one graph, (observation keys…, deter, stoch, prev_action,
                     is_first, noise) → (action, deter, stoch) (sidecar format 1)
-  --quantize int8   int8 weights in the matrix products (onnxruntime dynamic
-                    quantization; convolutions stay fp32). Before writing, the
-                    export runs it beside fp32 on the run's task: the mean
+  --quantize int8   int8 matrix products (onnxruntime dynamic quantization)
+                    and, for pixel policies, int8 convolutions of 32 input
+                    channels or more (static: int8 weights per channel, uint8
+                    activations calibrated on 200 observations of an fp32
+                    rollout of the run's task).
+                    Before writing, the export runs it beside fp32 on the
+                    run's task (other seeds than the calibration's): the mean
                     |Δaction| over a 1,000-step rollout and the returns of 10
                     episodes of each, printed and kept in the sidecar; it is
                     refused when the mean |Δaction| exceeds --max-deviation

@@ -88,6 +88,7 @@ def export_policy(
     deterministic: bool = False,
     split: bool = True,
     quantize: str | None = None,
+    calibration: list[dict[str, np.ndarray]] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Writes ``path`` (ONNX; with ``split`` also ``policy.advance.onnx`` beside it) and ``path + '.json'``; returns the sidecar.
@@ -100,10 +101,14 @@ def export_policy(
         deterministic: export the mode policy (deployment) instead of sampling.
         split: two parts, observe and advance (format 2); False writes the
             fused step (format 1).
-        quantize: ``"int8"``: int8 weights in the matrix products
-            (``reverie.realtime.quantize``; recorded in the
-            sidecar). The round trip then checks finiteness, not closeness to
-            torch: judging the deviation is ``quantize.export_quantized``'s job.
+        quantize: ``"int8"``: int8 matrix products, and int8 convolutions
+            when ``calibration`` is given (``reverie.realtime.quantize``;
+            recorded in the sidecar). The round trip then checks finiteness,
+            not closeness to torch: judging the deviation is
+            ``quantize.export_quantized``'s job.
+        calibration: with ``quantize``, unbatched observations of the task to
+            calibrate the convolutions' int8 activations on (pixel policies);
+            None leaves the convolutions fp32.
         metadata: extra sidecar fields (algo, size, env, checkpoint …).
 
     Raises:
@@ -121,10 +126,11 @@ def export_policy(
     obs_args = [torch.zeros(1, *obs_space[k].shape, dtype=getattr(torch, obs_space[k].dtype.name)) for k in keys]
     parts = _parts(step, obs_args, path, split)
     if quantize is not None:
-        from .quantize import OPS, quantize_bytes
+        from .quantize import MIN_STATIC_CHANNELS, OPS, STATIC_OPS, convolutions_to_quantize, quantize_bytes
 
+        static = sum(len(convolutions_to_quantize(part.data)) for part in parts) if calibration else 0
         for part in parts:
-            part.data = quantize_bytes(part.data, quantize)
+            part.data = quantize_bytes(part.data, quantize, calibration)
     rssm = step.rssm
     sidecar = {
         "format": FORMAT_SPLIT if split else FORMAT,
@@ -147,6 +153,15 @@ def export_policy(
     }
     if quantize is not None:
         sidecar["quantize"] = {"mode": quantize, "method": "onnxruntime dynamic quantization", "ops": list(OPS)}
+        if static:
+            sidecar["quantize"].update(
+                method=f"onnxruntime dynamic quantization (matrix products); static QDQ quantization of the convolutions"
+                f" with {MIN_STATIC_CHANNELS} input channels or more (per-channel int8 weights, uint8 activations,"
+                " MinMax ranges over the calibration observations)",
+                ops=[*OPS, *STATIC_OPS],
+                static_convolutions=static,
+                calibration_observations=len(calibration),
+            )
     if split:
         observe, advance = parts
         sidecar["observe"] = {"bytes": len(observe.data), "sha256": sha256_bytes(observe.data)}

@@ -16,6 +16,11 @@ action) is kept between calls; ``reset()`` starts a new episode.
 
 Input and output buffers are allocated once and bound with I/O binding, so a
 step allocates nothing.
+
+A small observe part is also *warmed* after each advance: run once more on
+scratch outputs, off the critical path, so that its weights and code are back
+in the core's caches when the next observation comes (the advance streams its
+own, larger weights through them); docs/design.md, "Warming the observe part".
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ from .signature import (
     validate_sidecar,
 )
 
+#: Observe parts up to this size are warmed after each advance (``warm=None``): their weights can stay in a
+#: core's private cache (1–2 MB on current x86 server cores) until the next tick. Larger ones would not, and
+#: warming them would only add a whole critical-path run to the off-path work.
+WARM_MAX_BYTES = 1 << 20
+
 
 def _buffers(entries: list[dict[str, Any]], names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """Zeroed arrays for sidecar entries (only ``names``, in that order, when given)."""
@@ -66,6 +76,10 @@ class PolicyRuntime:
         hash_checked: the caller has just checked the bytes at ``path`` (and
             beside it) against the sidecar's sha256 (a hot swap after
             ``decode_weights``): skip it.
+        warm: two-part models: run the observe part once more after each
+            ``advance()`` (on scratch outputs; nothing in the carry changes) to
+            bring its weights back into the caches. None: when the observe part
+            is at most ``WARM_MAX_BYTES``.
 
     Raises:
         ValueError: when the file(s) or sidecar are missing, corrupted, or do
@@ -82,6 +96,7 @@ class PolicyRuntime:
         seed: int = 0,
         model_bytes: bytes | memoryview | None = None,
         hash_checked: bool = False,
+        warm: bool | None = None,
     ) -> None:
         import onnxruntime as ort
 
@@ -113,6 +128,7 @@ class PolicyRuntime:
         self.rng = np.random.default_rng(seed)
         #: The observe part's (or the fused graph's) inputs and outputs.
         self.inputs = _buffers(meta["inputs"])
+        self._prepare_observations()
         self.outputs = _buffers(meta["outputs"], OBSERVE_OUTPUTS if self.split else OUTPUTS)
         self._binding = _bind(ort, self.session, self.inputs, self.outputs)
         self.advance_session = None
@@ -131,8 +147,12 @@ class PolicyRuntime:
             self._advance_binding = _bind(ort, self.advance_session, advance_in, self._next)
             # An episode's first h and its projection: the advance of an all-zero carry (as obs_step resets).
             self._first, self._pending = False, True  # `_pending`: the advance of the current carry has not run
-            self.advance()
+            self._run_advance()
             self._h0, self._p0 = self._next["deter_out"].copy(), self._next["post_deter_out"].copy()
+        #: Whether ``advance()`` warms the observe part (two-part models only).
+        self.warm = self.split and (meta["observe"]["bytes"] <= WARM_MAX_BYTES if warm is None else bool(warm))
+        scratch = {name: np.zeros_like(array) for name, array in self.outputs.items()}
+        self._warm_binding = _bind(ort, self.session, self.inputs, scratch) if self.warm else None
         self.reset()
 
     @staticmethod
@@ -190,6 +210,24 @@ class PolicyRuntime:
         """Width of the ``noise`` input."""
         return int(self.meta["noise"]["dim"])
 
+    def _prepare_observations(self) -> None:
+        """Sets up what ``step`` writes into: each key's input row and one array behind all float observations.
+
+        The float observations' inputs become views of one array, so that
+        ``step`` checks them for non-finite values in one call (a check per
+        key cost a few µs each on the 1m critical path).
+        """
+        floats = [obs_input(k) for k in self.obs_keys if self.inputs[obs_input(k)].dtype == np.float32]
+        self._float_obs = np.zeros(sum(self.inputs[n].size for n in floats), np.float32) if floats else None
+        offset = 0
+        for name in floats:
+            size = self.inputs[name].size
+            self.inputs[name] = self._float_obs[offset : offset + size].reshape(self.inputs[name].shape)
+            offset += size
+        #: ``(key, row)``: the row of the key's input that a step's value goes into.
+        self._obs_rows = [(k, self.inputs[obs_input(k)][0]) for k in self.obs_keys]
+        self._noise_row = self.inputs["noise"][0]
+
     def reset(self) -> None:
         """Starts an episode: the next step starts from a fresh carry."""
         if self.split:
@@ -217,23 +255,28 @@ class PolicyRuntime:
                 dtype, or with non-finite numbers (nothing is written into
                 the carry then: the next good observation steps normally).
         """
-        values = []
-        for key in self.obs_keys:
-            if key not in obs:
+        # Validate and copy each key into its input (the carry is untouched until the graph runs).
+        for key, row in self._obs_rows:
+            value = obs.get(key)
+            if value is None:
                 raise ValueError(f"observation key {key!r} is missing")
-            buffer = self.inputs[obs_input(key)]
-            value = np.asarray(obs[key])
-            if value.shape != buffer.shape[1:]:
-                raise ValueError(f"observation {key!r}: shape {value.shape}, model expects {buffer.shape[1:]}")
-            if not dtype_fits(value.dtype, buffer.dtype):
-                raise ValueError(f"observation {key!r}: dtype {value.dtype}, model expects {buffer.dtype}")
-            if value.dtype.kind in "fc" and not np.isfinite(value).all():
-                raise ValueError(f"observation {key!r} has non-finite values")
-            values.append((buffer, value))
-        for buffer, value in values:
-            buffer[0] = value
+            if type(value) is not np.ndarray:
+                value = np.asarray(value)
+            if value.shape != row.shape:
+                raise ValueError(f"observation {key!r}: shape {value.shape}, model expects {row.shape}")
+            if value.dtype != row.dtype and not dtype_fits(value.dtype, row.dtype):
+                raise ValueError(f"observation {key!r}: dtype {value.dtype}, model expects {row.dtype}")
+            row[...] = value
+        # One check over every float observation, after the conversion to the model's dtype (a float64
+        # beyond float32's range is refused too); the key is looked up only when it fails.
+        if self._float_obs is not None and not np.isfinite(self._float_obs).all():
+            key = next(k for k, row in self._obs_rows if row.dtype.kind == "f" and not np.isfinite(row).all())
+            raise ValueError(f"observation {key!r} has non-finite values")
         first = bool(np.asarray(obs.get("is_first", False)))
-        self.inputs["noise"][0] = self.rng.random(self.noise_dim, dtype=np.float32) if noise is None else noise
+        if noise is None:
+            self.rng.random(out=self._noise_row, dtype=np.float32)
+        else:
+            self._noise_row[...] = noise
         if self.split:
             return self._observe(first)
         if first:
@@ -253,7 +296,7 @@ class PolicyRuntime:
             self.inputs["deter"][...] = self._h0
             self.inputs["post_deter"][...] = self._p0
         else:
-            self.advance()  # a no-op when the loop already ran it
+            self._run_advance()  # a no-op when the loop already ran it (and no warming: this is the critical path)
             self.inputs["deter"][...] = self._next["deter_out"]
             self.inputs["post_deter"][...] = self._next["post_deter_out"]
         self.session.run_with_iobinding(self._binding)
@@ -266,11 +309,20 @@ class PolicyRuntime:
         """Runs the recurrent advance of the current carry if it is due (two-part models).
 
         Called by the control loop after the action is sent (off the critical
-        path); ``step`` calls it itself when it has not run.
+        path); ``step`` calls it itself when it has not run. With ``warm``,
+        the observe part then runs once on scratch outputs (see the module docstring).
 
         Returns:
             Whether it ran (False for a fused model, at an episode's start, or when already done).
         """
+        if not self._run_advance():
+            return False
+        if self._warm_binding is not None:
+            self.session.run_with_iobinding(self._warm_binding)
+        return True
+
+    def _run_advance(self) -> bool:
+        """The advance itself, if due (no warming)."""
         if not self.split or not self._pending or self._first:
             return False
         self.advance_session.run_with_iobinding(self._advance_binding)

@@ -27,9 +27,11 @@ def test_policy_latency():
     rows = run("policy_latency.py", "--presets", "1m", "--obs", "vector", "--steps", "50", "--int8", "--no-install")
     latency = [r for r in rows if r["name"] == "policy_latency"]
     assert {(r["part"], r["precision"]) for r in latency} == {(p, q) for p in ("fused", "critical", "advance") for q in ("fp32", "int8")}
-    assert all(r["p99_us"] > 0 and r["floor_us"] > 0 and r["steps"] == 50 for r in latency)
+    assert all(r["p99_us"] > 0 and r["cpu_p50_us"] > 0 and r["floor_us"] > 0 and r["steps"] == 50 for r in latency)
+    assert all(r["warm"] == (r["part"] != "fused") for r in latency)  # the 1m observe part is small: warmed
     (ratio,) = [r for r in rows if r["name"] == "policy_latency_ratio"]
     assert ratio["critical_over_fused_p99"] > 0 and ratio["fp32_over_int8_fused_p50"] > 0
+    assert ratio["critical_over_fused_cpu_p50"] > 0 and ratio["fp32_over_int8_fused_cpu_p50"] > 0
 
 
 @pytest.mark.slow

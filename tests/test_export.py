@@ -192,3 +192,59 @@ def test_committed_robot_models_match_the_exporter(tmp_path):
             obs = {k: rng.integers(0, 255, s["shape"][1:]).astype(s["dtype"]) for k, s in zip(old.obs_keys, old.meta["inputs"])}
             noise = rng.random(old.noise_dim, dtype=np.float32)
             np.testing.assert_allclose(old.step(obs, noise), new.step(obs, noise), atol=1e-6, err_msg=name)
+
+
+def test_int8_export_of_a_pixel_policy_quantizes_its_convolutions_statically(tmp_path):
+    """A pixel policy's int8 export: the convolutions with 32 input channels or more get per-channel int8 weights and
+    calibrated uint8 activations (QDQ), the first (3 channels) stays fp32, the matrix products are dynamic int8; the
+    deviation report is computed, and a bound it exceeds refuses the export."""
+    import onnx
+    from onnx import numpy_helper
+
+    from reverie.realtime.quantize import CALIBRATION_STEPS, export_quantized
+
+    env = envs.make("fake/pixels", seed=0)
+    agent = make_agent(env, ("size=1m", "obs=pixels", "size.depth=16"))  # the 12m encoder's channels: 3, 32, 48, 64
+    make_env = lambda seed: envs.make("fake/pixels", seed=seed, length=20)  # noqa: E731
+    meta = export_quantized(agent, tmp_path / "q.onnx", obs_space=env.obs_space, make_env=make_env, bound=1.0, steps=60, episodes=2)
+    quant = meta["quantize"]
+    assert quant["ops"] == ["MatMul", "Gemm", "Conv"] and quant["calibration_observations"] == CALIBRATION_STEPS
+    assert quant["static_convolutions"] == 3
+    report = quant["report"]
+    assert report["steps"] == 60 and 0 <= report["mean_abs_action"] <= report["max_abs_action"] <= 2.0
+    assert len(report["returns_int8"]) == 2
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    dequantized = {node.output[0]: node.input for node in graph.node if node.op_type == "DequantizeLinear"}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    assert len(convs) == 4
+    assert weights[convs[0].input[1]].dtype == np.float32 and weights[convs[0].input[1]].shape[1] == 3
+    for conv in convs[1:]:
+        # Input and weight come through DequantizeLinear: uint8 activations, int8 weights with one scale per output channel.
+        x, w = dequantized[conv.input[0]], dequantized[conv.input[1]]
+        assert weights[w[0]].dtype == np.int8 and weights[w[1]].shape == (weights[w[0]].shape[0],)
+        assert weights[x[2]].dtype == np.uint8
+    runtime = PolicyRuntime(tmp_path / "q.onnx")
+    assert np.isfinite(runtime.step(make_env(5).reset(seed=5))).all()
+    with pytest.raises(ValueError, match="int8 export refused"):
+        export_quantized(agent, tmp_path / "r.onnx", obs_space=env.obs_space, make_env=make_env, bound=0.0, steps=60, episodes=1)
+    assert not any(tmp_path.glob("r.*"))
+
+
+def test_static_quantization_skips_narrow_convolutions_and_needs_the_models_keys(tmp_path):
+    """The 1m encoder's convolutions (3–16 input channels) run slower in int8 here: they stay fp32. Calibration
+    observations without the model's keys are refused by name."""
+    import onnx
+
+    from reverie.realtime.quantize import quantize_bytes
+
+    env = envs.make("fake/pixels", seed=0)
+    export(make_agent(env, ("size=1m", "obs=pixels")), env, tmp_path / "p.onnx", split=False)
+    data = (tmp_path / "p.onnx").read_bytes()
+    quantized = onnx.load_from_string(quantize_bytes(data, "int8", [env.reset(seed=0)]))
+    assert not [node for node in quantized.graph.node if node.op_type == "QuantizeLinear"]
+    assert len([node for node in quantized.graph.node if node.op_type == "MatMulInteger"]) > 0
+    wide = make_agent(env, ("size=1m", "obs=pixels", "size.depth=16"))
+    export(wide, env, tmp_path / "w.onnx", split=False)
+    with pytest.raises(ValueError, match=r"lack the model's inputs \['obs/image'\]"):
+        quantize_bytes((tmp_path / "w.onnx").read_bytes(), "int8", [{"other": np.zeros(3, np.float32)}])

@@ -210,6 +210,12 @@ def test_runtime_rejects_bad_observations(exported):
         runtime.step(bad)
     for name, value in runtime.carry().items():  # a refused step leaves the carry as it was
         np.testing.assert_array_equal(value, carry[name])
+    bad[runtime.obs_keys[-1]] = np.full(obs[runtime.obs_keys[-1]].shape, 1e300)  # finite in float64, inf in the model's float32
+    bad[runtime.obs_keys[0]] = obs[runtime.obs_keys[0]]
+    with pytest.raises(ValueError, match=f"observation {runtime.obs_keys[-1]!r} has non-finite"):
+        runtime.step(bad)
+    for name, value in runtime.carry().items():
+        np.testing.assert_array_equal(value, carry[name])
     bad[runtime.obs_keys[0]] = obs[runtime.obs_keys[0]].astype(np.complex64)
     with pytest.raises(ValueError, match="dtype complex64"):
         runtime.step(bad)
@@ -335,6 +341,50 @@ def test_two_part_step_matches_the_fused_step():
         for name, value in fused.carry().items():
             np.testing.assert_allclose(split.carry()[name], value, atol=1e-6, err_msg=name)
         obs = env.step(sent)
+
+
+class _CountingSession:
+    """Wraps an onnxruntime session and counts its runs."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, 0
+
+    def run_with_iobinding(self, binding):
+        self.runs += 1
+        self.session.run_with_iobinding(binding)
+
+
+def test_warming_after_the_advance_runs_the_observe_part_and_changes_nothing():
+    """A small observe part is warmed after each advance (one more run, on scratch outputs): the actions and carry
+    stay bitwise those of an unwarmed runtime, and the step itself never warms (that would be on the critical path)."""
+    warmed, plain = PolicyRuntime(MODELS / "vector.onnx"), PolicyRuntime(MODELS / "vector.onnx", warm=False)
+    assert warmed.warm and not plain.warm  # the committed model is far below WARM_MAX_BYTES
+    assert not PolicyRuntime(MODELS / "vector_fused.onnx").warm  # a fused model has no advance to warm after
+    warmed.session = _CountingSession(warmed.session)
+    env = envs.make("fake/vector", seed=0, length=40)
+    obs = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    advances = 0
+    for _ in range(100):
+        if obs["is_last"]:
+            obs = env.reset()
+            warmed.reset()
+            plain.reset()
+        noise = rng.random(warmed.noise_dim, dtype=np.float32)
+        before = warmed.session.runs
+        action = warmed.step(obs, noise)
+        assert warmed.session.runs == before + 1
+        np.testing.assert_array_equal(action, plain.step(obs, noise))
+        for runtime in (warmed, plain):
+            runtime.action_sent(action)
+        ran = warmed.advance()
+        assert ran == plain.advance()
+        advances += ran
+        assert warmed.session.runs == before + 1 + ran  # the warming run
+        for name, value in plain.carry().items():
+            np.testing.assert_array_equal(warmed.carry()[name], value, err_msg=name)
+        obs = env.step(action)
+    assert advances > 90
 
 
 def test_hot_swap_between_formats_continues_the_episode():
