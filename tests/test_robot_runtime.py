@@ -194,6 +194,8 @@ def test_corrupted_model_and_missing_sidecar_refused(exported, tmp_path):
         PolicyRuntime(tmp_path / "q.onnx")
 
 
+# A float64 beyond float32's range is cast to inf (numpy warns) and then refused: the warning is the point.
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_runtime_rejects_bad_observations(exported):
     runtime = PolicyRuntime(exported / "p.onnx")
     with pytest.raises(ValueError, match="missing"):
