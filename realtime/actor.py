@@ -17,6 +17,7 @@ simulation run wrote) when given; either is policy version 0.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -121,41 +122,58 @@ class Actor:
         self.seed = actor_seed(cfg, self.id)
         self.dir = Path(cfg.logdir) / "actors" / self.id
         self.dir.mkdir(parents=True, exist_ok=True)
-        if rt.robot:
-            self.source: Any = build_robot(cfg, self.seed)
-            obs_space, act_space = self.source.obs_space, self.source.action_space
-            perturbation = getattr(self.source, "perturbation", {})
-            write_json_atomic(self.dir / "robot.json", {"name": cfg.env.name, "seed": self.seed, "perturbation": perturbation})
-        else:
-            if _safety_requested(rt.get("safety")):
-                raise ValueError("realtime.safety limits a robot's commands: it needs realtime.robot=true")
-            self.source = envs.from_config(cfg, self.seed)
-            obs_space, act_space = self.source.obs_space, self.source.act_space
-        self.obs_space, self.act_space = obs_space, act_space
-        self.model_keys = envs.model_keys(obs_space)
-        # Load onnxruntime's shared library now: on the weight thread, the
-        # first import would hold the GIL for ~20 ms in the middle of the loop.
-        import onnxruntime  # noqa: F401
+        # What is built is closed again if a later step fails (e.g. a bad realtime.initial_policy):
+        # a refused start must not leave the robot, sockets or threads behind.
+        with contextlib.ExitStack() as undo:
+            if rt.robot:
+                self.source: Any = build_robot(cfg, self.seed)
+                obs_space, act_space = self.source.obs_space, self.source.action_space
+                perturbation = getattr(self.source, "perturbation", {})
+                undo.callback(self.source.close)
+                write_json_atomic(self.dir / "robot.json", {"name": cfg.env.name, "seed": self.seed, "perturbation": perturbation})
+            else:
+                if _safety_requested(rt.get("safety")):
+                    raise ValueError("realtime.safety limits a robot's commands: it needs realtime.robot=true")
+                self.source = envs.from_config(cfg, self.seed)
+                undo.callback(self.source.close)
+                obs_space, act_space = self.source.obs_space, self.source.act_space
+            self.obs_space, self.act_space = obs_space, act_space
+            self.model_keys = envs.model_keys(obs_space)
+            # Load onnxruntime's shared library now: on the weight thread, the
+            # first import would hold the GIL for ~20 ms in the middle of the loop.
+            import onnxruntime  # noqa: F401
 
-        addresses = addresses or endpoints(cfg, bind=False)
-        self.context = zmq.Context()
-        self.security = Security(cfg, self.context, server=False, name=self.id)
-        self.sender = ExperienceSender(
-            addresses.experience, self.id, queue_size=rt.queue_size, context=self.context, secure=self.security()
-        )
-        schema = experience_schema(obs_space, act_space, deter=cfg.size.deter, stoch=cfg.algo.rssm.stoch)
-        self.recorder = ExperienceRecorder(self.sender.send, schema, chunk=rt.chunk, on_new_policy=self._first_use)
-        initial: Any = RandomPolicy(act_space, seed=self.seed)
-        if rt.get("initial_policy"):
-            initial = self._initial_policy(Path(str(rt.initial_policy)))
-        self.loop = ControlLoop(
-            self.source, initial, rate_hz=rt.rate_hz, safe_action=rt.safe_action, spin_s=default_spin_s(rt.rate_hz), recorder=self.recorder
-        )
-        self.swap_latency_ms: list[float] = []
-        self._builds = 0
-        self._scratch = scratch_dir()
-        self.last_swap_wall: float | None = None
-        self.subscriber = WeightSubscriber(addresses.weights, self._offer, build=self._build, context=self.context, secure=self.security())
+            addresses = addresses or endpoints(cfg, bind=False)
+            self.context = zmq.Context()
+            undo.callback(self.context.term)  # last of all (callbacks run in reverse): after the sockets closed
+            self.security = Security(cfg, self.context, server=False, name=self.id)
+            undo.callback(self.security.stop)
+            self.sender = ExperienceSender(
+                addresses.experience, self.id, queue_size=rt.queue_size, context=self.context, secure=self.security()
+            )
+            undo.callback(self.sender.close)
+            schema = experience_schema(obs_space, act_space, deter=cfg.size.deter, stoch=cfg.algo.rssm.stoch)
+            self.recorder = ExperienceRecorder(self.sender.send, schema, chunk=rt.chunk, on_new_policy=self._first_use)
+            initial: Any = RandomPolicy(act_space, seed=self.seed)
+            if rt.get("initial_policy"):
+                initial = self._initial_policy(Path(str(rt.initial_policy)))
+            self.loop = ControlLoop(
+                self.source,
+                initial,
+                rate_hz=rt.rate_hz,
+                safe_action=rt.safe_action,
+                spin_s=default_spin_s(rt.rate_hz),
+                recorder=self.recorder,
+            )
+            self.swap_latency_ms: list[float] = []
+            self._builds = 0
+            self._scratch = scratch_dir()
+            undo.callback(shutil.rmtree, self._scratch, ignore_errors=True)
+            self.last_swap_wall: float | None = None
+            self.subscriber = WeightSubscriber(
+                addresses.weights, self._offer, build=self._build, context=self.context, secure=self.security()
+            )
+            undo.pop_all()  # built: close() owns all of it now
         self._stop = threading.Event()
         self._status_thread = threading.Thread(target=self._report, name="actor-status", daemon=True)
 

@@ -85,3 +85,30 @@ def test_deploy_resumes_the_simulation_run_and_keeps_learning_on_the_robot(tmp_p
     assert final["agent_steps"] == learner.counters["agent_steps"]
     # The simulation run is untouched.
     assert torch.load(sim / "checkpoint.pt", weights_only=False)["counters"] == sim_counters
+
+
+def test_an_actor_refusing_its_initial_policy_closes_what_it_built(tmp_path, monkeypatch):
+    """A bad realtime.initial_policy is one clear error, and the environment, sockets and scratch folder are closed again."""
+    from reverie import envs
+    from reverie.realtime import actor as actor_module
+
+    closed = []
+    make = envs.from_config
+
+    def recording(cfg, seed):
+        env = make(cfg, seed)
+        inner_close = env.close
+        env.close = lambda: (closed.append("env"), inner_close())
+        return env
+
+    monkeypatch.setattr(actor_module.envs, "from_config", recording)
+    terms, term = [], actor_module.zmq.Context.term
+    monkeypatch.setattr(actor_module.zmq.Context, "term", lambda self: terms.append(self) or term(self))
+    bad = tmp_path / "policy.onnx"
+    bad.write_bytes(b"not a model")
+    cfg = compose(
+        [*TINY, "env=fake/vector", f"logdir={tmp_path / 'run'}", f"realtime.ipc_dir={tmp_path / 'ipc'}", f"realtime.initial_policy={bad}"]
+    )
+    with pytest.raises(ValueError, match="initial_policy|policy"):
+        actor_module.Actor(cfg)
+    assert closed == ["env"] and len(terms) == 1
