@@ -104,6 +104,27 @@ class RawEnv:
 _CONVERTS_TO = {"f": "fiub", "b": "biu"}
 
 
+def zero_action(space: Space) -> np.ndarray:
+    """The neutral action: zeros (clipped into the bounds), or one-hot index 0.
+
+    The control loop's ``zero`` safe action, and what a delayed action pipe
+    applies before its first action arrives.
+
+    Args:
+        space: the action space.
+
+    Returns:
+        An array of ``space.dtype`` and ``space.shape``.
+    """
+    action = np.zeros(space.shape, space.dtype)
+    if space.discrete:
+        action.reshape(-1)[0] = 1
+        return action
+    low = -np.inf if space.low is None else space.low
+    high = np.inf if space.high is None else space.high
+    return np.clip(action, low, high).astype(space.dtype)
+
+
 def dtype_fits(given: np.dtype, expected: np.dtype) -> bool:
     """Whether a value of dtype ``given`` may be stored into an array of dtype ``expected`` without changing meaning.
 

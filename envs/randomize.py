@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import BASIC_KEYS, Env, Space
+from .base import BASIC_KEYS, Env, Space, zero_action
 from .wrappers import Wrapper
 
 Obs = dict[str, np.ndarray]
@@ -325,17 +325,6 @@ class SensorNoise:
         return out
 
 
-def neutral_action(space: Space) -> np.ndarray:
-    """Zeros (clipped into the bounds), or the one-hot of index 0 for a discrete space."""
-    action = np.zeros(space.shape, space.dtype)
-    if space.discrete:
-        action.reshape(-1)[0] = 1
-        return action
-    low = -np.inf if space.low is None else space.low
-    high = np.inf if space.high is None else space.high
-    return np.clip(action, low, high).astype(space.dtype)
-
-
 class ActionPipe:
     """Action delay (exact, in ticks) and action noise.
 
@@ -362,7 +351,7 @@ class ActionPipe:
 
     def reset(self) -> None:
         """Starts an episode: the next ``delay`` ticks apply the neutral action."""
-        self._queue = deque(neutral_action(self.space) for _ in range(self.delay))
+        self._queue = deque(zero_action(self.space) for _ in range(self.delay))
 
     def push(self, action: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Takes the action computed now; returns the one to apply now."""
@@ -461,5 +450,4 @@ __all__ = [
     "SensorNoise",
     "episode_log",
     "mujoco_model",
-    "neutral_action",
 ]

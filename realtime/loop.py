@@ -68,7 +68,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from reverie.envs.base import Space
+from reverie.envs.base import Space, zero_action
 from reverie.envs.robot import EmergencyStop
 
 Obs = dict[str, np.ndarray]
@@ -120,24 +120,6 @@ class Policy(Protocol):
             The action, shaped like the action space: float32 ``(A,)`` in
             [-1, 1] or a one-hot ``(n,)``.
         """
-
-
-def zero_action(space: Space) -> np.ndarray:
-    """The neutral action: zeros (clipped into the bounds), or one-hot index 0.
-
-    Args:
-        space: the action space.
-
-    Returns:
-        An array of ``space.dtype`` and ``space.shape``.
-    """
-    action = np.zeros(space.shape, space.dtype)
-    if space.discrete:
-        action.reshape(-1)[0] = 1
-        return action
-    low = -np.inf if space.low is None else space.low
-    high = np.inf if space.high is None else space.high
-    return np.clip(action, low, high).astype(space.dtype)
 
 
 class ZeroPolicy:
