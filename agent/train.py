@@ -31,9 +31,9 @@ from omegaconf import DictConfig
 from reverie import envs
 
 from . import checkpoint
-from .distributed import DataParallel, RankLost, collective_failed, lost_rank_message, world_from_env
+from .distributed import RankLost, collective_failed, lost_rank_message
 from .logger import MetricsLogger
-from .ratio import TrainRatio
+from .parts import assemble_run
 from .run import (  # noqa: F401  (re-exported: where callers found them before the parts were split out)
     RESUMABLE_KEYS,
     MetricsWindow,
@@ -45,7 +45,6 @@ from .run import (  # noqa: F401  (re-exported: where callers found them before 
     seed_everything,
     window_summary,
 )
-from .updater import Updater
 
 
 @functools.cache
@@ -71,37 +70,20 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        if cfg.threads:
-            torch.set_num_threads(int(cfg.threads))
-        self.device = resolve_device(cfg.device)
-        #: the data-parallel job torchrun started (None: one process).
-        self.parallel = DataParallel.from_env(self.device) if world_from_env()[1] > 1 else None
-        self.book = RunBook(cfg, parallel=self.parallel)
-        self.writer = self.book.writer
-        self.logdir = self.book.logdir
-        self.repeat = self.book.repeat
-        seed_everything(cfg.seed)
         self.env = self.eval_env = None
-        spaces = None
-        if self.writer:  # rank 0 collects for every rank
-            self.env = envs.from_config(cfg, cfg.seed)
-            self.eval_env = envs.from_config(cfg, cfg.seed + 1_000_000)
-            spaces = (self.env.obs_space, self.env.act_space)
-        if self.parallel is not None:
-            spaces = self.parallel.broadcast_object(spaces)
-        self.obs_space, self.act_space = spaces
-        self.updater = Updater(cfg, self.obs_space, self.act_space, device=self.device, counters=self.counters, parallel=self.parallel)
-        self.ratio = TrainRatio(cfg, self.counters, world=self.book.world)
-        if self.book.rank:  # each rank draws its own batches and noise; the parameters come from rank 0
-            seed_everything(rank_seed(cfg.seed, self.book.rank))
-        if self.book.resume(self.agent, self.replay):
-            self.updater.repair_replay()
-        self.updater.share_start()
-        if self.writer:
-            save_config(self.logdir, cfg)
-        if cfg.compile:
-            self.agent.compile()
+        parts = assemble_run(cfg, self._make_envs)
+        self.device, self.parallel, self.book = parts.device, parts.parallel, parts.book
+        self.updater, self.ratio = parts.updater, parts.ratio
+        self.obs_space, self.act_space = parts.obs_space, parts.act_space
+        self.writer, self.logdir, self.repeat = self.book.writer, self.book.logdir, self.book.repeat
         self._obs: dict[str, np.ndarray] | None = None
+
+    def _make_envs(self, book: RunBook) -> tuple[dict, Any]:
+        """Rank 0 collects for every rank: its environments give the run's spaces."""
+        cfg = self.cfg
+        self.env = envs.from_config(cfg, cfg.seed)
+        self.eval_env = envs.from_config(cfg, cfg.seed + 1_000_000)
+        return self.env.obs_space, self.env.act_space
 
     # ------------------------------------------------------ the parts' state
     @property

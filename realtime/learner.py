@@ -46,18 +46,16 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 import zmq
 from omegaconf import DictConfig
 
 from reverie.agent import checkpoint
-from reverie.agent.distributed import DataParallel, RankLost, collective_failed, lost_rank_message, world_from_env
+from reverie.agent.distributed import RankLost, collective_failed, lost_rank_message
 from reverie.agent.logger import MetricsLogger
-from reverie.agent.ratio import TrainRatio
+from reverie.agent.parts import assemble_run
 from reverie.agent.replay import write_text_atomic
-from reverie.agent.run import MetricsWindow, RunBook, rank_seed, resolve_device, save_config, seed_everything
+from reverie.agent.run import MetricsWindow, RunBook
 from reverie.agent.train import dream_report, export_metadata
-from reverie.agent.updater import Updater
 
 from .endpoints import Endpoints
 from .protocol import Experience
@@ -114,30 +112,11 @@ class Learner:
 
     def __init__(self, cfg: DictConfig, *, addresses: Endpoints | None = None) -> None:
         self.cfg = cfg
-        if cfg.threads:
-            torch.set_num_threads(int(cfg.threads))
-        self.device = resolve_device(cfg.device)
-        #: the data-parallel job torchrun started (None: one process).
-        self.parallel = DataParallel.from_env(self.device) if world_from_env()[1] > 1 else None
-        self.book = RunBook(cfg, parallel=self.parallel, counters=LEARNER_COUNTERS)
-        self.writer = self.book.writer
-        self.logdir, self.repeat = self.book.logdir, self.book.repeat
-        seed_everything(cfg.seed)
-        spaces = learner_spaces(cfg, self.book) if self.writer else None
-        if self.parallel is not None:
-            spaces = self.parallel.broadcast_object(spaces)
-        self.obs_space, self.act_space = spaces
-        self.updater = Updater(cfg, self.obs_space, self.act_space, device=self.device, counters=self.counters, parallel=self.parallel)
-        self.ratio = TrainRatio(cfg, self.counters, world=self.book.world)
-        if self.book.rank:  # each rank draws its own batches and noise; the parameters come from rank 0
-            seed_everything(rank_seed(cfg.seed, self.book.rank))
-        if self.book.resume(self.agent, self.replay):
-            self.updater.repair_replay()
-        self.updater.share_start()
-        if self.writer:
-            save_config(self.logdir, cfg)
-        if cfg.compile:
-            self.agent.compile()
+        parts = assemble_run(cfg, lambda book: learner_spaces(cfg, book), counters=LEARNER_COUNTERS)
+        self.device, self.parallel, self.book = parts.device, parts.parallel, parts.book
+        self.updater, self.ratio = parts.updater, parts.ratio
+        self.obs_space, self.act_space = parts.obs_space, parts.act_space
+        self.writer, self.logdir, self.repeat = self.book.writer, self.book.logdir, self.book.repeat
         self.last_return: float | None = None
         self.last_publish_error: str | None = None
         self._status: dict[str, Any] = {}
