@@ -120,6 +120,16 @@ def wait_for(predicate, timeout=5.0):
     return predicate()
 
 
+def wait_until(predicate, timeout, what):
+    """Polls ``predicate`` every 0.2 s; raises AssertionError naming ``what`` if it does not hold within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def chunk_of(schema, steps, *, first=False, last=False, reward=1.0):
     """A zero-filled experience chunk of ``steps`` steps for ``schema`` (reward, is_first, is_last set)."""
     import numpy as np

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import TINY, chunk_of
+from conftest import TINY, chunk_of, wait_until
 
 from reverie.cli.config import compose
 from reverie.realtime.protocol import Experience
@@ -225,15 +225,6 @@ def _json(path):
         return {}
 
 
-def _wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _settled(path, key, quiet, timeout):
     """The status at ``path`` once ``key`` has not changed for ``quiet`` seconds."""
     deadline = time.monotonic() + timeout
@@ -271,8 +262,8 @@ def test_kill9_learner_and_actor_then_restart_and_account(tmp_path):
     learner = _reverie("learner", args, log)
     actor = _reverie("actor", args, log)
     try:
-        _wait(lambda: (run / "checkpoint.pt").exists() and _json(learner_status).get("policy_version", 0) >= 2, 120, "a checkpoint")
-        _wait(lambda: _json(actor_status).get("policy_version", 0) >= 1, 30, "the actor's first swap")
+        wait_until(lambda: (run / "checkpoint.pt").exists() and _json(learner_status).get("policy_version", 0) >= 2, 120, "a checkpoint")
+        wait_until(lambda: _json(actor_status).get("policy_version", 0) >= 1, 30, "the actor's first swap")
         # kill -9 the learner: the actor keeps its tick rate with the last policy.
         os.kill(learner.pid, signal.SIGKILL)
         learner.wait()
@@ -287,27 +278,27 @@ def test_kill9_learner_and_actor_then_restart_and_account(tmp_path):
         # Restart: it resumes checkpoint and replay, the actor reconnects and streaming resumes.
         learner = _reverie("learner", args, log)
         resumed_from = torch_counters(run)["agent_steps"]
-        _wait(lambda: _json(learner_status).get("agent_steps", 0) > resumed_from + 50, 120, "streaming to resume")
-        _wait(lambda: _json(actor_status).get("weights_accepted", 0) > after["weights_accepted"], 60, "new weights after the restart")
+        wait_until(lambda: _json(learner_status).get("agent_steps", 0) > resumed_from + 50, 120, "streaming to resume")
+        wait_until(lambda: _json(actor_status).get("weights_accepted", 0) > after["weights_accepted"], 60, "new weights after the restart")
         # Stop the actor cleanly: everything it numbered is received or counted missing.
         actor.send_signal(signal.SIGTERM)
         assert actor.wait(30) == 0
         final = _json(actor_status)
-        _wait(lambda: _json(learner_status)["received"]["actor0"]["next"] == final["sender_seq"], 30, "the last messages")
+        wait_until(lambda: _json(learner_status)["received"]["actor0"]["next"] == final["sender_seq"], 30, "the last messages")
         entry = _json(learner_status)["received"]["actor0"]
         assert entry["messages"] + entry["missing"] == final["sender_seq"]
         assert final["sender_enqueued"] == final["sender_sent"] + final["sender_dropped"]
         # kill -9 an actor: the learner carries on, and a restarted actor rejoins under a new session.
         actor = _reverie("actor", args, log)
-        _wait(lambda: _json(learner_status)["received"]["actor0"]["sessions"] == 2, 60, "the second actor session")
+        wait_until(lambda: _json(learner_status)["received"]["actor0"]["sessions"] == 2, 60, "the second actor session")
         os.kill(actor.pid, signal.SIGKILL)
         actor.wait()
         time.sleep(1.0)
         assert learner.poll() is None
         steps = _json(learner_status)["received"]["actor0"]["steps"]
         actor = _reverie("actor", args, log)
-        _wait(lambda: _json(learner_status)["received"]["actor0"]["sessions"] == 3, 60, "the third actor session")
-        _wait(lambda: _json(learner_status)["received"]["actor0"]["steps"] > steps + 50, 60, "the rejoined actor's data")
+        wait_until(lambda: _json(learner_status)["received"]["actor0"]["sessions"] == 3, 60, "the third actor session")
+        wait_until(lambda: _json(learner_status)["received"]["actor0"]["steps"] > steps + 50, 60, "the rejoined actor's data")
         actor.send_signal(signal.SIGTERM)
         assert actor.wait(30) == 0
         learner.send_signal(signal.SIGTERM)

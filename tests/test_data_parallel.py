@@ -6,12 +6,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, wait_until
 
 from reverie.cli.config import compose
 
@@ -59,15 +58,6 @@ def rank_pids(parent):
             if item.startswith(b"RANK="):
                 found[int(item[5:])] = int(child)
     return found
-
-
-def wait(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def counters(run):
@@ -135,7 +125,7 @@ def test_two_rank_learner_fed_by_one_actor(tmp_path):
     log = open(tmp_path / "learner.log", "wb")
     job = subprocess.Popen(torchrun(["learner", *args]), stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT, start_new_session=True)
     try:
-        wait(lambda: status_path.exists(), 180, "the learner's first status")
+        wait_until(lambda: status_path.exists(), 180, "the learner's first status")
         status = lambda: json.loads(status_path.read_text())  # noqa: E731
         assert status()["ranks"] == 2
         actor = Actor(compose(args))
@@ -144,8 +134,8 @@ def test_two_rank_learner_fed_by_one_actor(tmp_path):
         thread.start()
         thread.join(60)
         sent = result["sender_seq"]
-        wait(lambda: status()["received"].get("actor0", {}).get("next", 0) == sent, 60, "the last messages")
-        wait(lambda: status()["updates"] > 0, 60, "updates")
+        wait_until(lambda: status()["received"].get("actor0", {}).get("next", 0) == sent, 60, "the last messages")
+        wait_until(lambda: status()["updates"] > 0, 60, "updates")
         os.kill(rank_pids(job.pid)[0], signal.SIGTERM)  # rank 0 stops the job: every rank checkpoints the same update
         assert job.wait(120) == 0, (tmp_path / "learner.log").read_text()[-3000:]
     finally:
@@ -170,7 +160,7 @@ def test_a_rank_that_dies_ends_the_job_with_a_message_and_the_checkpoint_resumes
     cmd = torchrun(["train", *args, f"logdir={run}"], restarts=1)
     job = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT, start_new_session=True)
     try:
-        wait(lambda: (run / "checkpoint.pt").exists() and counters(run)["counters"]["updates"] > 0, 180, "a checkpoint")
+        wait_until(lambda: (run / "checkpoint.pt").exists() and counters(run)["counters"]["updates"] > 0, 180, "a checkpoint")
         killed_at = counters(run)["counters"]["agent_steps"]
         os.kill(rank_pids(job.pid)[1], signal.SIGKILL)
         assert job.wait(240) == 0, log_path.read_text()[-4000:]  # the restarted attempt resumed and finished
