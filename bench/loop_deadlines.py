@@ -2,7 +2,9 @@
 
 Exports a policy of each preset (weights do not matter for timing) in each
 ``--formats`` (``split``: the two-part step, whose advance the loop runs
-between ticks; ``fused``: one graph), drives ``dmc/cartpole_swingup`` (vector
+between ticks and whose observe part it warms just before each tick;
+``split_nowarm``: the same without that pre-tick warm; ``fused``: one
+graph), drives ``dmc/cartpole_swingup`` (vector
 observations) for ``--seconds`` at the given rate, and prints one JSON line
 per run (``advance_*`` fields: the two-part step's off-path advance).
 
@@ -26,7 +28,15 @@ from reverie.realtime.loop import ControlLoop
 from reverie.realtime.runtime import PolicyRuntime
 
 
-def run(preset: str, rate_hz: float, seconds: float, env_name: str, spin_us: float, out: Path | None, split: bool = True) -> dict:
+class WithoutWarmUp:
+    """A runtime whose ``warm_up`` the loop cannot see: the two-part step without the pre-tick warm (``split_nowarm``)."""
+
+    def __init__(self, runtime: PolicyRuntime) -> None:
+        self.reset, self.step, self.advance, self.action_sent = runtime.reset, runtime.step, runtime.advance, runtime.action_sent
+
+
+def run(preset: str, rate_hz: float, seconds: float, env_name: str, spin_us: float, out: Path | None, form: str = "split") -> dict:
+    split = form != "fused"
     env = envs.make(env_name, seed=0)
     torch.manual_seed(0)
     agent = build_agent(compose([f"size={preset}"]), env.obs_space, env.act_space).eval()
@@ -34,15 +44,16 @@ def run(preset: str, rate_hz: float, seconds: float, env_name: str, spin_us: flo
         path = Path(tmp) / "p.onnx"
         export_policy(agent, path, obs_space=env.obs_space, split=split)
         runtime = PolicyRuntime(path, threads=1)
-    loop = ControlLoop(env, runtime, rate_hz=rate_hz, spin_s=spin_us * 1e-6)
+    policy = WithoutWarmUp(runtime) if form == "split_nowarm" else runtime
+    loop = ControlLoop(env, policy, rate_hz=rate_hz, spin_s=spin_us * 1e-6)
     stats = loop.run(seconds=seconds)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        stats.histogram_png(out / f"latency_{preset}_{int(rate_hz)}hz{'' if split else '_fused'}.png")
+        stats.histogram_png(out / f"latency_{preset}_{int(rate_hz)}hz{'' if form == 'split' else '_' + form}.png")
     return {
         "name": "loop_deadlines",
         "preset": preset,
-        "format": "split" if split else "fused",
+        "format": form,
         "rate_hz": rate_hz,
         "seconds": seconds,
         "env": env_name,
@@ -58,7 +69,7 @@ def main() -> None:
     parser.add_argument("--env", default="dmc/cartpole_swingup")
     parser.add_argument("--spin-us", type=float, default=1500.0, help="busy-wait this long before each tick (lower jitter)")
     parser.add_argument("--out", default=None, help="folder for latency histograms")
-    parser.add_argument("--formats", nargs="*", default=["split"], choices=["split", "fused"], help="policy step formats")
+    parser.add_argument("--formats", nargs="*", default=["split"], choices=["split", "split_nowarm", "fused"], help="policy step formats")
     args = parser.parse_args()
     torch.set_num_threads(1)
     info = machine()
@@ -66,7 +77,7 @@ def main() -> None:
         preset, rate = item.split(":")
         for form in args.formats:
             out = Path(args.out) if args.out else None
-            emit({**run(preset, float(rate), args.seconds, args.env, args.spin_us, out, split=form == "split"), "machine": info})
+            emit({**run(preset, float(rate), args.seconds, args.env, args.spin_us, out, form), "machine": info})
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ class Actor:
         if action.get("dim") != int(np.prod(self.act_space.shape)) or bool(action.get("discrete")) != bool(self.act_space.discrete):
             raise ValueError(f"policy action {action} does not fit this actor's action space {self.act_space}")
 
-    def _warm_up(self, runtime: PolicyRuntime) -> None:
+    def _trial_step(self, runtime: PolicyRuntime) -> None:
         # The first run of a session allocates; do it here, off the control thread.
         zeros = {k: np.zeros(self.obs_space[k].shape, self.obs_space[k].dtype) for k in self.model_keys}
         if not np.isfinite(runtime.step(zeros)).all():  # e.g. weights that went NaN: keep the current policy
@@ -198,7 +198,7 @@ class Actor:
         runtime = PolicyRuntime(path, threads=1, seed=self.seed)
         try:
             self._check_fits(runtime.meta)
-            self._warm_up(runtime)
+            self._trial_step(runtime)
         except ValueError as exc:
             raise ValueError(f"realtime.initial_policy {path}: {exc}") from None
         runtime.version = 0
@@ -216,7 +216,7 @@ class Actor:
         write_payload(payload, sidecar, path)  # one file, or the two parts of a two-part model
         # decode_weights has checked the bytes against the header and sidecar hashes.
         runtime = PolicyRuntime(path, sidecar=sidecar, threads=1, seed=self.seed + self._builds, hash_checked=True)
-        self._warm_up(runtime)
+        self._trial_step(runtime)
         runtime.published_at = float(sidecar.get("published_at", 0.0))
         return runtime
 

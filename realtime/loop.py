@@ -26,7 +26,10 @@ One tick:
    policy's ``advance()`` if it has one (a two-part ``PolicyRuntime``: the
    recurrent step that needs nothing from the next observation). Its time is
    measured apart (``LoopStats.advance_us``); an advance that ends after the
-   next tick's scheduled start counts in ``advance_misses``.
+   next tick's scheduled start counts in ``advance_misses``. With ``spin_s``,
+   a policy's ``warm_up()`` (if it has one) runs once more near the end of the
+   spin, about twice its own duration before the tick, so that the step
+   finds its weights in cache after the wait.
 
 The safe action is ``'hold'`` (the last action sent in this episode; zeros
 before the first), ``'zero'`` (zeros; for a discrete space the one-hot of
@@ -89,6 +92,8 @@ class SourceError(RuntimeError):
 
 #: Tolerance (in periods) for comparing scheduled times with the end time.
 _EPS = 1e-9
+#: Slack kept between the end of the pre-tick warm and the tick (see ControlLoop._wait).
+_WARM_MARGIN_S = 30e-6
 
 
 @runtime_checkable
@@ -103,7 +108,9 @@ class Policy(Protocol):
     and ``advance() -> bool``: work for its next step that needs no
     observation (a two-part ``PolicyRuntime``'s recurrent advance), which the
     loop runs before waiting for the next tick and times apart; it returns
-    whether it did any work.
+    whether it did any work; and ``warm_up() -> bool``: a run that only loads
+    the step's weights into cache, which a spinning loop calls just before
+    the tick.
     """
 
     def reset(self) -> None:
@@ -485,6 +492,7 @@ class ControlLoop:
         self._clock = clock
         self._sleep = time.sleep if sleep is None else sleep
         self._spin = max(0.0, float(spin_s))
+        self._warm_s = 50e-6  # running estimate of the policy's warm_up() duration; see _wait
         self.pause_gc = pause_gc
         self.recorder = recorder
         self._zero = zero_action(self.act_space)
@@ -666,11 +674,31 @@ class ControlLoop:
         if self._spin > 0:
             if remaining > self._spin:
                 self._sleep(remaining - self._spin)
+            warm = getattr(self._policy, "warm_up", None)
+            if warm is not None:
+                # Warm as late as is safe: a wait of a millisecond or more lets the machine evict the weights.
+                lead = min(self._spin, 2.0 * self._warm_s + _WARM_MARGIN_S)
+                while (now := self._clock()) < target - lead:
+                    pass
+                if now < target:
+                    self._warm(warm)
             while (now := self._clock()) < target:
                 pass
             return now
         self._sleep(remaining)
         return self._clock()
+
+    def _warm(self, warm: Callable[[], bool]) -> None:
+        """Runs ``warm`` and keeps a running estimate of its duration (which sets how early it starts)."""
+        start = self._clock()
+        try:
+            ran = warm()
+        except Exception as err:  # only a cache warm-up: the step itself reports any real fault
+            self.stats.exceptions += 1
+            self.stats.last_error = repr(err)
+            return
+        if ran:
+            self._warm_s += 0.1 * ((self._clock() - start) - self._warm_s)
 
     def _begin_episode(self) -> None:
         if self.pause_gc:

@@ -317,8 +317,22 @@ class PolicyRuntime:
         """
         if not self._run_advance():
             return False
-        if self._warm_binding is not None:
-            self.session.run_with_iobinding(self._warm_binding)
+        self.warm_up()
+        return True
+
+    def warm_up(self) -> bool:
+        """Runs the observe part once on scratch outputs (carry untouched) so that its weights are in cache.
+
+        ``advance()`` calls it; a loop that busy-waits for its tick calls it
+        again just before the tick, since a long wait lets the machine evict
+        them (docs/design.md, "Warming the observe part").
+
+        Returns:
+            Whether it ran (False unless ``warm`` is on).
+        """
+        if self._warm_binding is None:
+            return False
+        self.session.run_with_iobinding(self._warm_binding)
         return True
 
     def _run_advance(self) -> bool:

@@ -402,6 +402,55 @@ def test_histogram_png(tmp_path) -> None:
     assert empty.histogram_png(tmp_path / "empty.png").stat().st_size > 0
 
 
+class TickingClock(FakeClock):
+    """A fake clock that also moves 1 µs per reading, so that a busy-wait on it ends."""
+
+    def __call__(self) -> float:
+        self.now += 1e-6
+        return self.now
+
+
+def test_spinning_loop_warms_the_policy_just_before_each_tick() -> None:
+    """With ``spin_s``, a policy's ``warm_up()`` runs once per wait, late in the spin, and ends before the tick;
+    how early it starts follows its measured duration (about twice it, plus a margin)."""
+    clock = TickingClock()
+    warm_cost = 200e-6
+
+    class Warmed(ScriptedPolicy):
+        def __init__(self) -> None:
+            super().__init__(clock)
+            self.warms: list[tuple[float, float]] = []
+
+        def warm_up(self) -> bool:
+            start = clock()
+            clock.advance(warm_cost)
+            self.warms.append((start, clock()))
+            return True
+
+    policy = Warmed()
+    spin = 2e-3
+    stats = make_loop(policy, FakeEnv(clock), clock, spin_s=spin).run(steps=60)
+    assert stats.ticks == 60 and stats.exceptions == 0 and stats.deadline_misses == 0
+    # The first tick is due at once (no wait, no warm); every later one is preceded by exactly one warm.
+    assert len(policy.warms) == 59
+    for (start, end), tick in zip(policy.warms, policy.starts[1:]):
+        assert tick - spin <= start and end < tick
+    leads = [tick - start for (start, _), tick in zip(policy.warms, policy.starts[1:])]
+    assert leads[0] < 2 * warm_cost  # from the initial 50 µs estimate
+    assert leads[-1] == pytest.approx(2 * warm_cost + 30e-6, rel=0.05)  # learnt from the measured duration
+
+
+def test_warm_that_raises_is_counted_and_the_tick_goes_on() -> None:
+    clock = TickingClock()
+
+    class Failing(ScriptedPolicy):
+        def warm_up(self) -> bool:
+            raise RuntimeError("cache warm failed")
+
+    stats = make_loop(Failing(clock), FakeEnv(clock), clock, spin_s=2e-3).run(steps=5)
+    assert stats.ticks == 5 and stats.exceptions == 4 and "cache warm failed" in stats.last_error
+
+
 def test_real_clock_short_run() -> None:
     """0.5 s at 200 Hz on the real clock: 100 slots, each either run or skipped."""
     env = envs.make("fake/vector", length=10_000)

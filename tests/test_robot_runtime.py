@@ -357,8 +357,9 @@ class _CountingSession:
 
 
 def test_warming_after_the_advance_runs_the_observe_part_and_changes_nothing():
-    """A small observe part is warmed after each advance (one more run, on scratch outputs): the actions and carry
-    stay bitwise those of an unwarmed runtime, and the step itself never warms (that would be on the critical path)."""
+    """A small observe part is warmed after each advance and by ``warm_up()`` (one more run each, on scratch outputs):
+    the actions and carry stay bitwise those of an unwarmed runtime, and the step itself never warms (that would be
+    on the critical path)."""
     warmed, plain = PolicyRuntime(MODELS / "vector.onnx"), PolicyRuntime(MODELS / "vector.onnx", warm=False)
     assert warmed.warm and not plain.warm  # the committed model is far below WARM_MAX_BYTES
     assert not PolicyRuntime(MODELS / "vector_fused.onnx").warm  # a fused model has no advance to warm after
@@ -383,6 +384,8 @@ def test_warming_after_the_advance_runs_the_observe_part_and_changes_nothing():
         assert ran == plain.advance()
         advances += ran
         assert warmed.session.runs == before + 1 + ran  # the warming run
+        assert warmed.warm_up() and not plain.warm_up()  # the loop's pre-tick warm: one more run, nothing changes
+        assert warmed.session.runs == before + 2 + ran
         for name, value in plain.carry().items():
             np.testing.assert_array_equal(warmed.carry()[name], value, err_msg=name)
         obs = env.step(action)
