@@ -80,6 +80,13 @@ def test_loop_deadlines(tmp_path):
 
 
 @pytest.mark.slow
+def test_warm_wait():
+    rows = run("warm_wait.py", "--blocks", "1", "--block", "20", "--wait-us", "300", "--lead-us", "100")
+    assert [r["case"] for r in rows] == ["no_wait", "spin", "sleep", "spin_then_warm"]
+    assert all(r["steps"] == 19 and 0 < r["p50_us"] <= r["p99_us"] for r in rows)
+
+
+@pytest.mark.slow
 def test_learning_summary_and_onnx_vs_torch(tiny_overrides, tmp_path):
     from reverie.cli.main import main
 
