@@ -77,6 +77,20 @@ class Trainer:
         self.obs_space, self.act_space = parts.obs_space, parts.act_space
         self.writer, self.logdir, self.repeat = self.book.writer, self.book.logdir, self.book.repeat
         self._obs: dict[str, np.ndarray] | None = None
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Asks ``run`` to end at the next episode end, after a checkpoint; rerunning the command continues exactly.
+
+        Safe to call from a signal handler or another thread. A run of one
+        process only: under data parallel a stop is a lost rank (``RankLost``).
+        """
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stop.is_set()
 
     def _make_envs(self, book: RunBook) -> tuple[dict, Any]:
         """Rank 0 collects for every rank: its environments give the run's spaces."""
@@ -190,7 +204,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:
-        """Trains until ``cfg.steps`` environment steps; returns a summary.
+        """Trains until ``cfg.steps`` environment steps, or the episode end after :meth:`stop`; returns a summary.
 
         Under data parallel every rank runs this loop in step: rank 0 acts and
         sends each step, every rank stores it, earns the same credit and makes
@@ -205,6 +219,7 @@ class Trainer:
         self.book.start_clock()
         window = MetricsWindow(self.counters["updates"])
         last_return = math.nan
+        stopped = False
         try:
             while self.env_steps < cfg.steps:
                 step, episode = self._collect() if self.writer else (None, None)
@@ -222,6 +237,9 @@ class Trainer:
                         logger.write(self.env_steps, {**episode, "time/wall_s": self.wall_s()})
                         self._maybe_evaluate(logger)
                     self._maybe_checkpoint()
+                    # Only between episodes (the simulator's state is not checkpointed); the rest of this
+                    # step's bookkeeping still runs below, as in a run that was never stopped.
+                    stopped = self.parallel is None and self._stop.is_set()
                 if logger is not None:
                     if self.env_steps - self.counters["last_log"] >= cfg.log_every and len(window):
                         self._log_window(logger, window, bar, last_return)
@@ -230,7 +248,9 @@ class Trainer:
                     self._maybe_report(logger)
                 if bar is not None:
                     bar.update(self.env_steps - bar.n)
-            if logger is not None:
+                if stopped:
+                    break
+            if logger is not None and not stopped:  # a stopped run evaluates when it really ends
                 self._maybe_evaluate(logger, force=True)
             self.save()
         except RankLost:
@@ -249,6 +269,7 @@ class Trainer:
             "updates": self.counters["updates"],
             "episodes": self.counters["episodes"],
             "wall_s": self.wall_s(),
+            "stopped": stopped,
         }
 
     def _log_window(self, logger: MetricsLogger, window: MetricsWindow, bar: Any, last_return: float) -> None:

@@ -6,8 +6,12 @@ Subcommands take Hydra overrides (``key=value``, ``group=option``), e.g.
 
 from __future__ import annotations
 
+import signal
 import sys
 import textwrap
+import threading
+from collections.abc import Callable
+from typing import Any
 
 USAGE = """\
 usage: reverie <command> [overrides…] [--help]
@@ -56,6 +60,8 @@ def train_help() -> str:
         "Trains an agent synchronously and writes to `logdir`: metrics.jsonl, TensorBoard",
         "events, config.yaml, checkpoint.pt, replay/ and curve.png. Rerunning the same",
         "command resumes from the checkpoint; a different config in that logdir is refused.",
+        "Ctrl-C (or SIGTERM) stops at the end of the episode with a checkpoint, so the rerun",
+        "continues exactly; a second Ctrl-C stops at once (back to the last checkpoint).",
         "",
         "config groups (group=option):",
         f"  algo=   {', '.join(groups['algo'])}",
@@ -103,6 +109,9 @@ def cmd_train(args: list[str]) -> int:
     except ValueError as exc:
         print(f"reverie train: {exc}", file=sys.stderr)
         return 2
+    if trainer.parallel is None and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stop_after_episode(trainer))
     try:
         summary = trainer.run()
         if trainer.writer:  # the deployable policy and the curve, written where every run's are (realtime.outputs)
@@ -122,8 +131,29 @@ def cmd_train(args: list[str]) -> int:
         if trainer.parallel is not None:
             trainer.parallel.close()
     if trainer.writer:
-        print(f"done: {summary['env_steps']} env steps, {summary['updates']} updates, logdir {cfg.logdir}")
+        if summary["stopped"]:
+            print(f"stopped: {summary['env_steps']} env steps, checkpoint in {cfg.logdir}; rerun the same command to continue")
+        else:
+            print(f"done: {summary['env_steps']} env steps, {summary['updates']} updates, logdir {cfg.logdir}")
     return 0
+
+
+def stop_after_episode(trainer: Any) -> Callable[[int, Any], None]:
+    """A signal handler for ``reverie train``: the first Ctrl-C (or SIGTERM) stops the run at the end of the
+    episode with a checkpoint (``Trainer.stop``), a second one stops it at once (the last checkpoint stays)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if trainer.stopping:
+            raise KeyboardInterrupt
+        trainer.stop()
+        print(
+            f"reverie train: {signal.Signals(signum).name}: stopping at the end of this episode with a checkpoint"
+            " (send it again to stop now; the last checkpoint stays)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return handler
 
 
 def _compose(overrides: list[str]):
