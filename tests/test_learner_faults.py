@@ -10,6 +10,7 @@ import zmq
 from conftest import TINY, chunk_of, make_agent, wait_for
 
 from reverie import envs
+from reverie.agent.replay import Manifest
 from reverie.cli.config import compose
 from reverie.realtime.channels import ExperienceSender
 from reverie.realtime.export import export_policy
@@ -144,7 +145,7 @@ def test_an_exception_outside_a_state_change_still_checkpoints(tmp_path, stop_af
     assert isinstance(outcome.get("error"), RuntimeError)  # the error still surfaces …
     counters = saved_counters(tmp_path)  # … after the finally saved what had arrived
     assert counters["agent_steps"] == 30 and counters["tracker"]["a"]["messages"] == 3
-    assert json.loads((tmp_path / "run" / "replay" / "replay.json").read_text())["total"] == 30
+    assert Manifest.read(tmp_path / "run" / "replay").latest.total == 30
     sender.close(), ctx.term()
 
 

@@ -13,6 +13,7 @@ import torch
 import zmq
 from conftest import TINY, chunk_of, vector_obs_space, wait_for
 
+from reverie.agent.replay import Manifest
 from reverie.cli.config import compose
 from reverie.envs.base import Space
 from reverie.envs.step_spec import StepError, StepSpec
@@ -244,15 +245,16 @@ def poisoned_run(tmp_path):
     overrides = [*TINY, "env=fake/vector", f"logdir={tmp_path / 'run'}", "eval_episodes=0", "checkpoint_every=50"]
     train(compose([*overrides, "steps=120"]))
     directory = tmp_path / "run" / "replay"
-    with np.load(directory / "latents.npz") as f:
+    saved = Manifest.read(directory).latest
+    with np.load(directory / saved.files["latents"]) as f:
         latents = {k: f[k].copy() for k in f.files}
     latents["stoch"][5, 2] = 200  # what killed the learner in the issue: an index beyond the classes
-    np.savez(directory / "latents.npz", **latents)
-    with np.load(directory / "partial.npz") as f:
+    np.savez(directory / saved.files["latents"], **latents)
+    with np.load(directory / saved.files["partial"]) as f:
         partial = {k: f[k].copy() for k in f.files}
     partial["is_last"].view(np.uint8)[3] = 2
-    np.savez(directory / "partial.npz", **partial)
-    total = json.loads((directory / "replay.json").read_text())["total"]
+    np.savez(directory / saved.files["partial"], **partial)
+    total = saved.total
     return overrides, sorted([5, total - len(partial["is_last"]) + 3])
 
 
