@@ -149,6 +149,23 @@ def test_an_exception_outside_a_state_change_still_checkpoints(tmp_path, stop_af
     sender.close(), ctx.term()
 
 
+def test_a_learner_stopped_before_any_experience_arrived_restarts(tmp_path, stop_after):
+    """Its checkpoint was saved with an empty replay (no replay generation): the restart resumes it, replay empty."""
+    from reverie.realtime.learner import Learner
+
+    learner = Learner(tiny_cfg(tmp_path, "steps=100000000"))
+    thread, outcome = start(learner, stop_after)
+    assert wait_for(lambda: (tmp_path / "run" / "status.json").exists(), 30)  # running
+    learner.stop()
+    thread.join(60)
+    assert "error" not in outcome and saved_counters(tmp_path)["agent_steps"] == 0
+    again = Learner(tiny_cfg(tmp_path, "steps=100000000"))
+    try:
+        assert again.book.resumed and again.replay.total == 0
+    finally:
+        again.close()
+
+
 def test_an_exception_in_the_middle_of_an_update_does_not_checkpoint_a_half_updated_state(tmp_path, stop_after, capsys):
     from reverie.realtime.learner import Learner
 
