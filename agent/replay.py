@@ -345,9 +345,10 @@ class Replay:
         names them, last (atomically): a crash at any point leaves the
         previous commit whole. The generation a checkpoint pairs with (the
         one loaded, or the last one passed to :meth:`prune`) stays named
-        until :meth:`prune` forgets it; any other older one is forgotten and
-        deleted here. None when there is nothing to write (no directory, a
-        read-only replay, no step yet).
+        until :meth:`prune` forgets it (so a replay that was loaded keeps
+        that generation, and the chunks of its window, until it is pruned);
+        any other older one is forgotten and deleted here. None when there is
+        nothing to write (no directory, a read-only replay, no step yet).
         """
         if not self.directory or not self.write or not self.data:
             return None
