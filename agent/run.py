@@ -264,7 +264,9 @@ class RunBook:
 
         The replay is saved as a new generation first, the checkpoint (naming
         it) second, and only then is the previous generation deleted (see
-        :mod:`reverie.agent.replay`). Under data parallel every rank calls it at the same update: it gathers
+        :mod:`reverie.agent.replay`).
+
+        Under data parallel every rank calls it at the same update: it gathers
         each rank's generator states first (a collective), then rank 0 writes.
         A rank that is gone makes the gather fail before anything is written,
         so the previous checkpoint stays whole.
