@@ -1,4 +1,4 @@
-"""Checkpoints that resume exactly: agent, optimiser, counters and every RNG."""
+"""Checkpoints that resume exactly: agent, optimiser, counters, every RNG and which replay generation goes with them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ import numpy as np
 import torch
 
 CHECKPOINT = "checkpoint.pt"
+#: Payload key: the number of the replay generation saved with the checkpoint
+#: (see :mod:`reverie.agent.replay`); None when replay was still empty.
+REPLAY_GENERATION = "replay_generation"
 
 
 def spaces_to_dict(obs_space: dict, act_space: Any) -> dict[str, Any]:
@@ -61,19 +64,34 @@ def save(logdir: str | Path, agent: torch.nn.Module, counters: dict[str, Any], e
     return path
 
 
-def read(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+def read(path: str | Path, device: torch.device | str = "cpu", *, mmap: bool = False) -> dict[str, Any]:
     """The payload of a checkpoint file (e.g. its ``spaces``, before an agent is built to load it into).
+
+    ``mmap``: map the tensors from the file instead of reading them (for a
+    caller that needs only the small entries).
 
     Raises:
         ValueError: when the file cannot be read or is not a reverie checkpoint.
     """
     try:
-        payload = torch.load(path, map_location=device, weights_only=False)
+        payload = torch.load(path, map_location=device, weights_only=False, mmap=mmap)
     except Exception as exc:  # torch raises many types for a corrupted file
         raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != 1:
         raise ValueError(f"{path} is not a reverie checkpoint")
     return payload
+
+
+def replay_generation(payload: dict[str, Any]) -> int | None:
+    """The replay generation a resume from ``payload`` must load (None: none was saved, replay was empty).
+
+    A checkpoint from before generations names none: it was saved with the
+    only replay state there was, which reads as generation
+    :data:`~reverie.agent.replay.LEGACY`.
+    """
+    from .replay import LEGACY
+
+    return payload.get(REPLAY_GENERATION, LEGACY)
 
 
 def restore(payload: dict[str, Any], agent: torch.nn.Module, path: str | Path) -> None:

@@ -1,4 +1,4 @@
-"""Replay: an in-memory ring of steps, persisted to disk in chunks.
+"""Replay: an in-memory ring of steps, persisted to disk in chunks and generations.
 
 Every step holds the observation, the action taken after it and the model's
 latent state after observing it (``deter``, ``stoch`` as class indices). The
@@ -10,23 +10,137 @@ Rows found invalid (values outside their meaning, see
 :class:`reverie.envs.step_spec.StepSpec`) can be quarantined: no sampled
 sequence contains one, until new data overwrites it.
 
-On disk (``directory``): ``chunk_XXXXXXXX.npz`` per ``chunk_size`` completed
-steps (written once, as they fill), and on ``save()`` the partial chunk, the
-latents, ``quarantine.npz`` (the step indices of quarantined rows) and
-``replay.json`` with the step count. ``load()`` restores exactly the state of
-the last ``save()``: chunks written after it are ignored.
+On disk (``directory``):
+
+- ``chunk_XXXXXXXX.npz``: ``chunk_size`` completed steps (no latents),
+  written once as they fill.
+- One *generation* per ``save()``, numbered 1, 2, …: ``partial-N.npz`` (the
+  steps after the last complete chunk), ``latents-N.npz`` (the latents of
+  every held step) and ``quarantine-N.npz`` (step indices of quarantined
+  rows). A generation's files are never rewritten (except the quarantine list
+  by ``reverie replay check --repair``).
+- ``replay.json`` (:class:`Manifest`): the generations kept (one or two) with
+  each one's step count and sampler state. Written last and atomically, it is
+  the commit point: a kill at any moment leaves either the previous or the
+  new commit whole, and ``load()`` reads only the files it names.
+
+A run's checkpoint records the generation saved with it, and a resume loads
+exactly that one, so the replay and the checkpoint always come from the same
+update (``RunBook.save``: replay save, checkpoint save, then :meth:`Replay.prune`
+forgets the previous generation). Chunk files are deleted only once neither
+the in-memory window nor a kept generation's window holds their steps.
+
+A directory written before generations existed (``partial.npz``,
+``latents.npz``, ``quarantine.npz``, ``replay.json`` with ``total``) reads as
+one generation, :data:`LEGACY`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 LATENT_KEYS = ("deter", "stoch")
-QUARANTINE_FILE = "quarantine.npz"
+#: The commit point of a replay directory (see :class:`Manifest`).
+MANIFEST = "replay.json"
+
+
+#: File parts of one generation: what changes between saves (chunks never do).
+PARTS = ("partial", "latents", "quarantine")
+#: The number of a replay saved before generations existed (its files are ``partial.npz`` and so on).
+LEGACY = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """One committed save: its step count, its sampler state and the files of its mutable part.
+
+    Attributes:
+        number: counts saves (not steps: two saves can hold the same steps
+            with other latents or quarantines).
+        total: steps ever added when it was saved.
+        rng: the sampling generator's state.
+        files: file name in the replay directory per part of :data:`PARTS`.
+    """
+
+    number: int
+    total: int
+    rng: dict[str, Any]
+    files: dict[str, str]
+
+    @classmethod
+    def new(cls, number: int, total: int, rng: dict[str, Any]) -> Generation:
+        """Generation ``number``, its files named after it."""
+        return cls(number, total, rng, {part: f"{part}-{number}.npz" for part in PARTS})
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """``replay.json``: the generations a replay directory keeps, oldest first; writing it commits a save.
+
+    Attributes:
+        capacity: the replay's capacity.
+        chunk_size: steps per chunk file.
+        generations: the committed generations (one or two), oldest first.
+    """
+
+    capacity: int
+    chunk_size: int
+    generations: list[Generation]
+
+    @classmethod
+    def read(cls, directory: str | Path) -> Manifest | None:
+        """The manifest of ``directory``; None when nothing was saved there.
+
+        A ``replay.json`` from before generations (``total`` and ``rng`` at
+        the top) is one generation, :data:`LEGACY`, with the plain file names.
+
+        Raises:
+            ValueError: when the file cannot be read.
+        """
+        path = Path(directory) / MANIFEST
+        try:
+            meta = json.loads(path.read_text())
+            if "generations" in meta:
+                generations = [Generation(int(g["number"]), int(g["total"]), g["rng"], dict(g["files"])) for g in meta["generations"]]
+            else:
+                generations = [Generation(LEGACY, int(meta["total"]), meta["rng"], {part: f"{part}.npz" for part in PARTS})]
+            return cls(int(meta["capacity"]), int(meta["chunk_size"]), generations)
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+
+    def write(self, directory: Path) -> None:
+        """Replaces ``replay.json`` atomically."""
+        generations = [dataclasses.asdict(g) for g in self.generations]
+        write_text_atomic(
+            directory / MANIFEST, json.dumps({"capacity": self.capacity, "chunk_size": self.chunk_size, "generations": generations})
+        )
+
+    @property
+    def latest(self) -> Generation:
+        """The newest generation."""
+        return self.generations[-1]
+
+    def find(self, number: int | None, directory: Path) -> Generation:
+        """Generation ``number`` (None: the latest).
+
+        Raises:
+            ValueError: when the manifest does not name it.
+        """
+        if number is None:
+            return self.latest
+        for generation in self.generations:
+            if generation.number == number:
+                return generation
+        kept = ", ".join(str(g.number) for g in self.generations)
+        raise ValueError(f"replay in {directory} keeps generations {kept}, not generation {number}")
 
 
 class Replay:
@@ -63,6 +177,14 @@ class Replay:
         self.data: dict[str, np.ndarray] = {}
         #: per storage position: quarantined (never part of a sampled sequence).
         self.bad = np.zeros(0, bool)
+        #: the generation on disk the in-memory state was last loaded from or saved as.
+        self.generation: int | None = None
+        # The generation a checkpoint pairs with (loaded, or passed to prune): save() keeps it.
+        self._paired: int | None = None
+        # Step counts of the generations on disk this replay keeps; their windows' chunks stay.
+        self._kept_totals: list[int] = []
+        # Chunk files below this index are deleted already.
+        self._chunks_from = 0
 
     # ------------------------------------------------------------- storage
     def __len__(self) -> int:
@@ -120,10 +242,15 @@ class Replay:
         pos = self._positions(index * self.chunk_size, (index + 1) * self.chunk_size)
         arrays = {k: v[pos] for k, v in self.data.items() if k not in LATENT_KEYS}
         _atomic_savez(self._chunk_path(index), arrays)
-        # Drop chunks that fell out of the capacity window.
-        oldest = (self.total - self.capacity) // self.chunk_size
-        for old in range(max(0, oldest - 4), oldest):
-            self._chunk_path(old).unlink(missing_ok=True)
+        self._drop_chunks()
+
+    def _drop_chunks(self) -> None:
+        """Deletes the chunk files below every window still needed: the in-memory one and each kept generation's."""
+        firsts = [self.first, *(max(0, total - self.capacity) for total in self._kept_totals)]
+        needed = min(firsts) // self.chunk_size
+        for index in range(self._chunks_from, needed):
+            self._chunk_path(index).unlink(missing_ok=True)
+        self._chunks_from = max(self._chunks_from, needed)
 
     # ------------------------------------------------------------ sampling
     def sample(self, batch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -211,45 +338,119 @@ class Replay:
             self.data[k][pos] = v
 
     # ---------------------------------------------------------- persistence
-    def save(self) -> None:
-        """Makes the on-disk replay equal to the in-memory one."""
+    def save(self) -> int | None:
+        """Writes the in-memory state as a new generation and commits it; returns the generation's number.
+
+        The generation's files are written first and ``replay.json``, which
+        names them, last (atomically): a crash at any point leaves the
+        previous commit whole. The generation a checkpoint pairs with (the
+        one loaded, or the last one passed to :meth:`prune`) stays named
+        until :meth:`prune` forgets it (so a replay that was loaded keeps
+        that generation, and the chunks of its window, until it is pruned);
+        any other older one is forgotten and deleted here. None when there is
+        nothing to write (no directory, a read-only replay, no step yet).
+        """
         if not self.directory or not self.write or not self.data:
-            return
+            return None
         self.directory.mkdir(parents=True, exist_ok=True)
+        before = Manifest.read(self.directory)
+        committed = before.generations if before else []
+        # Never a number the manifest names, so no file a commit names is ever overwritten.
+        number = max((g.number for g in committed), default=LEGACY) + 1
+        generation = Generation.new(number, self.total, self.rng.bit_generator.state)
         done = self.total // self.chunk_size
         partial = self._positions(done * self.chunk_size, self.total)
-        _atomic_savez(self.directory / "partial.npz", {k: v[partial] for k, v in self.data.items() if k not in LATENT_KEYS})
-        held = self._positions(max(0, self.total - self.capacity), self.total)
-        _atomic_savez(self.directory / "latents.npz", {k: self.data[k][held] for k in LATENT_KEYS if k in self.data})
-        self.save_quarantine()
-        meta = {"total": self.total, "capacity": self.capacity, "chunk_size": self.chunk_size, "rng": self.rng.bit_generator.state}
-        write_text_atomic(self.directory / "replay.json", json.dumps(meta))
+        _atomic_savez(self._path(generation, "partial"), {k: v[partial] for k, v in self.data.items() if k not in LATENT_KEYS})
+        held = self._positions(self.first, self.total)
+        _atomic_savez(self._path(generation, "latents"), {k: self.data[k][held] for k in LATENT_KEYS if k in self.data})
+        self._write_quarantine(generation)
+        self._commit(committed, [*(g for g in committed if g.number == self._paired), generation])
+        self.generation = number
+        return number
+
+    def prune(self, number: int) -> None:
+        """Forgets every generation but ``number`` and deletes their files and the chunks below its window.
+
+        Call it once a checkpoint names ``number``: from then on nothing needs
+        the generations before it.
+        """
+        if not self.directory or not self.write:
+            return
+        manifest = Manifest.read(self.directory)
+        if manifest is None:
+            raise ValueError(f"replay in {self.directory} has no saved generation to keep")
+        keep = manifest.find(number, self.directory)
+        self._paired = number
+        self._commit(manifest.generations, [keep])
+        # Temporary files a killed writer left (only this process writes here, and it is between writes).
+        for leftover in [*self.directory.glob("*.tmp"), *self.directory.glob("*.tmp.npz")]:
+            leftover.unlink(missing_ok=True)
+
+    def _commit(self, before: list[Generation], keep: list[Generation]) -> None:
+        """Writes the manifest naming ``keep`` (the commit point), then deletes what no kept generation needs."""
+        Manifest(self.capacity, self.chunk_size, keep).write(self.directory)
+        self._kept_totals = [g.total for g in keep]
+        needed = {name for g in keep for name in g.files.values()}
+        for generation in before:
+            for name in generation.files.values():
+                if name not in needed:
+                    (self.directory / name).unlink(missing_ok=True)
+        self._drop_chunks()
+
+    def _path(self, generation: Generation, part: str) -> Path:
+        return self.directory / generation.files[part]
+
+    def _write_quarantine(self, generation: Generation) -> None:
+        held = self.held_steps()
+        steps = held[self.bad[held % self.capacity]] if len(self.bad) else held[:0]
+        _atomic_savez(self._path(generation, "quarantine"), {"steps": steps})
 
     def save_quarantine(self) -> None:
-        """Writes the step indices of the quarantined rows (``quarantine.npz``)."""
-        held = self.held_steps()
-        _atomic_savez(self.directory / QUARANTINE_FILE, {"steps": held[self.bad[held % self.capacity]] if len(self.bad) else held[:0]})
+        """Rewrites the quarantine list (step indices) of the generation loaded or last saved, in place.
 
-    def load(self) -> bool:
-        """Restores the state of the last :meth:`save`; False when there is none."""
-        if not self.directory or not (self.directory / "replay.json").exists():
+        For ``reverie replay check --repair``: one file replaced atomically,
+        and a longer list only keeps more rows from being sampled.
+        """
+        if not self.directory or self.generation is None:
+            raise ValueError("the replay was neither loaded nor saved: there is no generation to write the quarantine of")
+        manifest = Manifest.read(self.directory)
+        if manifest is None:
+            raise ValueError(f"replay in {self.directory} has no saved generation")
+        self._write_quarantine(manifest.find(self.generation, self.directory))
+
+    def load(self, generation: int | None = None) -> bool:
+        """Restores the state of a committed :meth:`save`; False when there is none.
+
+        Args:
+            generation: the generation's number (as :meth:`save` returned it;
+                :data:`LEGACY` for a replay saved before generations); None:
+                the latest one.
+
+        Raises:
+            ValueError: for another chunk size, a generation the manifest does
+                not name, or files that do not fit it.
+        """
+        if not self.directory:
             return False
-        meta = json.loads((self.directory / "replay.json").read_text())
-        if meta["chunk_size"] != self.chunk_size:
-            raise ValueError(f"replay in {self.directory} uses chunk_size {meta['chunk_size']}, not {self.chunk_size}")
-        total = int(meta["total"])
+        manifest = Manifest.read(self.directory)
+        if manifest is None:
+            return False
+        if manifest.chunk_size != self.chunk_size:
+            raise ValueError(f"replay in {self.directory} uses chunk_size {manifest.chunk_size}, not {self.chunk_size}")
+        saved = manifest.find(generation, self.directory)
+        total = saved.total
         first = max(0, total - self.capacity)
         parts: list[dict[str, np.ndarray]] = []
         for index in range(first // self.chunk_size, total // self.chunk_size):
             with np.load(self._chunk_path(index)) as f:
                 parts.append({k: f[k] for k in f.files})
-        with np.load(self.directory / "partial.npz") as f:
+        with np.load(self._path(saved, "partial")) as f:
             parts.append({k: f[k] for k in f.files})
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         # Trim the first chunk to the capacity window.
         skip = first - (first // self.chunk_size) * self.chunk_size
         arrays = {k: v[skip:] for k, v in arrays.items()}
-        with np.load(self.directory / "latents.npz") as f:
+        with np.load(self._path(saved, "latents")) as f:
             arrays.update({k: f[k] for k in f.files})
         self.total = 0
         self.data = {}
@@ -260,12 +461,15 @@ class Replay:
                 raise ValueError(f"replay in {self.directory} is inconsistent: {k} has {len(v)} steps, expected {len(pos)}")
             self.data[k][pos] = v
         self.total = total
-        self.rng.bit_generator.state = meta["rng"]
-        quarantine = self.directory / QUARANTINE_FILE
+        self.rng.bit_generator.state = saved.rng
+        quarantine = self._path(saved, "quarantine")
         if quarantine.exists():  # replays saved before quarantines existed have none
             with np.load(quarantine) as f:
                 steps = f["steps"].astype(np.int64)
             self.bad[steps[(steps >= first) & (steps < total)] % self.capacity] = True
+        self.generation = self._paired = saved.number
+        self._kept_totals = [g.total for g in manifest.generations]
+        self._chunks_from = 0
         return True
 
 
@@ -275,22 +479,21 @@ class DiskReplay:
     Same numbering and :meth:`read` as :class:`Replay`, without loading the
     whole replay (a pixel replay can be many GB): only the chunks a read
     touches are opened, and only the keys asked for are decompressed. Like
-    :meth:`Replay.load` it shows the state of the last ``save()``.
+    :meth:`Replay.load` it shows the state of a committed save: ``generation``
+    (None: the latest).
 
     Raises:
-        ValueError: when ``directory`` holds no saved replay.
+        ValueError: when ``directory`` holds no saved replay, or not that generation.
     """
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, generation: int | None = None) -> None:
         self.directory = Path(directory)
-        meta_path = self.directory / "replay.json"
-        try:
-            meta = json.loads(meta_path.read_text())
-            self.total, self.capacity, self.chunk_size = int(meta["total"]), int(meta["capacity"]), int(meta["chunk_size"])
-        except FileNotFoundError:
-            raise ValueError(f"no saved replay in {self.directory} (replay.json is missing)") from None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"cannot read {meta_path}: {exc}") from exc
+        manifest = Manifest.read(self.directory)
+        if manifest is None:
+            raise ValueError(f"no saved replay in {self.directory} ({MANIFEST} is missing)")
+        saved = manifest.find(generation, self.directory)
+        self.total, self.capacity, self.chunk_size = saved.total, manifest.capacity, manifest.chunk_size
+        self._partial = self.directory / saved.files["partial"]
 
     def __len__(self) -> int:
         return self.total - self.first
@@ -311,10 +514,10 @@ class DiskReplay:
         if stop == start:
             return {}
         parts: list[dict[str, np.ndarray]] = []
-        done = self.total // self.chunk_size  # chunks below this index are complete files; the rest is partial.npz
+        done = self.total // self.chunk_size  # chunks below this index are complete files; the rest is the partial file
         for index in range(start // self.chunk_size, (stop - 1) // self.chunk_size + 1):
             base = index * self.chunk_size
-            path = self.directory / (f"chunk_{index:08d}.npz" if index < done else "partial.npz")
+            path = self.directory / f"chunk_{index:08d}.npz" if index < done else self._partial
             lo, hi = max(start, base) - base, min(stop, base + self.chunk_size) - base
             try:
                 with np.load(path) as f:

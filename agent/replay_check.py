@@ -8,6 +8,9 @@ scans every row replay holds and reports them by reason. ``--repair``
 quarantines them in place (they are never sampled again) after copying the
 replay's previous quarantine list and metadata to ``replay/backup-<time>/``.
 A learner or trainer starting on such a replay does the same by itself.
+
+It checks the replay generation the run's checkpoint names (the one a
+resume loads), or the latest one when there is no checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Any
 import numpy as np
 from omegaconf import OmegaConf
 
-from .replay import QUARANTINE_FILE, Replay
+from . import checkpoint
+from .replay import MANIFEST, Manifest, Replay
 
 #: Bad step indices listed in a report (the count is always complete).
 LISTED = 20
@@ -54,7 +58,10 @@ def check_replay(logdir: str | Path, *, repair: bool = False) -> dict[str, Any]:
     replay = Replay(
         capacity=cfg.replay.capacity, seq_len=cfg.batch_length + 1, directory=logdir / "replay", chunk_size=cfg.replay.chunk_size
     )
-    if not replay.load():
+    # The generation a resume would load: the checkpoint's (mapped, not read: only one number is needed), else the latest.
+    ckpt = logdir / checkpoint.CHECKPOINT
+    generation = checkpoint.replay_generation(checkpoint.read(ckpt, mmap=True)) if ckpt.exists() else None
+    if (ckpt.exists() and generation is None) or not replay.load(generation):
         raise ValueError(f"{logdir / 'replay'} holds no saved replay")
     by_reason: collections.Counter = collections.Counter()
 
@@ -79,7 +86,8 @@ def check_replay(logdir: str | Path, *, repair: bool = False) -> dict[str, Any]:
     if repair and len(steps):
         backup = replay.directory / time.strftime("backup-%Y%m%d-%H%M%S")
         backup.mkdir()
-        for name in ("replay.json", QUARANTINE_FILE):
+        quarantine = Manifest.read(replay.directory).find(replay.generation, replay.directory).files["quarantine"]
+        for name in (MANIFEST, quarantine):
             if (replay.directory / name).exists():
                 shutil.copy2(replay.directory / name, backup / name)
         report["repaired"] = replay.quarantine(steps % replay.capacity)

@@ -240,10 +240,13 @@ class RunBook:
         payload, self.payload = self.payload, None  # no second copy of the weights kept around
         checkpoint.restore(payload, agent, self.path)
         self.counters.update(payload["counters"])
-        if not replay.load():
+        generation = checkpoint.replay_generation(payload)
+        # Exactly the replay generation saved with this checkpoint: a newer one (a crash between the two saves) is not
+        # this checkpoint's update.
+        if generation is not None and not replay.load(generation):
             raise ValueError(f"{self.path} exists but its replay in {self.logdir / 'replay'} is missing")
         ranks = payload.get("ranks") or []
-        if self.rank == 0:  # rank 0's sampler state is replay.json's, as in a run of one process
+        if self.rank == 0:  # rank 0's sampler state is the replay generation's, as in a run of one process
             checkpoint.set_rng_state(payload["rng"])
         elif self.rank < len(ranks):
             checkpoint.set_rng_state(ranks[self.rank]["rng"])
@@ -259,6 +262,10 @@ class RunBook:
     def save(self, agent: torch.nn.Module, replay: Any, extra: dict[str, Any] | None = None) -> None:
         """Checkpoint and replay of this update.
 
+        The replay is saved as a new generation first, the checkpoint (naming
+        it) second, and only then is the previous generation deleted (see
+        :mod:`reverie.agent.replay`).
+
         Under data parallel every rank calls it at the same update: it gathers
         each rank's generator states first (a collective), then rank 0 writes.
         A rank that is gone makes the gather fail before anything is written,
@@ -271,5 +278,10 @@ class RunBook:
             ranks = self.parallel.gather_object({"rng": checkpoint.rng_state(), "replay_rng": replay.rng.bit_generator.state})
         if not self.writer:
             return
-        replay.save()
-        checkpoint.save(self.logdir, agent, self.counters, {**(extra or {}), **({"ranks": ranks} if ranks else {})})
+        # Replay, then the checkpoint naming its generation, then forget the previous generation: a kill at any
+        # point leaves a checkpoint and the replay generation it names, so a resume is exact.
+        generation = replay.save()
+        extra = {**(extra or {}), checkpoint.REPLAY_GENERATION: generation, **({"ranks": ranks} if ranks else {})}
+        checkpoint.save(self.logdir, agent, self.counters, extra)
+        if generation is not None:
+            replay.prune(generation)

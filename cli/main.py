@@ -518,6 +518,8 @@ Scans the replay of the run in LOGDIR for rows that validation by meaning
 refuses (class indices out of range, flags other than 0/1, actions outside
 their bounds, non-finite or huge values, is_terminal without is_last) and
 reports them by reason, as JSON. Exit status 1 when any row is invalid.
+It checks the replay generation the run's checkpoint names (the one a
+resume loads), or the newest one when there is no checkpoint.
 
   --repair   quarantine those rows in place: they are never sampled again.
              The previous quarantine list and replay.json are copied to

@@ -15,7 +15,7 @@ from reverie.agent import dream_report as dr
 from reverie.agent.builder import build_agent
 from reverie.agent.losses import world_model_losses
 from reverie.agent.openloop import OpenLoop, open_loop
-from reverie.agent.replay import DiskReplay, Replay
+from reverie.agent.replay import DiskReplay, Manifest, Replay
 from reverie.cli.config import compose
 from reverie.cli.main import main
 from reverie.world_model import dists
@@ -313,7 +313,7 @@ def test_dream_command_refuses_bad_input_and_writes_nothing(pixel_run, tmp_path,
 def test_dream_command_on_a_vector_run_with_an_episode_file(tmp_path):
     logdir = tmp_path / "vec"
     assert main(["train", *TINY, "env=fake/vector", "env.time_limit=20", "steps=25", "eval_episodes=0", f"logdir={logdir}"]) == 0
-    episode = logdir / "replay" / "partial.npz"  # a replay file is an .npz of consecutive steps
+    episode = logdir / "replay" / Manifest.read(logdir / "replay").latest.files["partial"]  # a replay file is an .npz of consecutive steps
     assert main(["dream", str(logdir), "--episode", str(episode), "--context", "2", "--horizon", "6", "-o", str(tmp_path / "out")]) == 0
     names = {p.name for p in (tmp_path / "out").iterdir()}
     assert names == {"vector_target.png", "vector_prev_action.png", "vector_progress.png", "reward.png", "error.png", "openloop.json"}

@@ -10,6 +10,7 @@ import zmq
 from conftest import TINY, chunk_of, make_agent, wait_for
 
 from reverie import envs
+from reverie.agent.replay import Manifest
 from reverie.cli.config import compose
 from reverie.realtime.channels import ExperienceSender
 from reverie.realtime.export import export_policy
@@ -144,8 +145,25 @@ def test_an_exception_outside_a_state_change_still_checkpoints(tmp_path, stop_af
     assert isinstance(outcome.get("error"), RuntimeError)  # the error still surfaces …
     counters = saved_counters(tmp_path)  # … after the finally saved what had arrived
     assert counters["agent_steps"] == 30 and counters["tracker"]["a"]["messages"] == 3
-    assert json.loads((tmp_path / "run" / "replay" / "replay.json").read_text())["total"] == 30
+    assert Manifest.read(tmp_path / "run" / "replay").latest.total == 30
     sender.close(), ctx.term()
+
+
+def test_a_learner_stopped_before_any_experience_arrived_restarts(tmp_path, stop_after):
+    """Its checkpoint was saved with an empty replay (no replay generation): the restart resumes it, replay empty."""
+    from reverie.realtime.learner import Learner
+
+    learner = Learner(tiny_cfg(tmp_path, "steps=100000000"))
+    thread, outcome = start(learner, stop_after)
+    assert wait_for(lambda: (tmp_path / "run" / "status.json").exists(), 30)  # running
+    learner.stop()
+    thread.join(60)
+    assert "error" not in outcome and saved_counters(tmp_path)["agent_steps"] == 0
+    again = Learner(tiny_cfg(tmp_path, "steps=100000000"))
+    try:
+        assert again.book.resumed and again.replay.total == 0
+    finally:
+        again.close()
 
 
 def test_an_exception_in_the_middle_of_an_update_does_not_checkpoint_a_half_updated_state(tmp_path, stop_after, capsys):

@@ -13,6 +13,7 @@ import torch
 import zmq
 from conftest import TINY, chunk_of, vector_obs_space, wait_for
 
+from reverie.agent.replay import Manifest, Replay
 from reverie.cli.config import compose
 from reverie.envs.base import Space
 from reverie.envs.step_spec import StepError, StepSpec
@@ -244,15 +245,16 @@ def poisoned_run(tmp_path):
     overrides = [*TINY, "env=fake/vector", f"logdir={tmp_path / 'run'}", "eval_episodes=0", "checkpoint_every=50"]
     train(compose([*overrides, "steps=120"]))
     directory = tmp_path / "run" / "replay"
-    with np.load(directory / "latents.npz") as f:
+    saved = Manifest.read(directory).latest
+    with np.load(directory / saved.files["latents"]) as f:
         latents = {k: f[k].copy() for k in f.files}
     latents["stoch"][5, 2] = 200  # what killed the learner in the issue: an index beyond the classes
-    np.savez(directory / "latents.npz", **latents)
-    with np.load(directory / "partial.npz") as f:
+    np.savez(directory / saved.files["latents"], **latents)
+    with np.load(directory / saved.files["partial"]) as f:
         partial = {k: f[k].copy() for k in f.files}
     partial["is_last"].view(np.uint8)[3] = 2
-    np.savez(directory / "partial.npz", **partial)
-    total = json.loads((directory / "replay.json").read_text())["total"]
+    np.savez(directory / saved.files["partial"], **partial)
+    total = saved.total
     return overrides, sorted([5, total - len(partial["is_last"]) + 3])
 
 
@@ -261,6 +263,14 @@ def test_replay_check_reports_exactly_the_poisoned_rows_and_repair_quarantines_t
 
     _, bad = poisoned_run(tmp_path)
     logdir = str(tmp_path / "run")
+    # As if a crash came between the replay save and the checkpoint: a newer, clean replay generation that the
+    # checkpoint does not name. The check must look at the one a resume loads, the checkpoint's.
+    directory = tmp_path / "run" / "replay"
+    named = Manifest.read(directory).latest.number
+    newer = Replay(capacity=1_000_000, seq_len=9, directory=directory)
+    newer.load()
+    newer.data["stoch"][bad[0], 2], newer.data["is_last"][bad[1]] = 0, False
+    newer.save()
     assert main(["replay", "check", logdir]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["steps"] == bad and report["invalid"] == 2
@@ -269,8 +279,11 @@ def test_replay_check_reports_exactly_the_poisoned_rows_and_repair_quarantines_t
     repaired = json.loads(capsys.readouterr().out)
     assert repaired["repaired"] == 2 and repaired["quarantined"] == 2 and os.path.isdir(repaired["backup"])
     assert os.path.exists(os.path.join(repaired["backup"], "replay.json"))
+    assert os.path.exists(os.path.join(repaired["backup"], f"quarantine-{named}.npz"))
     again = json.loads((capsys.readouterr(), main(["replay", "check", logdir]), capsys.readouterr().out)[2])
     assert again["quarantined"] == 2  # the rows are still there, and stay quarantined
+    resumed = Replay(capacity=1_000_000, seq_len=9, directory=directory)
+    assert resumed.load(named) and resumed.quarantined == 2
 
 
 def test_learner_starts_on_a_poisoned_replay_quarantines_and_trains(tmp_path, capfd):

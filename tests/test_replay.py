@@ -1,9 +1,11 @@
-"""Replay: sequences, is_first handling, latent refresh, disk round trip."""
+"""Replay: sequences, is_first handling, latent refresh, disk round trip, crash safety."""
+
+import json
 
 import numpy as np
 import pytest
 
-from reverie.agent.replay import Replay
+from reverie.agent.replay import LEGACY, PARTS, DiskReplay, Manifest, Replay
 
 
 def step(i, first=False):
@@ -90,3 +92,162 @@ def test_disk_round_trip_after_wrapping(tmp_path):
     # the chunks below (total − capacity) // chunk_size, so after the last one (total 192) only the ones holding the
     # capacity window remain: (192 − 64) // 16 = 8 up to 11, exactly the chunks load() reads, 200 − 64 = 136 → 8 … 11.
     assert sorted(p.name for p in tmp_path.glob("chunk_*.npz")) == [f"chunk_{i:08d}.npz" for i in range(8, 12)]
+
+
+# ------------------------------------------------------------------ crash safety
+def snapshot(replay):
+    """Everything load() restores: the held rows (latents included), total, sampler state, quarantined steps."""
+    held = replay.held_steps()
+    return {
+        "total": replay.total,
+        "rng": replay.rng.bit_generator.state,
+        "rows": {k: v[held % replay.capacity].copy() for k, v in replay.data.items()},
+        "quarantined": held[replay.bad[held % replay.capacity]],
+    }
+
+
+def assert_same(a, b):
+    assert a["total"] == b["total"] and a["rng"] == b["rng"]
+    assert np.array_equal(a["quarantined"], b["quarantined"])
+    for key in a["rows"]:
+        assert np.array_equal(a["rows"][key], b["rows"][key]), key
+
+
+def change_latents_and_quarantine(replay, value):
+    pos = np.array([[replay.total % replay.capacity - 1]])
+    replay.update_latents(pos, {"deter": np.full((1, 1, 4), value, np.float16), "stoch": np.full((1, 1, 3), 5, np.uint8)})
+    replay.quarantine(np.array([(replay.total - 3) % replay.capacity]))
+
+
+@pytest.mark.parametrize("writes_done", [1, 2, 3])
+def test_a_crash_inside_save_leaves_the_previous_save_whole(tmp_path, monkeypatch, writes_done):
+    """Killed after any of the files of a save (partial, latents, quarantine) but before the last: load() gives the previous save."""
+    import reverie.agent.replay as replay_module
+
+    a = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=16, seed=0)
+    fill(a, 100)
+    change_latents_and_quarantine(a, 7)
+    a.sample(3)  # move the sampler off its seed
+    a.save()
+    saved = snapshot(a)
+    for i in range(100, 107):  # 107 steps: a partial chunk of another length than the saved one's
+        a.add(step(i))
+    change_latents_and_quarantine(a, 9)
+    a.sample(3)
+    writes = []
+
+    def crashing(write):
+        def wrapped(*args):
+            if len(writes) == writes_done:
+                raise KeyboardInterrupt("killed")  # not an Exception: nothing may catch it on the way
+            writes.append(args[0])
+            return write(*args)
+
+        return wrapped
+
+    monkeypatch.setattr(replay_module, "_atomic_savez", crashing(replay_module._atomic_savez))
+    monkeypatch.setattr(replay_module, "write_text_atomic", crashing(replay_module.write_text_atomic))
+    with pytest.raises(KeyboardInterrupt):
+        a.save()
+    assert len(writes) == writes_done
+    monkeypatch.undo()
+    b = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=16, seed=5)
+    assert b.load()
+    assert_same(snapshot(b), saved)
+
+
+def test_a_kill_between_saves_after_the_replay_wrapped_loads_the_last_save(tmp_path):
+    """Chunks that the last save's window needs stay on disk while the replay fills past them."""
+    a = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=8, seed=0)
+    fill(a, 100)
+    a.save()
+    saved = snapshot(a)
+    for i in range(100, 200):  # 100 more steps: the whole window of the save has been overwritten in memory
+        a.add(step(i))
+    b = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=8, seed=5)  # the process was killed; a new one starts
+    assert b.load()
+    assert_same(snapshot(b), saved)
+    # Once a save no longer needs them, the chunks go: only those of the newest window stay.
+    a.save()
+    assert sorted(p.name for p in tmp_path.glob("chunk_*.npz")) == [f"chunk_{i:08d}.npz" for i in range(136 // 8, 200 // 8)]
+
+
+def test_the_generation_a_checkpoint_names_stays_until_pruned_and_at_most_two_are_kept(tmp_path):
+    """The order RunBook.save keeps: save, (checkpoint), prune; a crash before the prune keeps the checkpoint's generation."""
+    a = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=8, seed=0)
+    fill(a, 50)
+    first = a.save()
+    a.prune(first)  # a checkpoint names `first`
+    at_first = snapshot(a)
+    for i in range(50, 130):
+        a.add(step(i))
+    orphan = a.save()  # … and the process is killed before the checkpoint that would name `orphan`
+    assert [g.number for g in Manifest.read(tmp_path).generations] == [first, orphan]
+    b = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=8, seed=5)
+    assert b.load(first)  # the resume loads what the checkpoint names, not the newest
+    assert_same(snapshot(b), at_first)
+    for i in range(50, 140):
+        b.add(step(i, first=True))  # the resumed run goes on with other data
+    newest = b.save()
+    assert newest not in (first, orphan)
+    assert [g.number for g in Manifest.read(tmp_path).generations] == [first, newest]  # the orphan is gone
+    assert not any(orphan_file.exists() for orphan_file in (tmp_path / f"{part}-{orphan}.npz" for part in PARTS))
+    b.prune(newest)
+    assert [g.number for g in Manifest.read(tmp_path).generations] == [newest]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    chunks = [f"chunk_{i:08d}.npz" for i in range((140 - 64) // 8, 140 // 8)]
+    assert names == sorted([*chunks, *(f"{part}-{newest}.npz" for part in PARTS), "replay.json"])
+    c = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=8, seed=5)
+    assert c.load()
+    assert_same(snapshot(c), snapshot(b))
+
+
+def save_in_the_layout_before_generations(replay):
+    """What Replay.save wrote before generations existed (the layout of runs started by that code)."""
+    directory, total = replay.directory, replay.total
+    partial = replay._positions(total // replay.chunk_size * replay.chunk_size, total)
+    np.savez(directory / "partial.npz", **{k: v[partial] for k, v in replay.data.items() if k not in ("deter", "stoch")})
+    held = replay.held_steps()
+    np.savez(directory / "latents.npz", **{k: replay.data[k][held % replay.capacity] for k in ("deter", "stoch")})
+    np.savez(directory / "quarantine.npz", steps=held[replay.bad[held % replay.capacity]])
+    meta = {"total": total, "capacity": replay.capacity, "chunk_size": replay.chunk_size, "rng": replay.rng.bit_generator.state}
+    (directory / "replay.json").write_text(json.dumps(meta))
+
+
+def test_a_replay_saved_before_generations_loads_and_moves_on(tmp_path):
+    a = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=8, seed=0)
+    fill(a, 100)
+    change_latents_and_quarantine(a, 7)
+    a.sample(2)
+    save_in_the_layout_before_generations(a)
+    old = snapshot(a)
+    b = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=8, seed=5)
+    assert b.load() and b.generation == LEGACY
+    assert_same(snapshot(b), old)
+    c = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=8, seed=5)
+    assert c.load(LEGACY)  # what a resume from a checkpoint of that code asks for
+    assert_same(snapshot(c), old)
+    disk = DiskReplay(tmp_path)
+    assert disk.total == 100 and np.array_equal(disk.read(40, 100)["reward"], np.arange(40, 100, dtype=np.float32))
+    for i in range(100, 120):
+        b.add(step(i))
+    number = b.save()
+    assert [g.number for g in Manifest.read(tmp_path).generations] == [LEGACY, number]  # a checkpoint still names LEGACY
+    b.prune(number)
+    assert not any((tmp_path / name).exists() for name in ("partial.npz", "latents.npz", "quarantine.npz"))
+    d = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=8, seed=5)
+    assert d.load(number)
+    assert_same(snapshot(d), snapshot(b))
+
+
+def test_disk_replay_reads_the_generation_asked_for(tmp_path):
+    a = Replay(capacity=64, seq_len=8, directory=tmp_path, chunk_size=8, seed=0)
+    fill(a, 30)
+    first = a.save()
+    for i in range(30, 45):
+        a.add(step(i))
+    a.save()
+    assert DiskReplay(tmp_path).total == 45 and np.array_equal(DiskReplay(tmp_path).read(40, 45)["reward"], np.arange(40, 45))
+    # A first save's generation is only named while a checkpoint pairs with it (prune was not called here).
+    with pytest.raises(ValueError, match=f"not generation {first}"):
+        DiskReplay(tmp_path, generation=first)

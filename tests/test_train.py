@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,6 +65,103 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     # One line per episode end, as in the uninterrupted run.
     episodes = [[m["step"] for m in read_lines(tmp_path / run / "metrics.jsonl") if "episode/return" in m] for run in "ab"]
     assert episodes[0] == episodes[1] and len(set(episodes[1])) == len(episodes[1])
+
+
+# Checkpoints every 2 episodes, and a replay that wraps (capacity 40) in chunks of 8: a run of 96 steps has saved
+# generations whose windows the replay has long moved past.
+CHECKPOINTED = [
+    "env=fake/vector",
+    "env.time_limit=15",
+    "eval_episodes=0",
+    "checkpoint_every=32",
+    "replay.capacity=40",
+    "replay.chunk_size=8",
+]
+
+
+@pytest.fixture(scope="module")
+def straight_96(tmp_path_factory):
+    """An uninterrupted run of 96 agent steps with :data:`CHECKPOINTED` settings."""
+    from conftest import TINY
+
+    trainer = Trainer(compose([*TINY, *CHECKPOINTED, "steps=96", f"logdir={tmp_path_factory.mktemp('straight')}"]))
+    trainer.run()
+    return trainer
+
+
+def replay_state(replay):
+    held = replay.held_steps()
+    rows = {k: v[held % replay.capacity].copy() for k, v in replay.data.items()}
+    return replay.total, replay.rng.bit_generator.state, rows, held[replay.bad[held % replay.capacity]]
+
+
+def assert_same_replay(a, b):
+    assert a[0] == b[0] and a[1] == b[1] and np.array_equal(a[3], b[3])
+    assert a[2].keys() == b[2].keys() and all(np.array_equal(a[2][k], b[2][k]) for k in a[2])
+
+
+def assert_same_params(a, b):
+    a, b = params(a), params(b)
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst <= 1e-6, worst
+
+
+def test_a_kill_between_the_replay_save_and_the_checkpoint_resumes_exactly(tmp_path, monkeypatch, straight_96):
+    """Killed after the replay of the 64-step checkpoint is written but before the checkpoint: the resume takes
+    the 32-step checkpoint with the replay saved with it, and ends where the uninterrupted run does."""
+    from conftest import TINY
+
+    import reverie.agent.checkpoint as checkpoint_module
+
+    overrides = [*TINY, *CHECKPOINTED, "steps=96", f"logdir={tmp_path}"]
+    crashed = Trainer(compose(overrides))
+    save, saved = checkpoint_module.save, []
+
+    def save_then_die(logdir, agent, counters, extra=None):
+        if saved:
+            raise KeyboardInterrupt("killed")  # not an Exception: nothing on the way out may save
+        saved.append((dict(counters), replay_state(crashed.replay)))
+        return save(logdir, agent, counters, extra)
+
+    monkeypatch.setattr(checkpoint_module, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        crashed.run()
+    monkeypatch.undo()
+    assert crashed.counters["agent_steps"] == 64
+    counters, replay = saved[0]
+    resumed = Trainer(compose(overrides))
+    assert resumed.resumed and resumed.counters == counters and counters["agent_steps"] == 32
+    assert_same_replay(replay_state(resumed.replay), replay)
+    resumed.run()
+    assert resumed.counters["updates"] == straight_96.counters["updates"]
+    assert_same_params(resumed, straight_96)
+    assert_same_replay(replay_state(resumed.replay), replay_state(straight_96.replay))
+
+
+def test_a_run_saved_before_replay_generations_resumes_exactly(tmp_path, straight_96):
+    """A logdir of the code before generations (plain replay file names, no generation in the checkpoint) resumes."""
+    from conftest import TINY
+
+    from reverie.agent.replay import PARTS, Manifest
+
+    overrides = [*TINY, *CHECKPOINTED, f"logdir={tmp_path}"]
+    Trainer(compose([*overrides, "steps=48"])).run()
+    # Rewrite the logdir into that code's layout.
+    directory, manifest = tmp_path / "replay", Manifest.read(tmp_path / "replay")
+    (saved,) = manifest.generations
+    for part in PARTS:
+        (directory / saved.files[part]).rename(directory / f"{part}.npz")
+    meta = {"total": saved.total, "capacity": manifest.capacity, "chunk_size": manifest.chunk_size, "rng": saved.rng}
+    (directory / "replay.json").write_text(json.dumps(meta))
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del payload["replay_generation"]
+    torch.save(payload, tmp_path / "checkpoint.pt")
+
+    resumed = Trainer(compose([*overrides, "steps=96"]))
+    assert resumed.resumed and resumed.counters["agent_steps"] == 48 and resumed.replay.total == 48
+    resumed.run()
+    assert_same_params(resumed, straight_96)
+    assert not any((directory / f"{part}.npz").exists() for part in PARTS)  # its first checkpoint left the old files behind
 
 
 def test_resume_with_another_config_is_refused(tiny_overrides):
