@@ -8,7 +8,11 @@ environment steps), and writes:
 
 * ``<out>/summary.json``: per run, the training-episode return averaged over
   windows of ``--window`` environment steps, reverie's evaluations, and the
-  world-model losses at the same steps;
+  world-model losses at the same steps; and ``comparison``: per window, the
+  official code's range over seeds (lowest and highest per-seed mean) and
+  whether each reverie seed's mean lies inside it (the issue-#11 criterion;
+  only windows where every run has at least ``--min-episodes`` episodes,
+  and only with two or more official seeds, since one seed has no range);
 * ``<out>/returns.png`` and ``<out>/losses.png``.
 
 Only the official run's output files are read; nothing of its code is used.
@@ -82,11 +86,52 @@ def windows(points: list[tuple[float, float]], width: int) -> list[dict]:
     ]
 
 
+def compare(summary: dict, min_episodes: int) -> dict:
+    """Per window, the official range over seeds and whether each reverie seed's mean lies in it.
+
+    Uses the windows in which every run has at least ``min_episodes``
+    episodes. ``within`` is None while fewer than two official seeds are
+    given (one seed has no range to lie in).
+    """
+    ours = {name: run for name, run in summary.items() if name.startswith("reverie:")}
+    theirs = {name: run for name, run in summary.items() if name.startswith("official:")}
+
+    def means(run: dict) -> dict[int, float]:
+        return {w["from"]: w["mean"] for w in run["episodes"] if w["n"] >= min_episodes}
+
+    ours_means = {name: means(run) for name, run in ours.items()}
+    theirs_means = [means(run) for run in theirs.values()]
+    starts = set.intersection(*(set(m) for m in [*ours_means.values(), *theirs_means])) if theirs_means else set()
+    width = next((w["to"] - w["from"] for run in summary.values() for w in run["episodes"]), 0)
+    rows = []
+    for start in sorted(starts):
+        low, high = min(m[start] for m in theirs_means), max(m[start] for m in theirs_means)
+        inside = {name: low <= m[start] <= high for name, m in ours_means.items()} if len(theirs_means) >= 2 else None
+        rows.append(
+            {
+                "from": start,
+                "to": start + width,
+                "official_min": low,
+                "official_max": high,
+                "reverie": {name: m[start] for name, m in ours_means.items()},
+                "inside": inside,
+            }
+        )
+    verdicts = [all(r["inside"].values()) for r in rows if r["inside"] is not None]
+    return {
+        "official_seeds": len(theirs_means),
+        "min_episodes": min_episodes,
+        "windows": rows,
+        "within": (all(verdicts) if verdicts else None),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reverie", nargs="+", type=Path, required=True, help="reverie logdirs (one per seed)")
     parser.add_argument("--official", nargs="*", type=Path, default=[], help="official logdirs (one per seed)")
     parser.add_argument("--window", type=int, default=10_000, help="environment steps per averaging window")
+    parser.add_argument("--min-episodes", type=int, default=5, help="windows with fewer episodes in any run are not compared")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     runs = {f"reverie:{p.name}": load(p, "reverie") for p in args.reverie} | {
@@ -102,11 +147,17 @@ def main() -> None:
         for name, run in runs.items()
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps({"window": args.window, "runs": summary}, indent=1))
+    comparison = compare(summary, args.min_episodes)
+    (args.out / "summary.json").write_text(json.dumps({"window": args.window, "runs": summary, "comparison": comparison}, indent=1))
     for name, run in summary.items():
         print(
             json.dumps({"run": name, "last_step": run["last_step"], "episodes": [(w["to"], round(w["mean"], 1)) for w in run["episodes"]]})
         )
+    print(
+        json.dumps(
+            {"comparison": "within the official range over seeds", "within": comparison["within"], "windows": len(comparison["windows"])}
+        )
+    )
     plot(runs, summary, args.window, args.out)
 
 

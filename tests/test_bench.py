@@ -159,3 +159,35 @@ def test_parity_reader_drops_lines_a_resume_superseded(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"step": 3')  # and a torn last line
     assert [r["step"] for r in read_jsonl(path)] == [0, 10, 15, 25]
+
+
+def test_parity_comparison_uses_the_official_range_over_seeds(tmp_path):
+    """Per 10K window: inside [lowest, highest] official seed mean, counted only with enough episodes everywhere."""
+    sys.path.insert(0, str(BENCH.parent))
+    from bench.parity import compare, windows
+
+    def run(returns_by_window: list[float], episodes: int = 5) -> dict:
+        points = [(k * 10_000 + 1_000 * (i + 1), r) for k, r in enumerate(returns_by_window) for i in range(episodes)]
+        return {"episodes": windows(points, 10_000)}
+
+    summary = {
+        "official:s0": run([50, 200, 300]),
+        "official:s1": run([70, 150, 400]),
+        "reverie:s0": run([60, 210, 350]),  # outside in the second window (above 200)
+        "reverie:s1": run([55, 160, 390]),
+    }
+    result = compare(summary, min_episodes=5)
+    assert [(w["from"], w["official_min"], w["official_max"]) for w in result["windows"]] == [
+        (0, 50, 70),
+        (10_000, 150, 200),
+        (20_000, 300, 400),
+    ]
+    assert [w["inside"] for w in result["windows"]][1] == {"reverie:s0": False, "reverie:s1": True}
+    assert result["within"] is False and result["official_seeds"] == 2
+    summary["reverie:s0"] = run([60, 190, 350])
+    assert compare(summary, 5)["within"] is True
+    # A window a run has too few episodes in is not compared; one official seed has no range.
+    summary["official:s1"] = run([70, 150, 400], episodes=4)
+    assert compare(summary, 5)["windows"] == []
+    one = {k: v for k, v in summary.items() if k != "official:s1"}
+    assert compare(one, 5)["within"] is None and all(w["inside"] is None for w in compare(one, 5)["windows"])
