@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -442,16 +443,13 @@ class Replay:
         first = max(0, total - self.capacity)
         parts: list[dict[str, np.ndarray]] = []
         for index in range(first // self.chunk_size, total // self.chunk_size):
-            with np.load(self._chunk_path(index)) as f:
-                parts.append({k: f[k] for k in f.files})
-        with np.load(self._path(saved, "partial")) as f:
-            parts.append({k: f[k] for k in f.files})
+            parts.append(_read_npz(self._chunk_path(index)))
+        parts.append(_read_npz(self._path(saved, "partial")))
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         # Trim the first chunk to the capacity window.
         skip = first - (first // self.chunk_size) * self.chunk_size
         arrays = {k: v[skip:] for k, v in arrays.items()}
-        with np.load(self._path(saved, "latents")) as f:
-            arrays.update({k: f[k] for k in f.files})
+        arrays.update(_read_npz(self._path(saved, "latents")))
         self.total = 0
         self.data = {}
         self._allocate({k: v[0] for k, v in arrays.items()})
@@ -464,8 +462,7 @@ class Replay:
         self.rng.bit_generator.state = saved.rng
         quarantine = self._path(saved, "quarantine")
         if quarantine.exists():  # replays saved before quarantines existed have none
-            with np.load(quarantine) as f:
-                steps = f["steps"].astype(np.int64)
+            steps = _read_npz(quarantine, ("steps",))["steps"].astype(np.int64)
             self.bad[steps[(steps >= first) & (steps < total)] % self.capacity] = True
         self.generation = self._paired = saved.number
         self._kept_totals = [g.total for g in manifest.generations]
@@ -519,13 +516,23 @@ class DiskReplay:
             base = index * self.chunk_size
             path = self.directory / f"chunk_{index:08d}.npz" if index < done else self._partial
             lo, hi = max(start, base) - base, min(stop, base + self.chunk_size) - base
-            try:
-                with np.load(path) as f:
-                    names = [k for k in (keys or f.files) if k not in LATENT_KEYS]
-                    parts.append({k: f[k][lo:hi] for k in names})
-            except (OSError, ValueError, KeyError) as exc:
-                raise ValueError(f"cannot read replay file {path}: {exc}") from exc
+            parts.append({k: v[lo:hi] for k, v in _read_npz(path, keys, skip=LATENT_KEYS).items()})
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _read_npz(path: Path, keys: tuple[str, ...] | None = None, skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The arrays of one replay file (``keys``, default all, less ``skip``).
+
+    Raises:
+        ValueError: naming the file, when it is missing, truncated or not an
+            ``.npz`` of these keys (a disk fault or a hand edit, never a kill:
+            every file is written atomically).
+    """
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in (keys or f.files) if k not in skip}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read replay file {path}: {exc}") from exc
 
 
 def _check_range(start: int, stop: int, first: int, total: int, what: str) -> None:

@@ -251,3 +251,26 @@ def test_disk_replay_reads_the_generation_asked_for(tmp_path):
     # A first save's generation is only named while a checkpoint pairs with it (prune was not called here).
     with pytest.raises(ValueError, match=f"not generation {first}"):
         DiskReplay(tmp_path, generation=first)
+
+
+@pytest.mark.parametrize("damage", ["truncated partial", "missing chunk", "garbage latents"])
+def test_a_damaged_replay_file_is_a_one_line_error_naming_it(tmp_path, damage):
+    """Disk faults or hand edits (never a kill: every file is written atomically) give a ValueError naming the file."""
+    a = Replay(capacity=300, seq_len=8, directory=tmp_path, chunk_size=32, seed=3)
+    fill(a, 100)
+    a.save()
+    (generation,) = Manifest.read(tmp_path).generations
+    if damage == "truncated partial":
+        path = tmp_path / generation.files["partial"]
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "missing chunk":
+        path = tmp_path / "chunk_00000001.npz"
+        path.unlink()
+    else:
+        path = tmp_path / generation.files["latents"]
+        path.write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ValueError, match=f"cannot read replay file .*{path.name}"):
+        Replay(capacity=300, seq_len=8, directory=tmp_path, chunk_size=32).load()
+    if damage != "garbage latents":  # the disk reader never opens latents
+        with pytest.raises(ValueError, match=f"cannot read replay file .*{path.name}"):
+            DiskReplay(tmp_path).read(0, 100)
