@@ -144,6 +144,12 @@ def test_sim_to_real_gap_and_flow(tmp_path):
     out = tmp_path / "bench"
     args = ["--sim", str(sim), "--out", str(out), "--episodes", "1", "--minutes", "0.4", "--window", "1", "--publish-every", "5"]
     (row,) = run("sim_to_real.py", *args, "--override", "threads=1")
+    # The sweep: nominal first, then each set on the simulator.
+    nominal, weak = run(
+        "sim_to_real.py", "--sim", str(sim), "--out", str(tmp_path / "sweep"), "--episodes", "1", "--sweep", "gain=[0.05,0.05]"
+    )
+    assert nominal["perturb"] == [] and weak["perturb"] == ["gain=[0.05,0.05]"] and len(weak["returns"]) == 1
+    assert nominal["returns"] != weak["returns"]  # with a twentieth of the actuation the episode runs differently
     (gap,) = row["gap"]
     assert gap["policy"] == "nominal-trained" and gap["gap"] == pytest.approx(gap["simulator"] - gap["robot"])
     flow = [json.loads(line) for line in (out / "flow.jsonl").read_text().splitlines()]
