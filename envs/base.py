@@ -14,6 +14,7 @@ spaces (the wrappers turn it into an index).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -132,6 +133,25 @@ def dtype_fits(given: np.dtype, expected: np.dtype) -> bool:
     silently become zeros.
     """
     return given == expected or given.kind in _CONVERTS_TO.get(expected.kind, "")
+
+
+#: Float arrays up to this many numbers are checked one by one in Python (~1 µs for a proprioceptive sensor),
+#: larger ones with numpy (``isfinite`` then ``all``: two calls of ~1.5 µs fixed cost each, whatever the size).
+_CHECK_IN_PYTHON = 32
+
+
+def all_finite(value: np.ndarray) -> bool:
+    """Whether every number of a float or complex array is finite (True for other dtypes).
+
+    The control loop, the policy runtime and the recorder each check every
+    tick's observation and action, so this is on a robot's critical path.
+    """
+    kind = value.dtype.kind
+    if kind == "f" and value.size <= _CHECK_IN_PYTHON:
+        return all(map(math.isfinite, value.ravel().tolist()))
+    if kind in "fc":
+        return bool(np.isfinite(value).all())
+    return True
 
 
 def basic_spaces() -> dict[str, Space]:

@@ -71,7 +71,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from reverie.envs.base import Space, zero_action
+from reverie.envs.base import Space, all_finite, zero_action
 from reverie.envs.robot import EmergencyStop
 
 Obs = dict[str, np.ndarray]
@@ -407,8 +407,7 @@ def _finite(obs: Obs) -> bool:
     for key, value in obs.items():
         if key.startswith("log/"):
             continue
-        value = np.asarray(value)
-        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+        if not all_finite(np.asarray(value)):
             return False
     return True
 
@@ -879,7 +878,7 @@ class ControlLoop:
         except (ValueError, TypeError):
             self.stats.bad_actions += 1
             return None, BAD_ACTION
-        if not np.isfinite(action).all():
+        if not all_finite(action):
             self.stats.nonfinite_actions += 1
             return None, NONFINITE_ACTION
         if space.discrete:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from reverie.envs.base import Space, dtype_fits
+from reverie.envs.base import Space, all_finite, dtype_fits
 from reverie.envs.step_spec import EXTRA_KEYS, Schema, StepSpec
 
 
@@ -88,7 +88,7 @@ class ExperienceRecorder:
         self.buffers["action"][row] = 0 if action is None else action
         self._write_latents(row, policy if action is not None else None)
         is_last = bool(self.buffers["is_last"][row])
-        if not all(np.isfinite(self.buffers[k][row]).all() for k in self.buffers if self.buffers[k].dtype.kind == "f"):
+        if not all(all_finite(buffer[row]) for buffer in self.buffers.values()):
             # The learner would refuse the whole chunk: keep the chunk, lose the step.
             self.skipped += 1
             self._break = True

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from reverie.envs.base import dtype_fits
+from reverie.envs.base import all_finite, dtype_fits
 
 from .signature import (
     ADVANCE_OUTPUTS,
@@ -269,7 +269,7 @@ class PolicyRuntime:
             row[...] = value
         # One check over every float observation, after the conversion to the model's dtype (a float64
         # beyond float32's range is refused too); the key is looked up only when it fails.
-        if self._float_obs is not None and not np.isfinite(self._float_obs).all():
+        if self._float_obs is not None and not all_finite(self._float_obs):
             key = next(k for k, row in self._obs_rows if row.dtype.kind == "f" and not np.isfinite(row).all())
             raise ValueError(f"observation {key!r} has non-finite values")
         first = bool(np.asarray(obs.get("is_first", False)))
@@ -352,7 +352,7 @@ class PolicyRuntime:
         action = np.asarray(action)
         prev = self._prev if self.split else self.inputs["prev_action"]
         expected = prev.shape[1:]
-        if action.shape != expected or not np.isfinite(action).all():
+        if action.shape != expected or not all_finite(action):
             raise ValueError(f"sent action {action.shape} must be finite with shape {expected}")
         prev[0] = action
         if self.split:

@@ -609,3 +609,20 @@ def test_reasons_are_named() -> None:
         "nonfinite_action",
         "bad_action",
     }
+
+
+def test_all_finite_agrees_with_numpy_on_every_size_and_dtype() -> None:
+    """The per-tick finiteness check (Python loop for small float arrays, numpy above) says what numpy says."""
+    from reverie.envs.base import all_finite
+
+    rng = np.random.default_rng(0)
+    for dtype in (np.float16, np.float32, np.float64, np.complex64, np.int32, np.uint8, np.bool_):
+        for size in (0, 1, 5, 31, 32, 33, 200):
+            for bad in (None, np.nan, np.inf, -np.inf):
+                value = rng.standard_normal(size).astype(dtype)
+                if bad is not None and size and np.dtype(dtype).kind in "fc":
+                    value[rng.integers(size)] = bad
+                expected = bool(np.isfinite(value).all()) if np.dtype(dtype).kind in "fc" else True
+                assert all_finite(value) is expected, (dtype, size, bad)
+                assert all_finite(value.reshape(1, -1)) is expected  # any shape
+    assert all_finite(np.array(np.nan, np.float32)) is False and all_finite(np.float32(1.0)) is True  # 0-d and scalars
