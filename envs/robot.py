@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .base import BASIC_KEYS, Space
+from .base import BASIC_KEYS, Space, all_finite
 from .randomize import ActionPipe, PhysicsRandomizer, RandomizeSpec, SensorNoise, mujoco_model
 
 Obs = dict[str, np.ndarray]
@@ -399,7 +399,7 @@ class MuJoCoRobot:
             RuntimeError: before the first ``reset``.
         """
         command = np.asarray(action, np.float32)
-        if command.shape != self._space.shape or not np.isfinite(command).all():
+        if command.shape != self._space.shape or not all_finite(command):
             raise ValueError(f"command: expected finite float32 {self._space.shape}, got {command!r}")
         with self._lock:
             self._check_reset()
@@ -586,7 +586,7 @@ class SafeRobot:
             ValueError: for a wrong shape or non-finite values (nothing is sent).
         """
         action = np.asarray(action, np.float32)
-        if action.shape != self.action_space.shape or not np.isfinite(action).all():
+        if action.shape != self.action_space.shape or not all_finite(action):
             raise ValueError(f"command: expected finite float32 {self.action_space.shape}, got {action!r}")
         command = self.limit(action)
         if not np.array_equal(command, np.clip(action, -1.0, 1.0)):

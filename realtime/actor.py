@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # only annotations: the CLI composes the config, this module 
     from omegaconf import DictConfig
 
 from reverie import envs
+from reverie.envs.base import all_finite
 
 from .channels import ExperienceSender, WeightSubscriber, lower_thread_priority
 from .endpoints import Endpoints, Security, endpoints
@@ -189,7 +190,7 @@ class Actor:
     def _trial_step(self, runtime: PolicyRuntime) -> None:
         # The first run of a session allocates; do it here, off the control thread.
         zeros = {k: np.zeros(self.obs_space[k].shape, self.obs_space[k].dtype) for k in self.model_keys}
-        if not np.isfinite(runtime.step(zeros)).all():  # e.g. weights that went NaN: keep the current policy
+        if not all_finite(runtime.step(zeros)):  # e.g. weights that went NaN: keep the current policy
             raise ValueError("policy gives a non-finite action on a zero observation")
         runtime.reset()
 

@@ -516,7 +516,7 @@ class ControlLoop:
                 raise ValueError(f"safe_action must be 'hold', 'zero' or an array, got {safe_action!r}")
             return safe_action, None
         fixed = np.asarray(safe_action, self.act_space.dtype)
-        if fixed.shape != self.act_space.shape or not np.isfinite(fixed).all():
+        if fixed.shape != self.act_space.shape or not all_finite(fixed):
             raise ValueError(f"safe_action array must be finite with shape {self.act_space.shape}, got {fixed}")
         return "fixed", fixed
 

@@ -31,6 +31,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from reverie.envs.base import all_finite
+
 PROTOCOL_VERSION = 1
 #: dtypes an experience array may have.
 DTYPES = frozenset({"float32", "float16", "float64", "uint8", "int32", "int64", "bool"})
@@ -248,7 +250,7 @@ def _decode_arrays(
         if buffer.nbytes != expected:
             raise ProtocolError("size", f"{key!r}: {buffer.nbytes} bytes for {dtype} {shape} ({expected} expected)")
         array = np.frombuffer(buffer, dtype=dtype).reshape(shape)
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
+        if not all_finite(array):
             raise ProtocolError("nonfinite", f"{key!r} has non-finite values")
         arrays[key] = array
     return Experience(actor=actor, episode=episode, seq=seq, policy=policy, arrays=arrays, session=session)

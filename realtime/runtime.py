@@ -270,7 +270,7 @@ class PolicyRuntime:
         # One check over every float observation, after the conversion to the model's dtype (a float64
         # beyond float32's range is refused too); the key is looked up only when it fails.
         if self._float_obs is not None and not all_finite(self._float_obs):
-            key = next(k for k, row in self._obs_rows if row.dtype.kind == "f" and not np.isfinite(row).all())
+            key = next(k for k, row in self._obs_rows if not all_finite(row))
             raise ValueError(f"observation {key!r} has non-finite values")
         first = bool(np.asarray(obs.get("is_first", False)))
         if noise is None:
