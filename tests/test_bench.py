@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -197,3 +198,33 @@ def test_parity_comparison_uses_the_official_range_over_seeds(tmp_path):
     assert compare(summary, 5)["windows"] == []
     one = {k: v for k, v in summary.items() if k != "official:s1"}
     assert compare(one, 5)["within"] is None and all(w["inside"] is None for w in compare(one, 5)["windows"])
+
+
+def test_parity_mean_difference_and_its_interval():
+    """reverie − official over pooled episodes: the hand-computed difference; no difference inside the noise, a large one outside."""
+    sys.path.insert(0, str(BENCH.parent))
+    from bench.parity import compare, mean_difference, windows
+
+    same = mean_difference([1.0, 3.0, 5.0, 7.0], [2.0, 4.0, 6.0], level=0.95)
+    assert same["mean"] == pytest.approx(4.0 - 4.0) and same["low"] < 0 < same["high"] and same["consistent"]
+    far = mean_difference([100.0, 101.0, 99.0, 100.0], [50.0, 51.0, 49.0], level=0.95)
+    assert far["mean"] == pytest.approx(50.0) and 48 <= far["low"] <= far["high"] <= 52 and not far["consistent"]
+    # A constant sample has a zero-width interval: 2 − 1 exactly.
+    assert mean_difference([2.0, 2.0], [1.0, 1.0, 1.0], level=0.99) | {"level": None} == {
+        "mean": 1.0,
+        "low": 1.0,
+        "high": 1.0,
+        "level": None,
+        "consistent": False,
+    }
+
+    rng = np.random.default_rng(0)
+
+    def run(centre: float) -> dict:  # 10 noisy episodes in each of two windows
+        return {"episodes": windows([(w * 10_000 + 900 * i, centre + rng.normal(0, 30)) for w in range(2) for i in range(10)], 10_000)}
+
+    summary = {"official:s0": run(200), "official:s1": run(200), "reverie:s0": run(200), "reverie:s1": run(200)}
+    result = compare(summary, min_episodes=5)
+    assert result["consistent"] is True and all(w["difference"]["level"] == pytest.approx(1 - 0.05 / 2) for w in result["windows"])
+    summary["reverie:s1"] = summary["reverie:s0"] = run(400)
+    assert compare(summary, min_episodes=5)["consistent"] is False
