@@ -84,7 +84,8 @@ class Evaluations:
     Each is run by ``reverie eval`` (episodes in the fixed-rate control loop
     with onnxruntime, in the environment the run's sidecar describes); its
     mean return is appended to ``logdir/eval.jsonl`` as ``eval/return`` at the
-    policy's environment step. While one runs, newer policies wait and older
+    policy's environment step (with ``time/wall_s``, the learner's wall clock
+    when it wrote the policy). While one runs, newer policies wait and older
     waiting ones are dropped (the curve gets the newest points, not a backlog).
     """
 
@@ -141,6 +142,9 @@ class Evaluations:
             print(f"reverie run: evaluating {policy.name} failed (exit {code}); see {report.with_name('eval.log')}", file=sys.stderr)
         else:
             line = {"step": step, "eval/return": result["return_mean"], "eval/return_std": result["return_std"]}
+            wall_s = (_read_status(policy.with_name(f"{policy.name}.json")) or {}).get("wall_s")
+            if wall_s is not None:  # the learner's wall clock when it wrote the policy: the curve against minutes
+                line["time/wall_s"] = wall_s
             self.results.append(line)
             with open(self.logdir / "eval.jsonl", "a") as f:
                 f.write(json.dumps(line) + "\n")

@@ -281,7 +281,7 @@ class Learner:
         from .outputs import export_for_evaluation
 
         try:
-            export_for_evaluation(self.agent, cfg, self.obs_space, self.env_steps)
+            export_for_evaluation(self.agent, cfg, self.obs_space, self.env_steps, wall_s=self.wall_s())
         except Exception as exc:  # as a failed publication: logged, training goes on
             print(f"reverie learner: the evaluation export at step {self.env_steps} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
 

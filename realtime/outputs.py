@@ -66,13 +66,17 @@ def eval_policy_path(logdir: Path, env_steps: int) -> Path:
     return Path(logdir) / EVAL_DIR / f"policy_{env_steps:010d}.onnx"
 
 
-def export_for_evaluation(agent: Any, cfg: DictConfig, obs_space: dict[str, Any], env_steps: int) -> Path:
+def export_for_evaluation(agent: Any, cfg: DictConfig, obs_space: dict[str, Any], env_steps: int, wall_s: float | None = None) -> Path:
     """Writes the deterministic policy of ``env_steps`` for an evaluator; the sidecar says how to build its environment.
 
+    ``wall_s``, the run's training wall clock at this step, goes into the
+    sidecar so that the evaluation lands on a return-against-minutes curve.
     The model file is renamed into place last (see :func:`export_policy`), so
     once ``policy_<env steps>.onnx`` exists its parts and sidecar are whole.
     """
     metadata = {**run_metadata(cfg, env_steps), "eval_episodes": int(cfg.eval_episodes), "seed": int(cfg.seed)}
+    if wall_s is not None:
+        metadata["wall_s"] = float(wall_s)
     path = eval_policy_path(Path(cfg.logdir), env_steps)
     export_policy(agent, path, obs_space=obs_space, deterministic=True, metadata=metadata)
     return path

@@ -170,7 +170,7 @@ def test_the_learners_policies_are_evaluated_next_to_an_environment(tmp_path):
     env = envs.from_config(cfg, 0)
     agent = make_agent(env, overrides=tuple(TINY))
     old = export_for_evaluation(agent, cfg, env.obs_space, 40)
-    new = export_for_evaluation(agent, cfg, env.obs_space, 80)
+    new = export_for_evaluation(agent, cfg, env.obs_space, 80, wall_s=123.5)
     assert json.loads(Path(f"{new}.json").read_text())["env_config"]["time_limit"] == 12
     evaluations = Evaluations(cfg, tmp_path, [sys.executable, "-m", "reverie.cli.main"])
     evaluations.poll()  # starts the newest; the older waiting one is dropped
@@ -178,6 +178,7 @@ def test_the_learners_policies_are_evaluated_next_to_an_environment(tmp_path):
     evaluations.finish(timeout=120)
     lines = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [80] and evaluations.failures == 0
+    assert lines[0]["time/wall_s"] == 123.5  # the learner's wall clock at the export: the curve against minutes
     report = json.loads((tmp_path / "eval" / "step_0000000080" / "eval.json").read_text())
     # The episodes ran in the run's environment settings (12 steps each, from the sidecar), not the env's defaults.
     assert report["episodes"] == 2 and report["return_mean"] == pytest.approx(lines[0]["eval/return"])
