@@ -9,6 +9,9 @@ drawn in, and against wall-clock minutes. Runs resume when rerun.
 
     python bench/learning.py --envs dmc/cartpole_swingup dmc/reacher_easy dmc/cheetah_run --steps 100000 --seeds 0 1
     python bench/learning.py --summarize-only --env dmc/cartpole_swingup --out bench/out/cartpole --logdirs /work/runs/cartpole_swingup/*
+
+A ``reverie run`` logdir (``make run``) works too: its evaluations come from
+the launcher's ``eval.jsonl``.
 """
 
 from __future__ import annotations
@@ -94,11 +97,32 @@ def run_label(logdir: Path) -> str:
     return f"{cfg.algo.name}-{cfg.size.name}{'' if precision == 'fp32' else '-' + precision}-seed{cfg.seed}"
 
 
+def launcher_evals(logdir: Path, lines: list[dict]) -> list[tuple[int, float, float | None]]:
+    """``reverie run``'s evaluations (``eval.jsonl``, written by its launcher rather than the learner).
+
+    Lines without ``time/wall_s`` (runs before it was recorded) take the
+    wall clock of the learner's first metrics line at or after their step.
+    """
+    path = logdir / "eval.jsonl"
+    if not path.exists():
+        return []
+    timed = sorted((m["step"], m["time/wall_s"]) for m in lines if m.get("time/wall_s") is not None)
+    out = []
+    for line in path.read_text().splitlines():
+        m = json.loads(line)
+        wall = m.get("time/wall_s")
+        if wall is None:
+            wall = next((w for step, w in timed if step >= m["step"]), None)
+        out.append((m["step"], m["eval/return"], wall))
+    return out
+
+
 def summarize(logdirs: list[Path], env: str, runs: dict[int, dict] | None = None) -> dict:
     per_run = []
     for logdir in logdirs:
         lines = [json.loads(x) for x in (logdir / "metrics.jsonl").read_text().splitlines() if x.strip()]
         evals = [(m["step"], m["eval/return"], m.get("time/wall_s")) for m in lines if m.get("eval/return") is not None]
+        evals = sorted(evals + launcher_evals(logdir, lines))
         episodes = [(m["step"], m["episode/return"]) for m in lines if m.get("episode/return") is not None]
         rss = [m["train/max_rss_mb"] for m in lines if "train/max_rss_mb" in m]
         nonfinite = sum(1 for m in lines for k, v in m.items() if k.startswith("loss/") and v is None)

@@ -92,10 +92,16 @@ def test_learning_summary_and_onnx_vs_torch(tiny_overrides, tmp_path):
     from reverie.cli.main import main
 
     assert main(["train", "env=fake/vector", "env.time_limit=10", "steps=40", "eval_every=20", *tiny_overrides]) == 0
+    # A `reverie run` logdir has its evaluations in eval.jsonl: one line with the learner's wall clock, one from before it was recorded.
+    (tmp_path / "run" / "eval.jsonl").write_text('{"step": 30, "eval/return": 7.0}\n{"step": 35, "eval/return": 8.0, "time/wall_s": 1.5}\n')
     (summary,) = run(
         "learning.py", "--summarize-only", "--env", "fake/vector", "--out", str(tmp_path / "out"), "--logdirs", str(tmp_path / "run")
     )
-    assert summary["runs"][0]["evals"] and (tmp_path / "out" / "curve.png").exists()
+    assert (tmp_path / "out" / "curve.png").exists()
+    evals = {step: (ret, wall) for step, ret, wall in summary["runs"][0]["evals"]}
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    wall_at_30 = next(m["time/wall_s"] for m in metrics if m["step"] >= 30 and "time/wall_s" in m)
+    assert evals[30] == (7.0, wall_at_30) and evals[35] == (8.0, 1.5) and len(evals) == 4  # and the two of `reverie train`
     (cmp,) = run("onnx_vs_torch.py", str(tmp_path / "run"), "--episodes", "2")
     assert cmp["torch_returns"] == pytest.approx(cmp["onnx_returns"], abs=1e-3)
 
