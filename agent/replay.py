@@ -145,7 +145,7 @@ class Manifest:
 
 
 class Replay:
-    """Uniform replay of fixed-length sequences.
+    """Uniform replay of fixed-length sequences, optionally mixed with the most recent ones.
 
     Args:
         capacity: steps kept; the oldest are dropped first.
@@ -156,6 +156,13 @@ class Replay:
         write: False reads ``directory`` (``load``) but never writes it: the
             replays of data-parallel ranks other than 0, which hold the same
             steps as rank 0's.
+        recent_fraction: the share of each batch whose sequences start among
+            the newest ``recent_steps`` steps (the official code's
+            ``replay.fracs.recency``, as a window): a policy deployed to new
+            dynamics learns from them sooner than from uniform draws over a
+            replay full of the simulator's steps. 0 (the default) samples
+            exactly as a uniform replay.
+        recent_steps: the size of that window, in steps.
     """
 
     def __init__(
@@ -167,9 +174,16 @@ class Replay:
         chunk_size: int = 1024,
         seed: int = 0,
         write: bool = True,
+        recent_fraction: float = 0.0,
+        recent_steps: int = 0,
     ) -> None:
         if capacity < seq_len:
             raise ValueError(f"replay capacity {capacity} is smaller than the sequence length {seq_len}")
+        if not 0.0 <= recent_fraction <= 1.0:
+            raise ValueError(f"replay.recent_fraction must lie in [0, 1], got {recent_fraction}")
+        if recent_fraction > 0 and recent_steps < seq_len:
+            raise ValueError(f"replay.recent_steps ({recent_steps}) must hold at least one sequence ({seq_len} steps)")
+        self.recent_fraction, self.recent_steps = float(recent_fraction), int(recent_steps)
         self.capacity, self.seq_len, self.chunk_size = int(capacity), int(seq_len), int(chunk_size)
         self.directory = Path(directory) if directory else None
         self.write = write
@@ -255,7 +269,8 @@ class Replay:
 
     # ------------------------------------------------------------ sampling
     def sample(self, batch: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Uniformly sampled sequences (none holds a quarantined row).
+        """Sampled sequences (none holds a quarantined row): uniform, the last ``round(recent_fraction × batch)``
+        of them from the newest ``recent_steps`` steps.
 
         Returns:
             ``{key: [B, L, ...]}`` and the storage positions ``[B, L]`` (for
@@ -268,11 +283,20 @@ class Replay:
         last_start = self.total - self.seq_len
         if last_start < first:
             raise ValueError(f"replay holds {len(self)} steps; need at least {self.seq_len} to sample")
-        starts = self.rng.integers(first, last_start + 1, size=batch)
+        recent = round(self.recent_fraction * batch)
+        pos = self._draw(batch - recent, first, last_start)
+        if recent:  # with none, the draws are exactly those of a uniform replay
+            window_start = max(first, last_start + self.seq_len - self.recent_steps)
+            pos = np.concatenate([pos, self._draw(recent, window_start, last_start)])
+        return {k: v[pos] for k, v in self.data.items()}, pos
+
+    def _draw(self, count: int, low: int, last_start: int) -> np.ndarray:
+        """Storage positions ``[count, L]`` of sequences starting uniformly in ``[low, last_start]``."""
+        starts = self.rng.integers(low, last_start + 1, size=count)
         pos = (starts[:, None] + np.arange(self.seq_len)[None]) % self.capacity  # [B, L]
         if self.quarantined:  # with none, the draws are exactly those of a replay that never had any
-            pos = self._avoid_quarantine(pos, first, last_start)
-        return {k: v[pos] for k, v in self.data.items()}, pos
+            pos = self._avoid_quarantine(pos, low, last_start)
+        return pos
 
     def _avoid_quarantine(self, pos: np.ndarray, first: int, last_start: int) -> np.ndarray:
         # Uniform over the clean sequences: redraw the starts that hit a quarantined row.

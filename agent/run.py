@@ -48,6 +48,9 @@ RESUMABLE_KEYS = {
     "compile",
     "realtime",
     "env.spaces",
+    # The sampling mix, not the data: a run deployed to a robot resumes with more weight on what is new.
+    "replay.recent_fraction",
+    "replay.recent_steps",
 }
 
 #: The counters every run keeps (the learner adds its own); all are checkpointed.

@@ -65,6 +65,8 @@ class Updater:
             chunk_size=cfg.replay.chunk_size,
             seed=rank_seed(cfg.seed, rank),
             write=rank == 0,
+            recent_fraction=cfg.replay.recent_fraction,
+            recent_steps=cfg.replay.recent_steps,
         )
         self.precision = resolve_precision(cfg.precision, device)
         self._quarantined: list[np.ndarray] = []

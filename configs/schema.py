@@ -216,6 +216,10 @@ class ReplayConfig:
     max_magnitude: float = doc(
         1e6, "largest magnitude of a stored float (observations, reward); larger values are refused as no measurement"
     )
+    recent_fraction: float = doc(
+        0.0, "share of each batch drawn from the newest recent_steps steps (0: uniform); e.g. 0.5 after a deployment"
+    )
+    recent_steps: int = doc(10_000, "the window recent_fraction draws from, in agent steps")
 
 
 @dataclass

@@ -47,6 +47,37 @@ def test_ring_drops_oldest_and_never_samples_across_the_seam():
         assert ids.min() >= 70 and np.all(np.diff(ids, axis=1) == 1)
 
 
+def test_uniform_draws_are_those_of_the_seeded_generator():
+    """recent_fraction 0 (the default) draws exactly what a uniform replay drew before the option existed."""
+    replay = Replay(capacity=1000, seq_len=8, seed=3, recent_steps=50)
+    fill(replay, 300)
+    _, pos = replay.sample(16)
+    assert np.array_equal(pos[:, 0], np.random.default_rng(3).integers(0, 300 - 8 + 1, size=16))
+
+
+def test_recent_fraction_draws_that_share_from_the_newest_steps():
+    replay = Replay(capacity=5000, seq_len=8, seed=0, recent_fraction=0.25, recent_steps=100)
+    fill(replay, 3000)
+    starts = np.concatenate([replay.sample(16)[0]["reward"][:, 0] for _ in range(200)]).reshape(200, 16).astype(int)
+    recent, uniform = starts[:, 12:], starts[:, :12]  # round(0.25 × 16) = 4, the last of each batch
+    # The window: sequences that lie inside the newest 100 steps, i.e. start in [2900, 2992].
+    assert recent.min() >= 3000 - 100 and recent.max() <= 3000 - 8
+    assert len(np.unique(recent)) > 50  # spread over the window, not one sequence
+    # The rest stay uniform over the whole replay: 1 in 30 of them fall in that window.
+    assert 0.01 < np.mean(uniform >= 2900) < 0.07 and uniform.min() < 300
+    # A window larger than the replay is the whole replay.
+    small = Replay(capacity=5000, seq_len=8, seed=0, recent_fraction=1.0, recent_steps=10_000)
+    fill(small, 40)
+    assert small.sample(64)[0]["reward"][:, 0].min() >= 0
+
+
+def test_recent_fraction_is_checked():
+    with pytest.raises(ValueError, match="recent_fraction must lie in"):
+        Replay(capacity=100, seq_len=8, recent_fraction=1.5)
+    with pytest.raises(ValueError, match="recent_steps"):
+        Replay(capacity=100, seq_len=8, recent_fraction=0.5, recent_steps=4)
+
+
 def test_too_few_steps_raises():
     replay = Replay(capacity=100, seq_len=8)
     fill(replay, 5)
