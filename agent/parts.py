@@ -46,6 +46,64 @@ class RunParts:
     act_space: Any
 
 
+class RunAccess:
+    """What ``Trainer`` and ``Learner`` share: one rank's parts of a run, and reads of its state through them."""
+
+    book: RunBook
+    updater: Updater
+    ratio: TrainRatio
+
+    def _adopt(self, parts: RunParts) -> None:
+        """Keeps the assembled parts as attributes."""
+        self.device, self.parallel, self.book = parts.device, parts.parallel, parts.book
+        self.updater, self.ratio = parts.updater, parts.ratio
+        self.obs_space, self.act_space = parts.obs_space, parts.act_space
+        self.writer, self.logdir, self.repeat = self.book.writer, self.book.logdir, self.book.repeat
+
+    def update(self) -> dict[str, float]:
+        """One update on a sampled batch (spends one unit of train credit); returns its metrics."""
+        self.ratio.spend()
+        return self.updater.update()
+
+    @property
+    def counters(self) -> dict[str, Any]:
+        """The run's counters (checkpointed)."""
+        return self.book.counters
+
+    @property
+    def resumed(self) -> bool:
+        """The run continued a checkpoint."""
+        return self.book.resumed
+
+    @property
+    def agent(self) -> Any:
+        """The agent being trained."""
+        return self.updater.agent
+
+    @property
+    def replay(self) -> Any:
+        """The replay (identical on every rank)."""
+        return self.updater.replay
+
+    @property
+    def spec(self) -> Any:
+        """What the values of a replay step mean (the learner's receiver checks every message against it)."""
+        return self.updater.spec
+
+    @property
+    def env_steps(self) -> int:
+        """Simulator steps so far, collected or received (agent steps × action repeat)."""
+        return self.book.env_steps
+
+    def wall_s(self) -> float:
+        """Training wall clock, summed over resumed runs."""
+        return self.book.wall_s()
+
+    def sample_batch(self) -> Any:
+        """A replayed batch whose every value is valid (see :meth:`Updater.sample_batch`)."""
+        return self.updater.sample_batch()
+
+
 def assemble_run(
     cfg: DictConfig, spaces: Callable[[RunBook], tuple[dict[str, Any], Any]], *, counters: dict[str, Any] | None = None
 ) -> RunParts:

@@ -33,7 +33,7 @@ from reverie import envs
 from . import checkpoint
 from .distributed import RankLost, collective_failed, lost_rank_message
 from .logger import MetricsLogger
-from .parts import assemble_run
+from .parts import RunAccess, assemble_run
 from .run import (  # noqa: F401  (re-exported: where callers found them before the parts were split out)
     RESUMABLE_KEYS,
     MetricsWindow,
@@ -61,7 +61,7 @@ def _batch(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v)[None] for k, v in obs.items() if not k.startswith("log/")}
 
 
-class Trainer:
+class Trainer(RunAccess):
     """Owns the environment, agent, replay and counters of one run.
 
     Args:
@@ -72,10 +72,7 @@ class Trainer:
         self.cfg = cfg
         self.env = self.eval_env = None
         parts = assemble_run(cfg, self._make_envs)
-        self.device, self.parallel, self.book = parts.device, parts.parallel, parts.book
-        self.updater, self.ratio = parts.updater, parts.ratio
-        self.obs_space, self.act_space = parts.obs_space, parts.act_space
-        self.writer, self.logdir, self.repeat = self.book.writer, self.book.logdir, self.book.repeat
+        self._adopt(parts)
         self._obs: dict[str, np.ndarray] | None = None
         self._stop = threading.Event()
 
@@ -98,50 +95,6 @@ class Trainer:
         self.env = envs.from_config(cfg, cfg.seed)
         self.eval_env = envs.from_config(cfg, cfg.seed + 1_000_000)
         return self.env.obs_space, self.env.act_space
-
-    # ------------------------------------------------------ the parts' state
-    @property
-    def counters(self) -> dict[str, Any]:
-        """The run's counters (checkpointed)."""
-        return self.book.counters
-
-    @property
-    def resumed(self) -> bool:
-        """The run continued a checkpoint."""
-        return self.book.resumed
-
-    @property
-    def agent(self) -> Any:
-        """The agent being trained."""
-        return self.updater.agent
-
-    @property
-    def replay(self) -> Any:
-        """The replay (identical on every rank)."""
-        return self.updater.replay
-
-    @property
-    def spec(self) -> Any:
-        """What the values of a replay step mean."""
-        return self.updater.spec
-
-    @property
-    def env_steps(self) -> int:
-        """Simulator steps so far (agent steps × action repeat)."""
-        return self.book.env_steps
-
-    def wall_s(self) -> float:
-        """Training wall clock, summed over resumed runs."""
-        return self.book.wall_s()
-
-    def sample_batch(self) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """A replayed batch whose every value is valid (see :meth:`Updater.sample_batch`)."""
-        return self.updater.sample_batch()
-
-    def update(self) -> dict[str, float]:
-        """One update on a sampled batch (spends one unit of train credit); returns its metrics."""
-        self.ratio.spend()
-        return self.updater.update()
 
     # ------------------------------------------------------------ acting
     def _collect(self) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:

@@ -52,7 +52,7 @@ from omegaconf import DictConfig
 from reverie.agent import checkpoint
 from reverie.agent.distributed import RankLost, collective_failed, lost_rank_message
 from reverie.agent.logger import MetricsLogger
-from reverie.agent.parts import assemble_run
+from reverie.agent.parts import RunAccess, assemble_run
 from reverie.agent.replay import write_text_atomic
 from reverie.agent.run import MetricsWindow, RunBook
 from reverie.agent.train import dream_report, export_metadata
@@ -102,7 +102,7 @@ def learner_spaces(cfg: DictConfig, book: RunBook) -> tuple[dict, Any]:
         env.close()
 
 
-class Learner:
+class Learner(RunAccess):
     """The learner process (one rank of it under torchrun).
 
     Args:
@@ -113,10 +113,7 @@ class Learner:
     def __init__(self, cfg: DictConfig, *, addresses: Endpoints | None = None) -> None:
         self.cfg = cfg
         parts = assemble_run(cfg, lambda book: learner_spaces(cfg, book), counters=LEARNER_COUNTERS)
-        self.device, self.parallel, self.book = parts.device, parts.parallel, parts.book
-        self.updater, self.ratio = parts.updater, parts.ratio
-        self.obs_space, self.act_space = parts.obs_space, parts.act_space
-        self.writer, self.logdir, self.repeat = self.book.writer, self.book.logdir, self.book.repeat
+        self._adopt(parts)
         self.last_return: float | None = None
         self.last_publish_error: str | None = None
         self._status: dict[str, Any] = {}
@@ -147,45 +144,6 @@ class Learner:
         self.publisher = WeightPublisher(addresses.weights, context=self.context, secure=self.security())
         self.addresses = addresses
         self._status_server = _StatusServer(self.context, addresses.status, lambda: self._status, self.security())
-
-    # ------------------------------------------------------ the parts' state
-    @property
-    def counters(self) -> dict[str, Any]:
-        """The run's counters (checkpointed)."""
-        return self.book.counters
-
-    @property
-    def agent(self) -> Any:
-        """The agent being trained."""
-        return self.updater.agent
-
-    @property
-    def replay(self) -> Any:
-        """The replay (identical on every rank)."""
-        return self.updater.replay
-
-    @property
-    def spec(self) -> Any:
-        """What the values of a replay step mean (the receiver checks every message against it)."""
-        return self.updater.spec
-
-    @property
-    def env_steps(self) -> int:
-        """Simulator steps received so far (agent steps × action repeat)."""
-        return self.book.env_steps
-
-    def wall_s(self) -> float:
-        """Training wall clock, summed over resumed runs."""
-        return self.book.wall_s()
-
-    def sample_batch(self) -> Any:
-        """A replayed batch whose every value is valid (see :meth:`Updater.sample_batch`)."""
-        return self.updater.sample_batch()
-
-    def update(self) -> dict[str, float]:
-        """One update on a sampled batch (spends one unit of train credit); returns its metrics."""
-        self.ratio.spend()
-        return self.updater.update()
 
     # ----------------------------------------------------------- experience
     def can_train(self) -> bool:
