@@ -273,7 +273,7 @@ class Config:
     device: str = doc("auto", "auto | cpu | cuda")
     precision: str = doc("fp32", "fp32 | bf16 (autocast of matrix products) | auto (bf16 on a GPU, fp32 on the CPU)")
     compile: bool = doc(True, "torch.compile the hot modules (same maths, ~3x faster; ~1 min to compile)")
-    threads: int = doc(0, "CPU threads for torch (0: all cores)")
+    threads: int = doc(0, "CPU threads for torch (0: all cores; reverie run's learner: the cores its local actors leave)")
     eval_every: int = doc(10_000, "environment steps between evaluations")
     eval_episodes: int = doc(5, "episodes per evaluation (deterministic policy)")
     report_every: int = doc(

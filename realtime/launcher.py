@@ -173,13 +173,19 @@ def _remove_policy(path: Path) -> None:
 
 
 def learner_threads(cfg: DictConfig) -> int:
-    """Torch threads for the learner: ``threads``, or every core.
+    """Torch threads for the learner: ``threads``, or the cores the local actors leave (at least one).
 
     The learner is niced, so an actor takes a core whenever its tick needs
-    it; an actor at a control rate leaves most of its core idle, which the
-    learner would waste if it kept off that core.
+    it. Giving the learner that core too was slower, measured on 2 cores with
+    one 50 Hz actor (docs/benchmarks.md, "The learner's threads"): 0.78 and
+    0.85 updates/s with 2 threads against 1.13 and 1.01 with 1. Its threads
+    wait for one another at every product whenever the actor, or an
+    evaluation, holds a core, and the `1m` products are too small for a second
+    thread to pay for that.
     """
-    return int(cfg.threads) if cfg.threads else os.cpu_count() or 1
+    if cfg.threads:
+        return int(cfg.threads)
+    return max(1, (os.cpu_count() or 1) - int(cfg.realtime.actors))
 
 
 def launch(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:

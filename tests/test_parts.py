@@ -184,3 +184,15 @@ def test_the_learners_policies_are_evaluated_next_to_an_environment(tmp_path):
     assert report["episodes"] == 2 and report["return_mean"] == pytest.approx(lines[0]["eval/return"])
     assert report["ticks"] == 2 * 12  # the default episode is 50 steps
     assert not new.exists()  # evaluated policies are removed
+
+
+def test_the_learner_leaves_a_core_to_each_local_actor(monkeypatch):
+    """`reverie run`: threads=0 gives the learner the cores its actors leave (at least one); a set value stays."""
+    from reverie.realtime import launcher
+
+    monkeypatch.setattr(launcher.os, "cpu_count", lambda: 2)
+    assert launcher.learner_threads(compose(["threads=0"])) == 1
+    assert launcher.learner_threads(compose(["threads=0", "realtime.actors=4"])) == 1
+    assert launcher.learner_threads(compose(["threads=2"])) == 2
+    monkeypatch.setattr(launcher.os, "cpu_count", lambda: 16)
+    assert launcher.learner_threads(compose(["threads=0", "realtime.actors=3"])) == 13
