@@ -16,9 +16,9 @@ environment steps), and writes:
   and per window the difference of mean episode return, reverie − official
   (episodes pooled over seeds), with a bootstrap interval at the
   Bonferroni-corrected level 1 − 0.05 / windows. With two seeds a side the
-  range criterion fails by chance (a third draw from one distribution lies
-  between two others only a third of the time), so the interval says whether
-  a window shows a difference larger than the episodes' noise;
+  range criterion fails by chance (both of two draws lie between two others
+  from the same distribution 1 time in 6), so the interval says whether a
+  window shows a difference larger than the episodes' noise;
 * ``<out>/returns.png`` and ``<out>/losses.png``.
 
 Only the official run's output files are read; nothing of its code is used.
