@@ -116,6 +116,8 @@ class Learner(RunAccess):
         self._adopt(parts)
         self.last_return: float | None = None
         self.last_publish_error: str | None = None
+        # The longest chunk taken so far: the learner takes no more messages than the steps left can hold.
+        self._longest_chunk = 0
         self._status: dict[str, Any] = {}
         self._stop = threading.Event()
         #: what the loop is changing (ingest, update) while it is; None between
@@ -162,6 +164,7 @@ class Learner(RunAccess):
         self.counters["writer"] = (exp.actor, exp.session, exp.seq)
         self._episode_returns(exp, follows, logger)
         self.counters["agent_steps"] += exp.steps
+        self._longest_chunk = max(self._longest_chunk, exp.steps)
         self.ratio.earn(exp.steps, len(self.replay))
 
     def _episode_returns(self, exp: Experience, follows: bool, logger: MetricsLogger | None) -> None:
@@ -320,11 +323,25 @@ class Learner(RunAccess):
                 # only consistent again once all of it is in replay (the ingest below).
                 # Bad messages are refused and counted by receive() itself, never raised.
                 self._changing = "taking in received messages"
-                received = list(self.receiver.receive())
+                received = list(self.receiver.receive(max_messages=self._messages_left()))
             plan = (stop, received)
         if self.parallel is not None:
             plan = self.parallel.broadcast_object(plan)
         return plan
+
+    def _messages_left(self, most: int = 1000) -> int:
+        """How many messages to take now so that ``steps`` is not overshot by more than one chunk.
+
+        An actor keeps streaming while the learner is busy (its first, compiled
+        update can take a minute), so a backlog of many chunks may be waiting;
+        taken all at once it would carry the run far past ``steps``. Messages
+        left in the socket when the run ends were never received, as those an
+        actor sends after it.
+        """
+        if not self._longest_chunk:
+            return 1
+        steps_left = -(-(self.cfg.steps - self.env_steps) // self.repeat)
+        return max(1, min(most, steps_left // self._longest_chunk))
 
     def run(self, *, handle_signals: bool = True) -> dict[str, Any]:
         """Receives, trains and publishes until ``cfg.steps`` environment steps arrived or ``stop()``."""

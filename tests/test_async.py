@@ -172,6 +172,24 @@ def test_learner_checkpoint_keeps_stream_accounting_and_version(tmp_path):
         again.close()
 
 
+def test_a_backlog_does_not_carry_the_learner_past_its_steps(tmp_path):
+    """30 chunks of 10 steps wait in the socket; a learner told to stop at 100 takes 10 of them, not all."""
+    from reverie.realtime.channels import ExperienceSender
+    from reverie.realtime.learner import Learner
+
+    learner = Learner(tiny_cfg(tmp_path, "steps=100", "eval_episodes=0", "report_every=0"))
+    sender = ExperienceSender(learner.addresses.experience, "a", session=1)
+    schema = learner.receiver.schema
+    for i in range(30):
+        sender.send(chunk_of(schema, 10, first=i % 5 == 0, last=i % 5 == 4), episode=i // 5, policy=0)
+    assert sender.flush(10.0)
+    wait_until(lambda: learner.receiver.wait(0.05), 10, "the chunks reach the learner's socket")
+    learner.run(handle_signals=False)
+    sender.close()
+    assert learner.repeat == 1 and learner.env_steps == 100  # exactly: every chunk holds 10 steps
+    assert learner.receiver.tracker.actors["a"]["messages"] == 10  # the other 20 were never taken
+
+
 @pytest.mark.parametrize("algo", ["dreamerv3", "dreamerv1", "dreamerv2"])
 def test_loopback_run_swaps_weights_and_accounts_for_every_transition(algo, tmp_path):
     from reverie.realtime.actor import Actor
