@@ -83,13 +83,15 @@ def load(logdir: Path, kind: str) -> dict:
     return {"episodes": episodes, "evals": evals, "losses": losses}
 
 
-def windows(points: list[tuple[float, float]], width: int) -> list[dict]:
-    """Mean, count and range of the values in each window ``[k·width, (k+1)·width)`` of steps."""
+def windows(points: list[tuple[float, float]], width: int, *, keep_values: bool = True) -> list[dict]:
+    """Mean, count and range of the values in each window ``[k·width, (k+1)·width)`` of steps, and the values
+    themselves unless ``keep_values`` is False (the comparison needs the episodes', not the losses')."""
     out: dict[int, list[float]] = {}
     for step, value in points:
         out.setdefault(int(step // width), []).append(value)
     return [
-        {"from": k * width, "to": (k + 1) * width, "mean": sum(v) / len(v), "n": len(v), "min": min(v), "max": max(v), "values": v}
+        {"from": k * width, "to": (k + 1) * width, "mean": sum(v) / len(v), "n": len(v), "min": min(v), "max": max(v)}
+        | ({"values": v} if keep_values else {})
         for k, v in sorted(out.items())
     ]
 
@@ -178,7 +180,7 @@ def main() -> None:
             "episodes": windows(run["episodes"], args.window),
             "last_step": max((s for s, _ in run["episodes"]), default=0),
             "evals": [{"step": s, "return": v} for s, v in run["evals"]],
-            "losses": {k: windows(v, args.window) for k, v in run["losses"].items() if v},
+            "losses": {k: windows(v, args.window, keep_values=False) for k, v in run["losses"].items() if v},
         }
         for name, run in runs.items()
     }
