@@ -203,6 +203,10 @@ class ExperienceSender:
         return {"seq": self.seq, "enqueued": self.enqueued, "sent": self.sent, "dropped": self.dropped, "queue_depth": self.depth}
 
 
+#: The most messages one ``ExperienceReceiver.receive`` takes (the rest wait for the next call).
+RECEIVE_MOST = 1000
+
+
 class ExperienceReceiver:
     """Learner side of the experience channel: validates and accounts for every message.
 
@@ -260,7 +264,7 @@ class ExperienceReceiver:
         if self.spec is not None:
             self.spec.check(exp.arrays)
 
-    def receive(self, timeout: float = 0.0, max_messages: int = 1000) -> list[Experience]:
+    def receive(self, timeout: float = 0.0, max_messages: int = RECEIVE_MOST) -> list[Experience]:
         """Valid chunks that arrived within ``timeout`` seconds.
 
         A bad message never raises: it is counted in ``refused`` by reason

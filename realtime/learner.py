@@ -57,6 +57,7 @@ from reverie.agent.replay import write_text_atomic
 from reverie.agent.run import MetricsWindow, RunBook
 from reverie.agent.train import dream_report, export_metadata
 
+from .channels import RECEIVE_MOST
 from .endpoints import Endpoints
 from .protocol import Experience
 from .status import query_status  # noqa: F401  (re-exported: where callers used to find it)
@@ -329,7 +330,7 @@ class Learner(RunAccess):
             plan = self.parallel.broadcast_object(plan)
         return plan
 
-    def _messages_left(self, most: int = 1000) -> int:
+    def _messages_left(self) -> int:
         """How many messages to take now so that ``steps`` is not overshot by more than one chunk.
 
         An actor keeps streaming while the learner is busy (its first, compiled
@@ -341,7 +342,7 @@ class Learner(RunAccess):
         if not self._longest_chunk:
             return 1
         steps_left = -(-(self.cfg.steps - self.env_steps) // self.repeat)
-        return max(1, min(most, steps_left // self._longest_chunk))
+        return max(1, min(RECEIVE_MOST, steps_left // self._longest_chunk))
 
     def run(self, *, handle_signals: bool = True) -> dict[str, Any]:
         """Receives, trains and publishes until ``cfg.steps`` environment steps arrived or ``stop()``."""
