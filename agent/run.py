@@ -44,6 +44,9 @@ RESUMABLE_KEYS = {
     "report_sequences",
     "checkpoint_every",
     "device",
+    # With device: precision=auto follows the device (a GPU run resumed on a CPU computes in fp32), and a
+    # run started with an explicit fp32 resumes under the auto default.
+    "precision",
     "threads",
     "compile",
     "realtime",

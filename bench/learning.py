@@ -93,8 +93,8 @@ def run_label(logdir: Path) -> str:
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(config)
-    precision = cfg.get("precision", "fp32")
-    return f"{cfg.algo.name}-{cfg.size.name}{'' if precision == 'fp32' else '-' + precision}-seed{cfg.seed}"
+    precision = cfg.get("precision", "fp32")  # named only when chosen: auto is fp32 on the CPU
+    return f"{cfg.algo.name}-{cfg.size.name}{'' if precision in ('fp32', 'auto') else '-' + precision}-seed{cfg.seed}"
 
 
 def launcher_evals(logdir: Path, lines: list[dict]) -> list[tuple[int, float, float | None]]:

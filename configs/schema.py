@@ -271,7 +271,9 @@ class Config:
     seed: int = doc(0, "seed of everything")
     logdir: str = doc("logs/${env.name}/${algo.name}-${size.name}-seed${seed}", "output folder; rerunning into it resumes")
     device: str = doc("auto", "auto | cpu | cuda")
-    precision: str = doc("fp32", "fp32 | bf16 (autocast of matrix products) | auto (bf16 on a GPU, fp32 on the CPU)")
+    # auto: the paper's bf16 compute on a GPU; fp32 on the CPU, where bf16 has not been shown to learn the same
+    # to 100K steps (docs/benchmarks.md, "The CPU recipe").
+    precision: str = doc("auto", "auto (bf16 on a GPU, fp32 on the CPU) | fp32 | bf16 (autocast of matrix products)")
     compile: bool = doc(True, "torch.compile the hot modules (same maths, ~3x faster; ~1 min to compile)")
     threads: int = doc(0, "CPU threads for torch (0: all cores; reverie run's learner: the cores its local actors leave)")
     eval_every: int = doc(10_000, "environment steps between evaluations")

@@ -164,6 +164,19 @@ def test_sim_to_real_gap_and_flow(tmp_path):
     assert (out / "sim_to_real.png").exists() and (out / "deploy" / "actors" / "actor0" / "robot.json").exists()
 
 
+def test_learning_labels_name_the_precision_only_when_chosen(tmp_path):
+    """``auto`` (the default: fp32 on the CPU) and ``fp32`` read the same; ``bf16`` is named."""
+    sys.path.insert(0, str(BENCH))  # the scripts import their neighbour ``common`` as run from bench/
+    from learning import run_label
+
+    for precision, label in (("auto", "dreamerv3-1m-seed3"), ("fp32", "dreamerv3-1m-seed3"), ("bf16", "dreamerv3-1m-bf16-seed3")):
+        run = tmp_path / precision
+        run.mkdir()
+        (run / "config.yaml").write_text(f"algo: {{name: dreamerv3}}\nsize: {{name: 1m}}\nseed: 3\nprecision: {precision}\n")
+        assert run_label(run) == label
+    assert run_label(tmp_path / "no_config") == "no_config"
+
+
 def test_parity_reader_drops_lines_a_resume_superseded(tmp_path):
     sys.path.insert(0, str(BENCH.parent))
     from bench.parity import read_jsonl

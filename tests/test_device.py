@@ -25,6 +25,18 @@ def test_resolve_device():
         resolve_device("tpu")
 
 
+def test_precision_defaults_to_the_papers_bf16_on_a_gpu_and_fp32_on_the_cpu():
+    from reverie.agent.run import resolve_precision
+    from reverie.cli.config import compose
+
+    assert compose([]).precision == "auto"
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda", 0)) == "bf16"
+    assert resolve_precision("fp32", torch.device("cuda", 0)) == "fp32" and resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    with pytest.raises(ValueError, match="valid: fp32, bf16, auto"):
+        resolve_precision("fp16", torch.device("cpu"))
+
+
 def test_bf16_training_runs_and_stays_finite(tiny_overrides, tmp_path):
     """``precision=bf16``: the update runs under bf16 autocast (as on a GPU) and every logged loss is finite."""
     assert main(["train", "env=fake/vector", "env.time_limit=20", "steps=80", "precision=bf16", "device=auto", *tiny_overrides]) == 0
