@@ -173,9 +173,11 @@ def test_resume_with_another_config_is_refused(tiny_overrides):
     # So is more weight on recent steps (a run deployed to a robot keeps learning); it reaches the replay.
     resumed = Trainer(compose(["env=fake/vector", "env.time_limit=10", "steps=40", "replay.recent_fraction=0.5", *tiny_overrides]))
     assert resumed.replay.recent_fraction == 0.5 and resumed.replay.recent_steps == 10_000
-    # And precision, which follows the device under auto: a run of the old fp32 default resumes under it.
-    explicit = Trainer(compose(["env=fake/vector", "env.time_limit=10", "steps=40", "precision=fp32", *tiny_overrides]))
-    assert explicit.updater.precision == "fp32"
+    # And precision, which follows the device under auto: a run of the old fp32 default resumes under it,
+    # and the resumed run computes as now asked.
+    for precision in ("fp32", "bf16"):
+        resumed = Trainer(compose(["env=fake/vector", "env.time_limit=10", "steps=40", f"precision={precision}", *tiny_overrides]))
+        assert resumed.updater.precision == precision
 
 
 def test_corrupted_checkpoint_is_a_clear_error(tiny_overrides, tmp_path):
