@@ -6,6 +6,8 @@ Subcommands take Hydra overrides (``key=value``, ``group=option``), e.g.
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import signal
 import sys
 import textwrap
@@ -672,6 +674,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reverie: unknown command {command!r}; valid: {', '.join(COMMANDS)}\n", file=sys.stderr)
         print(USAGE, file=sys.stderr)
         return 2
+    if not faulthandler.is_enabled():
+        # A native crash (an abort in a C++ library at exit, a segfault) prints every thread's Python stack to stderr.
+        with contextlib.suppress(OSError, ValueError):  # a stderr without a file descriptor: no report, nothing else
+            faulthandler.enable()
     try:
         return COMMANDS[command](rest)
     except ModuleNotFoundError as exc:

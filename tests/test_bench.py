@@ -120,6 +120,7 @@ def test_hot_swap():
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_data_parallel():
     rows = run("data_parallel.py", "--ranks", "1", "2", "--batch", "2", "--length", "8", "--updates", "1", "--warmup", "0")
     assert [r["ranks"] for r in rows[:2]] == [1, 2] and rows[1]["allreduce_bytes_per_update"] == 4 * rows[1]["params"]

@@ -93,3 +93,21 @@ def test_unreadable_config_in_logdir_is_refused(tiny_overrides, tmp_path, capsys
     (logdir / "checkpoint.pt").write_bytes(b"x")
     with pytest.raises(ValueError, match="cannot read"):
         load_trained(logdir)
+
+
+def test_a_native_crash_in_a_command_prints_the_python_stack():
+    """faulthandler is on for every command: an abort in a C++ library (at exit, say) says where Python was."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from reverie.cli import main as m\n"
+        "def crashing_command(rest):\n"
+        "    os.abort()\n"
+        "m.COMMANDS['crash'] = crashing_command\n"
+        "m.main(['crash'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "Fatal Python error: Aborted" in done.stderr and "crashing_command" in done.stderr

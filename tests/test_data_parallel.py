@@ -15,7 +15,8 @@ from conftest import TINY, wait_until
 from reverie.cli.config import compose
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+# torchrun jobs of two ranks: they run alone, after the parallel part of `make test` (pyproject: markers).
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def torchrun(args, *, restarts=0):

@@ -12,6 +12,7 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.mark.slow
+@pytest.mark.serial
 def test_two_ranks_of_b_equal_one_process_of_2b(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     # torchrun as a user runs it; --standalone picks a free rendezvous port on this host.
