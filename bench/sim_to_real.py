@@ -12,7 +12,11 @@ Given a ``reverie train`` run (the simulation), on a copy of it:
    (``realtime.initial_policy``), streams its experience and swaps in each
    version the learner publishes. The actor's status is sampled every
    second; every finished robot episode becomes a line of ``flow.jsonl``
-   (minutes since deployment, return, policy version).
+   (minutes since deployment, return, policy version). With ``--control``
+   the same flow runs again from a fresh copy on the *unperturbed* stand-in
+   (``control/flow.jsonl``): a policy that is still improving rises on any
+   robot, and ``recovered_beyond_control`` is the part of the gap recovered
+   in excess of that rise.
 3. **plot**: ``sim_to_real.png``, return against wall-clock minutes on the
    robot, deployment at 0, with the simulator's return and the robot's
    return at deployment as reference lines; ``summary.json`` and one JSON
@@ -169,8 +173,8 @@ def _json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def flow(deploy: Path, args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
-    """Learner and actor as subprocesses for ``args.minutes``; one record per finished robot episode."""
+def flow(deploy: Path, args: argparse.Namespace, out: Path, perturb: list[str]) -> list[dict[str, Any]]:
+    """Learner and actor as subprocesses for ``args.minutes`` on the stand-in with ``perturb``; one record per robot episode."""
     common = [
         *run_overrides(deploy / "config.yaml"),
         f"logdir={deploy}",
@@ -187,7 +191,7 @@ def flow(deploy: Path, args: argparse.Namespace, out: Path) -> list[dict[str, An
         *common,
         "realtime.robot=true",
         f"realtime.initial_policy={deploy / 'policy.onnx'}",
-        *(f"realtime.robot_perturb.{p}" for p in args.perturb),
+        *(f"realtime.robot_perturb.{p}" for p in perturb),
     ]
     cli = [sys.executable, "-m", "reverie.cli.main"]
     (out / "commands.txt").write_text("reverie learner " + " ".join(common) + "\nreverie actor " + " ".join(actor_args) + "\n")
@@ -249,20 +253,22 @@ def flow(deploy: Path, args: argparse.Namespace, out: Path) -> list[dict[str, An
     return records
 
 
-def plot(records: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path, window: int) -> None:
+def plot(records: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path, window: int, control: list[dict[str, Any]]) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    if records:
-        x = np.array([r["minutes"] for r in records])
-        y = np.array([r["return"] for r in records])
-        ax.plot(x, y, ".", color="tab:blue", alpha=0.5, label="robot episode")
+    for curve, color, name in ((records, "tab:blue", "perturbed robot"), (control, "tab:orange", "control: unperturbed robot")):
+        if not curve:
+            continue
+        x = np.array([r["minutes"] for r in curve])
+        y = np.array([r["return"] for r in curve])
+        ax.plot(x, y, ".", color=color, alpha=0.5, label=f"{name}, episode")
         if len(y) >= window:
             smooth = np.convolve(y, np.ones(window) / window, mode="valid")
-            ax.plot(x[window - 1 :], smooth, color="tab:blue", label=f"mean of {window}")
+            ax.plot(x[window - 1 :], smooth, color=color, label=f"{name}, mean of {window}")
     nominal = rows[0]
     ax.axhline(nominal["simulator"], color="tab:green", linestyle="--", label=f"policy on simulator {nominal['simulator']:.0f}")
     ax.axhline(nominal["robot"], color="tab:red", linestyle="--", label=f"on robot at deployment {nominal['robot']:.0f}")
@@ -283,6 +289,21 @@ def recovered(records: list[dict[str, Any]], row: dict[str, Any], window: int) -
         return None
     recent = float(np.mean([r["return"] for r in records[-window:]]))
     return (recent - row["robot"]) / row["gap"]
+
+
+def beyond_control(records: list[dict[str, Any]], control: list[dict[str, Any]], row: dict[str, Any], window: int) -> float | None:
+    """Part of the gap recovered beyond what the same learning gains without a gap (the control flow's rise).
+
+    A policy that is still improving rises on any robot; only the rise on the
+    perturbed one in excess of the control's is adaptation to the gap.
+    """
+    if not records or not control or row["gap"] <= 0:
+        return None
+
+    def rise(curve: list[dict[str, Any]]) -> float:
+        return float(np.mean([r["return"] for r in curve[-window:]]) - np.mean([r["return"] for r in curve[:window]]))
+
+    return (rise(records) - rise(control)) / row["gap"]
 
 
 def sweep(args: argparse.Namespace, out: Path) -> None:
@@ -313,6 +334,11 @@ def main() -> None:
     parser.add_argument("--publish-every", type=int, default=20, help="learner updates between published versions")
     parser.add_argument("--window", type=int, default=5, help="episodes averaged for the curve and the recovered part")
     parser.add_argument("--nominal-robot", action="store_true", help="also measure the unperturbed robot (latency alone)")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="after the flow, the same flow from a fresh copy on the unperturbed stand-in (what further learning alone gains)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--override", nargs="*", default=[], help="extra config overrides of learner and actor (e.g. threads=1)")
     parser.add_argument(
@@ -335,8 +361,12 @@ def main() -> None:
     if args.randomized is not None:
         randomized = copy_run(args.randomized, out / "randomized")
         rows.append(gap("randomisation-trained", randomized / "policy.onnx", args, perturb))
-    records = flow(deploy, args, out) if args.minutes > 0 else []
-    plot(records, rows, out / "sim_to_real.png", args.window)
+    records = flow(deploy, args, out, args.perturb) if args.minutes > 0 else []
+    control: list[dict[str, Any]] = []
+    if args.control and args.minutes > 0:
+        (out / "control").mkdir()
+        control = flow(copy_run(args.sim, out / "control" / "deploy"), args, out / "control", [])
+    plot(records, rows, out / "sim_to_real.png", args.window, control)
     summary = {
         "bench": "sim_to_real",
         "sim": str(args.sim),
@@ -349,6 +379,9 @@ def main() -> None:
         # are the deployed agent's own starting point.
         "flow_first": float(np.mean([r["return"] for r in records[: args.window]])) if records else None,
         "flow_last": float(np.mean([r["return"] for r in records[-args.window :]])) if records else None,
+        "control_first": float(np.mean([r["return"] for r in control[: args.window]])) if control else None,
+        "control_last": float(np.mean([r["return"] for r in control[-args.window :]])) if control else None,
+        "recovered_beyond_control": beyond_control(records, control, rows[0], args.window),
         "machine": machine(),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

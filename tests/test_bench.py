@@ -151,7 +151,7 @@ def test_sim_to_real_gap_and_flow(tmp_path):
     assert {k: v for k, v in again.items() if k not in OWN_KEYS} == {k: v for k, v in saved.items() if k not in OWN_KEYS}
     out = tmp_path / "bench"
     args = ["--sim", str(sim), "--out", str(out), "--episodes", "1", "--minutes", "0.4", "--window", "1", "--publish-every", "5"]
-    (row,) = run("sim_to_real.py", *args, "--override", "threads=1")
+    (row,) = run("sim_to_real.py", *args, "--control", "--override", "threads=1")
     # The sweep: nominal first, then each set on the simulator.
     nominal, weak = run(
         "sim_to_real.py", "--sim", str(sim), "--out", str(tmp_path / "sweep"), "--episodes", "1", "--sweep", "gain=[0.05,0.05]"
@@ -163,6 +163,17 @@ def test_sim_to_real_gap_and_flow(tmp_path):
     flow = [json.loads(line) for line in (out / "flow.jsonl").read_text().splitlines()]
     assert row["robot_episodes"] == len(flow) >= 1 and flow[-1]["policy_version"] >= 1
     assert (out / "sim_to_real.png").exists() and (out / "deploy" / "actors" / "actor0" / "robot.json").exists()
+    # The control flow: a fresh copy, learning on the unperturbed stand-in; the net recovery subtracts its rise.
+    control = [json.loads(line) for line in (out / "control" / "flow.jsonl").read_text().splitlines()]
+    assert len(control) >= 1 and row["control_last"] == pytest.approx(control[-1]["return"])
+    perturbed_robot = json.loads((out / "deploy" / "actors" / "actor0" / "robot.json").read_text())
+    control_robot = json.loads((out / "control" / "deploy" / "actors" / "actor0" / "robot.json").read_text())
+    assert perturbed_robot != control_robot
+    if gap["gap"] > 0:
+        rises = (flow[-1]["return"] - flow[0]["return"]) - (control[-1]["return"] - control[0]["return"])
+        assert row["recovered_beyond_control"] == pytest.approx(rises / gap["gap"])
+    else:
+        assert row["recovered_beyond_control"] is None
 
 
 def test_learning_labels_name_the_precision_only_when_chosen(tmp_path):
@@ -248,3 +259,16 @@ def test_parity_mean_difference_and_its_interval():
     assert result["consistent"] is True and all(w["difference"]["level"] == pytest.approx(1 - 0.05 / 2) for w in result["windows"])
     summary["reverie:s1"] = summary["reverie:s0"] = run(400)
     assert compare(summary, min_episodes=5)["consistent"] is False
+
+
+def test_recovery_beyond_the_control_subtracts_the_rise_learning_gives_anyway():
+    sys.path.insert(0, str(BENCH))
+    try:
+        from sim_to_real import beyond_control
+    finally:
+        sys.path.remove(str(BENCH))
+    perturbed = [{"return": r} for r in (10, 20, 30, 40)]  # first 2: 15, last 2: 35, a rise of 20
+    control = [{"return": r} for r in (10, 12, 14, 16)]  # 11 then 15: a rise of 4 without any gap
+    assert beyond_control(perturbed, control, {"gap": 40.0}, window=2) == pytest.approx((20 - 4) / 40)
+    assert beyond_control(perturbed, [], {"gap": 40.0}, window=2) is None
+    assert beyond_control(perturbed, control, {"gap": -5.0}, window=2) is None
