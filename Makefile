@@ -7,8 +7,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := libegl1 libegl-mesa0 libgl1-mesa-dri libopengl0
 RUN_ARGS ?=
-# pytest-xdist workers for `make test`: one per core of the 2-core CI machine (each test is single-threaded; the
-# suite takes ~7 instead of ~13 minutes). The torchrun tests (marker `serial`) start processes of their own; they
+# pytest-xdist workers for `make test`: one per core of the 2-core CI machine (a sequential run kept one core
+# busy; the tests now take ~10 instead of ~13 minutes). The torchrun tests (marker `serial`) start processes of their own; they
 # run alone afterwards, as they always ran, because one of them once aborted at exit while sharing the cores.
 TEST_WORKERS ?= 2
 # The robot runtime alone (`pip install .`: onnxruntime, numpy, pyzmq, Hydra; no torch).
