@@ -283,11 +283,18 @@ def plot(records: list[dict[str, Any]], rows: list[dict[str, Any]], path: Path, 
     fig.savefig(path)
 
 
+def first_last(curve: list[dict[str, Any]], window: int) -> tuple[float, float] | tuple[None, None]:
+    """Mean return of the first and of the last ``window`` episodes of a flow (None, None without episodes)."""
+    if not curve:
+        return None, None
+    return float(np.mean([r["return"] for r in curve[:window]])), float(np.mean([r["return"] for r in curve[-window:]]))
+
+
 def recovered(records: list[dict[str, Any]], row: dict[str, Any], window: int) -> float | None:
     """Part of the gap the last ``window`` robot episodes have recovered (1: the simulator's return)."""
     if not records or row["gap"] <= 0:
         return None
-    recent = float(np.mean([r["return"] for r in records[-window:]]))
+    _, recent = first_last(records, window)
     return (recent - row["robot"]) / row["gap"]
 
 
@@ -300,10 +307,8 @@ def beyond_control(records: list[dict[str, Any]], control: list[dict[str, Any]],
     if not records or not control or row["gap"] <= 0:
         return None
 
-    def rise(curve: list[dict[str, Any]]) -> float:
-        return float(np.mean([r["return"] for r in curve[-window:]]) - np.mean([r["return"] for r in curve[:window]]))
-
-    return (rise(records) - rise(control)) / row["gap"]
+    (first, last), (control_first, control_last) = first_last(records, window), first_last(control, window)
+    return ((last - first) - (control_last - control_first)) / row["gap"]
 
 
 def sweep(args: argparse.Namespace, out: Path) -> None:
@@ -367,6 +372,8 @@ def main() -> None:
         (out / "control").mkdir()
         control = flow(copy_run(args.sim, out / "control" / "deploy"), args, out / "control", [])
     plot(records, rows, out / "sim_to_real.png", args.window, control)
+    flow_first, flow_last = first_last(records, args.window)
+    control_first, control_last = first_last(control, args.window)
     summary = {
         "bench": "sim_to_real",
         "sim": str(args.sim),
@@ -377,10 +384,10 @@ def main() -> None:
         "recovered": recovered(records, rows[0], args.window),
         # The gap rows use the deterministic export; the flow runs the learner's sampling policy: its first episodes
         # are the deployed agent's own starting point.
-        "flow_first": float(np.mean([r["return"] for r in records[: args.window]])) if records else None,
-        "flow_last": float(np.mean([r["return"] for r in records[-args.window :]])) if records else None,
-        "control_first": float(np.mean([r["return"] for r in control[: args.window]])) if control else None,
-        "control_last": float(np.mean([r["return"] for r in control[-args.window :]])) if control else None,
+        "flow_first": flow_first,
+        "flow_last": flow_last,
+        "control_first": control_first,
+        "control_last": control_last,
         "recovered_beyond_control": beyond_control(records, control, rows[0], args.window),
         "machine": machine(),
     }
