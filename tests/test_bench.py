@@ -1,5 +1,6 @@
 """The benchmark scripts still run (tiny arguments), so they cannot rot unnoticed."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -9,6 +10,13 @@ import numpy as np
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Imports a bench script by name as it runs from bench/ (its neighbour ``common`` importable); the path is restored after."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    return importlib.import_module
 
 
 def run(script, *args, timeout=300):
@@ -44,18 +52,16 @@ def test_flop_floor_counts_the_1m_update():
     assert sum(row["per_op_gflop"].values()) == pytest.approx(row["update_gflop"], rel=1e-9)
 
 
-def test_policy_step_conv_flops_by_hand():
+def test_policy_step_conv_flops_by_hand(bench):
     """The 12m pixel encoder's FLOPs: Σ 2·H·W·C_out·C_in·k² over its four same-padded 5×5 convolutions at 64, 32, 16, 8."""
-    sys.path.insert(0, str(BENCH))
-    import numpy as np
     import torch
-    from policy_latency import cost
 
     from reverie import envs
     from reverie.agent.builder import build_agent
     from reverie.cli.config import compose
     from reverie.realtime.policy_step import PolicyStep
 
+    cost = bench("policy_latency").cost
     env = envs.make("fake/pixels", obs="pixels", seed=0)
     agent = build_agent(compose(["size=12m", "obs=pixels"]), env.obs_space, env.act_space).eval()
     step = PolicyStep(agent)
@@ -129,7 +135,7 @@ def test_data_parallel():
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_sim_to_real_gap_and_flow(tmp_path):
+def test_sim_to_real_gap_and_flow(tmp_path, bench):
     from conftest import TINY
 
     from reverie.cli.config import compose
@@ -137,11 +143,8 @@ def test_sim_to_real_gap_and_flow(tmp_path):
 
     sim = tmp_path / "sim"
     assert main(["train", *TINY, "env=dmc/cartpole_swingup", "eval_episodes=0", "report_every=0", "steps=100", f"logdir={sim}"]) == 0
-    sys.path.insert(0, str(BENCH))
-    try:
-        from sim_to_real import OWN_KEYS, run_overrides
-    finally:
-        sys.path.remove(str(BENCH))
+    sim_to_real = bench("sim_to_real")
+    OWN_KEYS, run_overrides = sim_to_real.OWN_KEYS, sim_to_real.run_overrides
     # The overrides compose the run's own config again (else the learner would refuse to resume it), except for
     # the keys the flow sets itself (all of them resumable).
     from omegaconf import OmegaConf
@@ -176,10 +179,9 @@ def test_sim_to_real_gap_and_flow(tmp_path):
         assert row["recovered_beyond_control"] is None
 
 
-def test_learning_labels_name_the_precision_only_when_chosen(tmp_path):
+def test_learning_labels_name_the_precision_only_when_chosen(tmp_path, bench):
     """``auto`` (the default: fp32 on the CPU) and ``fp32`` read the same; ``bf16`` is named."""
-    sys.path.insert(0, str(BENCH))  # the scripts import their neighbour ``common`` as run from bench/
-    from learning import run_label
+    run_label = bench("learning").run_label
 
     for precision, label in (("auto", "dreamerv3-1m-seed3"), ("fp32", "dreamerv3-1m-seed3"), ("bf16", "dreamerv3-1m-bf16-seed3")):
         run = tmp_path / precision
@@ -189,9 +191,8 @@ def test_learning_labels_name_the_precision_only_when_chosen(tmp_path):
     assert run_label(tmp_path / "no_config") == "no_config"
 
 
-def test_parity_reader_drops_lines_a_resume_superseded(tmp_path):
-    sys.path.insert(0, str(BENCH.parent))
-    from bench.parity import read_jsonl
+def test_parity_reader_drops_lines_a_resume_superseded(tmp_path, bench):
+    read_jsonl = bench("parity").read_jsonl
 
     lines = [{"step": s} for s in (0, 10, 20, 30)] + [{"step": 15}, {"step": 25}]  # resumed at 15
     path = tmp_path / "metrics.jsonl"
@@ -199,10 +200,10 @@ def test_parity_reader_drops_lines_a_resume_superseded(tmp_path):
     assert [r["step"] for r in read_jsonl(path)] == [0, 10, 15, 25]
 
 
-def test_parity_comparison_uses_the_official_range_over_seeds(tmp_path):
+def test_parity_comparison_uses_the_official_range_over_seeds(tmp_path, bench):
     """Per 10K window: inside [lowest, highest] official seed mean, counted only with enough episodes everywhere."""
-    sys.path.insert(0, str(BENCH.parent))
-    from bench.parity import compare, windows
+    parity = bench("parity")
+    compare, windows = parity.compare, parity.windows
 
     def run(returns_by_window: list[float], episodes: int = 5) -> dict:
         points = [(k * 10_000 + 1_000 * (i + 1), r) for k, r in enumerate(returns_by_window) for i in range(episodes)]
@@ -231,10 +232,10 @@ def test_parity_comparison_uses_the_official_range_over_seeds(tmp_path):
     assert compare(one, 5)["within"] is None and all(w["inside"] is None for w in compare(one, 5)["windows"])
 
 
-def test_parity_mean_difference_and_its_interval():
+def test_parity_mean_difference_and_its_interval(bench):
     """reverie − official over pooled episodes: the hand-computed difference; no difference inside the noise, a large one outside."""
-    sys.path.insert(0, str(BENCH.parent))
-    from bench.parity import compare, mean_difference, windows
+    parity = bench("parity")
+    compare, mean_difference, windows = parity.compare, parity.mean_difference, parity.windows
 
     same = mean_difference([1.0, 3.0, 5.0, 7.0], [2.0, 4.0, 6.0], level=0.95)
     assert same["mean"] == pytest.approx(4.0 - 4.0) and same["low"] < 0 < same["high"] and same["consistent"]
@@ -261,12 +262,8 @@ def test_parity_mean_difference_and_its_interval():
     assert compare(summary, min_episodes=5)["consistent"] is False
 
 
-def test_recovery_beyond_the_control_subtracts_the_rise_learning_gives_anyway():
-    sys.path.insert(0, str(BENCH))
-    try:
-        from sim_to_real import beyond_control
-    finally:
-        sys.path.remove(str(BENCH))
+def test_recovery_beyond_the_control_subtracts_the_rise_learning_gives_anyway(bench):
+    beyond_control = bench("sim_to_real").beyond_control
     perturbed = [{"return": r} for r in (10, 20, 30, 40)]  # first 2: 15, last 2: 35, a rise of 20
     control = [{"return": r} for r in (10, 12, 14, 16)]  # 11 then 15: a rise of 4 without any gap
     assert beyond_control(perturbed, control, {"gap": 40.0}, window=2) == pytest.approx((20 - 4) / 40)
