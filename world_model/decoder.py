@@ -63,9 +63,9 @@ class Decoder(nn.Module):
                 raise ValueError(f"the strided decoder produces 64×64 images, not {image_size}×{image_size}")
             act_name = cnn_act or act
             self.space = nn.Sequential(Linear(feat_dim, 32 * depth), nn.Unflatten(-1, (1, 1, 32 * depth)))
-            self.space_norm = nn.Identity()
+            self.space_norm: nn.Module = nn.Identity()
             chans = [32 * depth, 4 * depth, 2 * depth, depth]
-            stages = []
+            stages: list[nn.Module] = []
             for cin, cout, k in zip(chans[:-1], chans[1:], (5, 5, 6)):
                 stages += [strided_conv2d(cin, cout, k, transposed=True), ChannelNorm(cout, norm), make_act(act_name)]
             stages += [strided_conv2d(depth, sum(self.image_channels), 6, transposed=True)]
@@ -79,7 +79,7 @@ class Decoder(nn.Module):
                 nn.Unflatten(-1, (self.min_res, self.min_res, depths[-1])),
             )
             self.space_norm = nn.Sequential(ChannelNorm(depths[-1], norm), make_act(act))
-            stages: list[nn.Module] = []
+            stages = []
             cin = depths[-1]
             for cout in reversed(depths[:-1]):
                 stages += [nn.Upsample(scale_factor=2), conv2d(cin, cout, kernel), ChannelNorm(cout, norm), make_act(act)]

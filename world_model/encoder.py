@@ -37,6 +37,7 @@ def conv2d(cin: int, cout: int, kernel: int, outscale: float = 1.0) -> nn.Conv2d
     """Same-padded stride-1 convolution with DreamerV3's initialisation."""
     conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
     trunc_normal_init_(conv.weight, cin * kernel * kernel, outscale)
+    assert conv.bias is not None  # built with the default bias=True
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -48,6 +49,7 @@ def strided_conv2d(cin: int, cout: int, kernel: int, transposed: bool = False) -
     """Unpadded stride-2 convolution (or transposed convolution), fan-in truncated-normal init."""
     conv = (nn.ConvTranspose2d if transposed else nn.Conv2d)(cin, cout, kernel, stride=2)
     trunc_normal_init_(conv.weight, cin * kernel * kernel)
+    assert conv.bias is not None  # built with the default bias=True
     nn.init.zeros_(conv.bias)
     return conv
 

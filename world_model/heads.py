@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -15,6 +17,8 @@ class TwoHotHead(nn.Module):
     The output layer is zero-initialised (``outscale=0``), so a fresh head
     predicts exactly 0: no large initial rewards or values to unlearn.
     """
+
+    bins: torch.Tensor
 
     def __init__(
         self, in_dim: int, *, layers: int, units: int, bins: int = 255, act: str = "silu", norm: str = "rms", outscale: float = 0.0
@@ -65,9 +69,11 @@ class MSEHead(nn.Module):
 
 #: Scalar head kinds by name (``dist`` in the head configs).
 SCALAR_HEADS = {"twohot": TwoHotHead, "mse": MSEHead}
+#: A reward or critic head (the two share ``logits``, ``mean`` and ``loss``).
+ScalarHead = TwoHotHead | MSEHead
 
 
-def scalar_head(in_dim: int, *, dist: str = "twohot", bins: int = 255, **kwargs) -> TwoHotHead | MSEHead:
+def scalar_head(in_dim: int, *, dist: str = "twohot", bins: int = 255, **kwargs: Any) -> ScalarHead:
     """A reward or critic head: ``dist=twohot`` (V3) or ``mse`` (V1, V2)."""
     if dist not in SCALAR_HEADS:
         raise ValueError(f"unknown head dist {dist!r}; valid: {', '.join(SCALAR_HEADS)}")

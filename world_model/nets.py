@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -23,21 +24,22 @@ class LatentFeat(NamedTuple):
 
     Attributes:
         deter: ``[..., D]``.
-        index: ``[..., S]`` int64 class indices.
+        indices: ``[..., S]`` int64 class indices (not ``index``, which would
+            shadow ``tuple.index``).
         classes: C.
     """
 
     deter: torch.Tensor
-    index: torch.Tensor
+    indices: torch.Tensor
     classes: int
 
-    def map(self, fn) -> LatentFeat:
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> LatentFeat:
         """Applies ``fn`` (e.g. a slice over time) to both tensors."""
-        return LatentFeat(fn(self.deter), fn(self.index), self.classes)
+        return LatentFeat(fn(self.deter), fn(self.indices), self.classes)
 
     def dense(self) -> torch.Tensor:
         """The equivalent dense features ``[..., D + S·C]``."""
-        onehot = F.one_hot(self.index, self.classes).to(self.deter.dtype)
+        onehot = F.one_hot(self.indices, self.classes).to(self.deter.dtype)
         return torch.cat([self.deter, onehot.flatten(-2)], -1)
 
 
@@ -91,7 +93,7 @@ def linear_latent(linear: nn.Linear, feat: LatentFeat) -> torch.Tensor:
     """``linear(feat.dense())`` computed from the index form (see :class:`LatentFeat`)."""
     deter_dim = feat.deter.shape[-1]
     out = F.linear(feat.deter, linear.weight[:, :deter_dim], linear.bias)
-    return out + onehot_matmul(linear.weight[:, deter_dim:], feat.index, feat.classes, out.dtype)
+    return out + onehot_matmul(linear.weight[:, deter_dim:], feat.indices, feat.classes, out.dtype)
 
 
 def trunc_normal_init_(weight: torch.Tensor, fan_in: int, scale: float = 1.0) -> None:
@@ -219,8 +221,9 @@ class MLP(nn.Sequential):
                 x = x.dense()
             else:
                 first, *rest = list(self)
-                x = linear_latent(first, x)
+                assert isinstance(first, nn.Linear), "an MLP with layers starts with a Linear (see __init__)"
+                out = linear_latent(first, x)
                 for module in rest:
-                    x = module(x)
-                return x
+                    out = module(out)
+                return out
         return super().forward(x)

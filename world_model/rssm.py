@@ -25,6 +25,8 @@ GRUCell with norm), danijar/dreamer ``models.py`` (RSSM of V1).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -138,7 +140,9 @@ class RSSM(nn.Module):
         self.post_net = nn.Sequential(make_norm(norm, hidden), make_act(act), MLP(hidden, obslayers - 1, hidden, act=act, norm=norm))
         self.post_out = Linear(hidden, stoch * self.stats_per_latent)
 
-    def _build_block_core(self, act_dim: int, hidden: int, dynlayers: int, act: str, norm: str, dense_in) -> None:
+    def _build_block_core(
+        self, act_dim: int, hidden: int, dynlayers: int, act: str, norm: str, dense_in: Callable[[int], nn.Sequential]
+    ) -> None:
         """DreamerV3's core: deter, stoch and action embedded separately, then block-diagonal layers and GRU."""
         deter, blocks = self.deter, self.blocks
 
@@ -152,9 +156,10 @@ class RSSM(nn.Module):
         # without materialising the repeated input; both parts use the fan-in
         # of the official kernel (deter + blocks · 3 · hidden).
         fan_in = deter + blocks * 3 * hidden
-        self.dyn_block = nn.ModuleList(BlockLinear(deter, deter, blocks) for _ in range(dynlayers))
+        dyn_block = [BlockLinear(deter, deter, blocks) for _ in range(dynlayers)]
+        self.dyn_block = nn.ModuleList(dyn_block)
         self.dyn_dense = Linear(3 * hidden, deter, bias=False)
-        trunc_normal_init_(self.dyn_block[0].weight, fan_in)
+        trunc_normal_init_(dyn_block[0].weight, fan_in)
         trunc_normal_init_(self.dyn_dense.weight, fan_in)
         self.dyn_norm = nn.ModuleList(make_norm(norm, deter) for _ in range(dynlayers))
         self.dyn_act = make_act(act)
@@ -200,6 +205,7 @@ class RSSM(nn.Module):
         """Input embedding of z: one-hot ``[N, S, C]`` (dense) or class indices ``[N, S]`` (gathered)."""
         if stoch.dtype == torch.long:
             linear, rest = self.in_stoch[0], self.in_stoch[1:]
+            assert isinstance(linear, nn.Linear), "dense_in() starts with a Linear"
             x = onehot_matmul(linear.weight, stoch, self.classes) + linear.bias
             return rest(x)
         return self.in_stoch(stoch.flatten(-2))
