@@ -38,6 +38,8 @@ def load_trained(path: str | Path, *, device: str = "cpu") -> tuple[Dreamer, Dic
         cfg = OmegaConf.load(config)
     except Exception as exc:  # unreadable YAML
         raise ValueError(f"cannot read {config}: {exc}") from exc
+    if not isinstance(cfg, DictConfig):  # valid YAML, but a list
+        raise ValueError(f"cannot read {config}: it holds a {type(cfg).__name__}, not a mapping of config keys")
     try:
         payload = torch.load(ckpt, map_location=device, weights_only=False)
     except Exception as exc:

@@ -95,6 +95,19 @@ def test_unreadable_config_in_logdir_is_refused(tiny_overrides, tmp_path, capsys
         load_trained(logdir)
 
 
+def test_a_config_that_is_a_list_is_refused_by_load_trained(tmp_path):
+    """Valid YAML that is no mapping (a list) is an unreadable config: a ValueError, not OmegaConf's AttributeError."""
+    import torch
+
+    from reverie.agent.loading import load_trained
+
+    (tmp_path / "config.yaml").write_text("- steps\n- 10\n")
+    act = {"dtype": "float32", "shape": [1], "low": -1.0, "high": 1.0, "discrete": False}
+    torch.save({"format": 1, "spaces": {"obs": {}, "act": act}}, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="not a mapping"):
+        load_trained(tmp_path)
+
+
 def test_a_native_crash_in_a_command_prints_the_python_stack():
     """faulthandler is on for every command: an abort in a C++ library (at exit, say) says where Python was."""
     import subprocess
