@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from reverie.world_model import dists
+from reverie.world_model.heads import ScalarHead
 from reverie.world_model.nets import MLP, Linear
 
 ACTOR_DISTS = ("bounded_normal", "trunc_normal", "tanh_normal")
@@ -95,6 +96,7 @@ class Actor(nn.Module):
         squash = torch.tanh if self.dist == "tanh_normal" else (lambda x: x)
         if mode:
             return squash(a)
+        assert b is not None, "a continuous actor's params() returns (mean, std)"
         if noise is None:
             noise = torch.randn_like(a)
         if self.dist == "trunc_normal":
@@ -126,7 +128,9 @@ class SlowCritic(nn.Module):
     ``every`` = 100 updates, whose values the returns bootstrap from.
     """
 
-    def __init__(self, critic: nn.Module, *, rate: float = 0.02, every: int = 1) -> None:
+    updates: torch.Tensor  # a buffer, registered only when every > 1
+
+    def __init__(self, critic: ScalarHead, *, rate: float = 0.02, every: int = 1) -> None:
         super().__init__()
         self.rate, self.every = rate, max(1, int(every))
         self.net = copy.deepcopy(critic)
@@ -136,7 +140,7 @@ class SlowCritic(nn.Module):
             self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
-    def update(self, critic: nn.Module) -> None:
+    def update(self, critic: ScalarHead) -> None:
         """``slow ← (1 − rate) · slow + rate · critic``, on every ``every``-th call (the first included)."""
         if self.every > 1:
             due = int(self.updates) % self.every == 0

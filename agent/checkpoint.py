@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # for the annotations only: reading a checkpoint needs no model code
+    from .dreamer import Dreamer
 
 CHECKPOINT = "checkpoint.pt"
 #: Payload key: the number of the replay generation saved with the checkpoint
@@ -47,7 +50,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save(logdir: str | Path, agent: torch.nn.Module, counters: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+def save(logdir: str | Path, agent: Dreamer, counters: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
     """Writes ``logdir/checkpoint.pt`` atomically (a crash never leaves half a file)."""
     path = Path(logdir) / CHECKPOINT
     payload = {
@@ -94,7 +97,7 @@ def replay_generation(payload: dict[str, Any]) -> int | None:
     return payload.get(REPLAY_GENERATION, LEGACY)
 
 
-def restore(payload: dict[str, Any], agent: torch.nn.Module, path: str | Path) -> None:
+def restore(payload: dict[str, Any], agent: Dreamer, path: str | Path) -> None:
     """Loads the agent and optimiser state of a :func:`read` payload into ``agent``.
 
     Raises:
@@ -107,7 +110,7 @@ def restore(payload: dict[str, Any], agent: torch.nn.Module, path: str | Path) -
     agent.optimizer.load_state_dict(payload["optimizer"])
 
 
-def load(path: str | Path, agent: torch.nn.Module) -> dict[str, Any]:
+def load(path: str | Path, agent: Dreamer) -> dict[str, Any]:
     """Loads a checkpoint into ``agent``; returns the whole payload.
 
     Raises:

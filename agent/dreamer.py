@@ -9,7 +9,7 @@ recurrent is stored on the agent.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -131,7 +131,7 @@ class Dreamer(nn.Module):
         #: set to a :class:`~reverie.agent.distributed.DataParallel` when training on several ranks.
         self.parallel: Any = None
 
-    def _make_optimizer(self, options: dict[str, Any]) -> torch.optim.Optimizer:
+    def _make_optimizer(self, options: dict[str, Any]) -> LaProp | ClippedAdam:
         kind = options.pop("kind", "laprop")
         if kind == "laprop":
             trainable = [p for n, p in self.named_parameters() if not n.startswith("slow_critic.")]
@@ -191,7 +191,7 @@ class Dreamer(nn.Module):
         return state
 
     @torch.no_grad()
-    def policy(self, obs: dict[str, np.ndarray | torch.Tensor], state: Carry, *, mode: bool = False) -> tuple[torch.Tensor, Carry]:
+    def policy(self, obs: Mapping[str, np.ndarray | torch.Tensor], state: Carry, *, mode: bool = False) -> tuple[torch.Tensor, Carry]:
         """One control step for a batch of environments.
 
         Args:
@@ -202,9 +202,9 @@ class Dreamer(nn.Module):
         Returns:
             The action ``[B, A]`` and the new carry.
         """
-        obs = self._to_tensors(obs)
-        token = self.wm.encoder({k: obs[k] for k in self.wm.obs_keys})
-        latent, _ = self.wm.rssm.obs_step(state, state["prev_action"], token, obs["is_first"], mode=mode)
+        tensors = self._to_tensors(obs)
+        token = self.wm.encoder({k: tensors[k] for k in self.wm.obs_keys})
+        latent, _ = self.wm.rssm.obs_step(state, state["prev_action"], token, tensors["is_first"], mode=mode)
         action = self.actor.sample(self.wm.rssm.features(latent), mode=mode)
         if self.expl_noise and not mode and not self.discrete:
             action = action + self.expl_noise * torch.randn_like(action)
@@ -214,7 +214,7 @@ class Dreamer(nn.Module):
             action = action.clamp(-1.0, 1.0)
         return action, {**latent, "prev_action": action}
 
-    def _to_tensors(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def _to_tensors(self, data: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         out = {}
         for k, v in data.items():
             # Renderers may hand out views with negative strides; torch needs a copy then.
@@ -226,7 +226,7 @@ class Dreamer(nn.Module):
         return out
 
     # ------------------------------------------------------------ training
-    def train_step(self, batch: dict[str, np.ndarray | torch.Tensor]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    def train_step(self, batch: Mapping[str, np.ndarray | torch.Tensor]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """One update of world model, actor and critic.
 
         Args:

@@ -99,10 +99,11 @@ def plot_curve(metrics_path: str | Path, out_path: str | Path, *, title: str = "
     if evaluations is not None and Path(evaluations).exists():
         lines += read_metrics(evaluations)
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for key, style in (
-        ("episode/return", dict(alpha=0.35, lw=1, label="train episode")),
-        ("eval/return", dict(marker="o", lw=2, label="eval (deterministic)")),
-    ):
+    styles: dict[str, dict[str, Any]] = {
+        "episode/return": dict(alpha=0.35, lw=1, label="train episode"),
+        "eval/return": dict(marker="o", lw=2, label="eval (deterministic)"),
+    }
+    for key, style in styles.items():
         points = sorted((m["step"], m[key]) for m in lines if m.get(key) is not None)
         if points:
             xs, ys = zip(*points)

@@ -31,13 +31,16 @@ the imagination itself live in :mod:`reverie.agent.returns` and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import operator
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from reverie.world_model import dists
+from reverie.world_model.heads import ScalarHead
+from reverie.world_model.model import WorldModel
 
 #: Prefix of the reconstruction terms.
 REC = "rec/"
@@ -110,12 +113,12 @@ def continuation_target(is_terminal: torch.Tensor, horizon: float) -> torch.Tens
 
 
 def world_model_losses(
-    wm: nn.Module, obs: dict[str, torch.Tensor], prev_actions: torch.Tensor, start: dict[str, torch.Tensor]
+    wm: WorldModel, obs: dict[str, torch.Tensor], prev_actions: torch.Tensor, start: dict[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The world-model terms over a batch of sequences.
 
     Args:
-        wm: the :class:`reverie.world_model.model.WorldModel`.
+        wm: the world model.
         obs: ``{key: [B, T, ...]}`` with the sensor keys, ``reward``,
             ``is_first`` and ``is_terminal``.
         prev_actions: ``[B, T, A]``.
@@ -169,22 +172,30 @@ def policy_loss(
 
 
 def critic_loss(
-    critic: nn.Module, logits: torch.Tensor, target: torch.Tensor, slow_target: torch.Tensor, weight: torch.Tensor, slowreg: float
+    critic: ScalarHead,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    slow_target: torch.Tensor | None,
+    weight: torch.Tensor,
+    slowreg: float,
 ) -> torch.Tensor:
-    """Regression to the return plus ``slowreg`` × regression to the slow critic (none when 0), ``[N, T]``."""
+    """Regression to the return plus ``slowreg`` × regression to the slow critic (none when 0, and then ``slow_target`` may be None), ``[N, T]``."""
     loss = critic.loss(logits, target.detach())
     if slowreg:
+        if slow_target is None:
+            raise ValueError("the slow-critic regulariser (slowreg > 0) needs the slow critic's values")
         loss = loss + slowreg * critic.loss(logits, slow_target.detach())
     return weight.detach() * loss
 
 
 # ------------------------------------------------------------------------ total
-def scale_of(name: str, scales: dict[str, float]) -> float:
+def scale_of(name: str, scales: Mapping[str, float]) -> float:
     """The loss scale of a named term (every ``rec/<key>`` takes ``scales["rec"]``)."""
     return scales["rec"] if name.startswith(REC) else scales[name]
 
 
-def total_loss(losses: dict[str, torch.Tensor], scales: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``(Σ scale · mean(term), {name: scale · mean(term)})``: what the optimiser minimises, and its parts."""
+def total_loss(losses: Mapping[str, torch.Tensor], scales: Mapping[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(Σ scale · mean(term), {name: scale · mean(term)})``: what the optimiser minimises, and its parts (``losses`` is never empty)."""
     scaled = {name: scale_of(name, scales) * term.mean() for name, term in losses.items()}
-    return sum(scaled.values()), scaled
+    # reduce, not sum(): the same additions, but a tensor for the type checker (sum() would start from the int 0).
+    return functools.reduce(operator.add, scaled.values()), scaled

@@ -55,7 +55,7 @@ class LaProp(torch.optim.Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
-            grads = [p.grad for p in params]
+            grads: tuple[torch.Tensor, ...] | list[torch.Tensor] = [p.grad for p in params]
             info["grad_norm"] = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
             if not math.isfinite(info["grad_norm"]):
                 info["skipped"] = 1.0

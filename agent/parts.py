@@ -125,6 +125,7 @@ def assemble_run(
     found = spaces(book) if book.writer else None
     if parallel is not None:
         found = parallel.broadcast_object(found)
+    assert found is not None  # the writing rank found the spaces; the others received them
     obs_space, act_space = found
     updater = Updater(cfg, obs_space, act_space, device=device, counters=book.counters, parallel=parallel)
     ratio = TrainRatio(cfg, book.counters, world=book.world)

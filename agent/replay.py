@@ -41,6 +41,7 @@ import dataclasses
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +76,9 @@ class Generation:
     files: dict[str, str]
 
     @classmethod
-    def new(cls, number: int, total: int, rng: dict[str, Any]) -> Generation:
+    def new(cls, number: int, total: int, rng: Mapping[str, Any]) -> Generation:
         """Generation ``number``, its files named after it."""
-        return cls(number, total, rng, {part: f"{part}-{number}.npz" for part in PARTS})
+        return cls(number, total, dict(rng), {part: f"{part}-{number}.npz" for part in PARTS})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,14 +247,21 @@ class Replay:
             for index in range(before // self.chunk_size, self.total // self.chunk_size):
                 self._write_chunk(index)
 
+    @property
+    def _disk(self) -> Path:
+        """The directory, for the methods that run only when there is one."""
+        if self.directory is None:
+            raise ValueError("this replay has no directory: it keeps its steps in memory only")
+        return self.directory
+
     def _chunk_path(self, index: int) -> Path:
-        return self.directory / f"chunk_{index:08d}.npz"
+        return self._disk / f"chunk_{index:08d}.npz"
 
     def _positions(self, start: int, stop: int) -> np.ndarray:
         return np.arange(start, stop) % self.capacity
 
     def _write_chunk(self, index: int) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self._disk.mkdir(parents=True, exist_ok=True)
         pos = self._positions(index * self.chunk_size, (index + 1) * self.chunk_size)
         arrays = {k: v[pos] for k, v in self.data.items() if k not in LATENT_KEYS}
         _atomic_savez(self._chunk_path(index), arrays)
@@ -413,17 +421,17 @@ class Replay:
 
     def _commit(self, before: list[Generation], keep: list[Generation]) -> None:
         """Writes the manifest naming ``keep`` (the commit point), then deletes what no kept generation needs."""
-        Manifest(self.capacity, self.chunk_size, keep).write(self.directory)
+        Manifest(self.capacity, self.chunk_size, keep).write(self._disk)
         self._kept_totals = [g.total for g in keep]
         needed = {name for g in keep for name in g.files.values()}
         for generation in before:
             for name in generation.files.values():
                 if name not in needed:
-                    (self.directory / name).unlink(missing_ok=True)
+                    (self._disk / name).unlink(missing_ok=True)
         self._drop_chunks()
 
     def _path(self, generation: Generation, part: str) -> Path:
-        return self.directory / generation.files[part]
+        return self._disk / generation.files[part]
 
     def _write_quarantine(self, generation: Generation) -> None:
         held = self.held_steps()
@@ -573,5 +581,5 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy stub: mypy matches **arrays against savez's allow_pickle: bool
     os.replace(tmp, path)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint
 from .replay import MANIFEST, Manifest, Replay
@@ -50,19 +50,19 @@ def check_replay(logdir: str | Path, *, repair: bool = False) -> dict[str, Any]:
     if not config.exists():
         raise ValueError(f"{config} does not exist: {logdir} holds no reverie run")
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(config))
+    assert isinstance(cfg, DictConfig)  # a merge into the structured Config is one
     env = envs.from_config(cfg, cfg.seed)  # the spaces (and the action bounds) come from the environment
     try:
         spec = step_spec(cfg, env.obs_space, env.act_space)
     finally:
         env.close()
-    replay = Replay(
-        capacity=cfg.replay.capacity, seq_len=cfg.batch_length + 1, directory=logdir / "replay", chunk_size=cfg.replay.chunk_size
-    )
+    directory = logdir / "replay"
+    replay = Replay(capacity=cfg.replay.capacity, seq_len=cfg.batch_length + 1, directory=directory, chunk_size=cfg.replay.chunk_size)
     # The generation a resume would load: the checkpoint's (mapped, not read: only one number is needed), else the latest.
     ckpt = logdir / checkpoint.CHECKPOINT
     generation = checkpoint.replay_generation(checkpoint.read(ckpt, mmap=True)) if ckpt.exists() else None
     if (ckpt.exists() and generation is None) or not replay.load(generation):
-        raise ValueError(f"{logdir / 'replay'} holds no saved replay")
+        raise ValueError(f"{directory} holds no saved replay")
     by_reason: collections.Counter = collections.Counter()
 
     def bad_rows(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -84,12 +84,14 @@ def check_replay(logdir: str | Path, *, repair: bool = False) -> dict[str, Any]:
         "backup": None,
     }
     if repair and len(steps):
-        backup = replay.directory / time.strftime("backup-%Y%m%d-%H%M%S")
+        backup = directory / time.strftime("backup-%Y%m%d-%H%M%S")
         backup.mkdir()
-        quarantine = Manifest.read(replay.directory).find(replay.generation, replay.directory).files["quarantine"]
+        manifest = Manifest.read(directory)
+        assert manifest is not None  # replay.load() above read it
+        quarantine = manifest.find(replay.generation, directory).files["quarantine"]
         for name in (MANIFEST, quarantine):
-            if (replay.directory / name).exists():
-                shutil.copy2(replay.directory / name, backup / name)
+            if (directory / name).exists():
+                shutil.copy2(directory / name, backup / name)
         report["repaired"] = replay.quarantine(steps % replay.capacity)
         replay.save_quarantine()
         report["quarantined"] = replay.quarantined

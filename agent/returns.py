@@ -59,6 +59,9 @@ class PercentileNormalizer(nn.Module):
         low, high: percentiles (5, 95).
     """
 
+    lo: torch.Tensor
+    hi: torch.Tensor
+
     def __init__(self, *, rate: float = 0.01, limit: float = 1.0, low: float = 5.0, high: float = 95.0) -> None:
         super().__init__()
         self.rate, self.limit, self.low, self.high = rate, limit, low, high

@@ -18,13 +18,17 @@ import os
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint
+
+if TYPE_CHECKING:  # annotations only: the book itself builds neither
+    from .dreamer import Dreamer
+    from .replay import Replay
 
 #: Keys whose change does not alter a run, so a resumed run may differ in them
 #: (``realtime``: transport and actor settings, outside the learner's maths;
@@ -239,7 +243,7 @@ class RunBook:
             return None
         return checkpoint.spaces_from_dict(self.payload["spaces"])
 
-    def resume(self, agent: torch.nn.Module, replay: Any) -> bool:
+    def resume(self, agent: Dreamer, replay: Replay) -> bool:
         """Continues the checkpoint read at start: agent, optimiser, counters, generators and replay; False without one."""
         if self.payload is None:
             return False
@@ -265,7 +269,7 @@ class RunBook:
         self.resumed = True
         return True
 
-    def save(self, agent: torch.nn.Module, replay: Any, extra: dict[str, Any] | None = None) -> None:
+    def save(self, agent: Dreamer, replay: Replay, extra: dict[str, Any] | None = None) -> None:
         """Checkpoint and replay of this update.
 
         The replay is saved as a new generation first, the checkpoint (naming

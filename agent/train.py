@@ -70,7 +70,9 @@ class Trainer(RunAccess):
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
-        self.env = self.eval_env = None
+        # Rank 0's environments (_make_envs); the other ranks have none and never act.
+        self.env: envs.Env | None = None
+        self.eval_env: envs.Env | None = None
         parts = assemble_run(cfg, self._make_envs)
         self._adopt(parts)
         self._obs: dict[str, np.ndarray] | None = None
@@ -92,18 +94,19 @@ class Trainer(RunAccess):
     def _make_envs(self, book: RunBook) -> tuple[dict, Any]:
         """Rank 0 collects for every rank: its environments give the run's spaces."""
         cfg = self.cfg
-        self.env = envs.from_config(cfg, cfg.seed)
+        self.env = env = envs.from_config(cfg, cfg.seed)
         self.eval_env = envs.from_config(cfg, cfg.seed + 1_000_000)
-        return self.env.obs_space, self.env.act_space
+        return env.obs_space, env.act_space
 
     # ------------------------------------------------------------ acting
     def _collect(self) -> tuple[dict[str, np.ndarray], dict[str, Any] | None]:
         """One agent step on rank 0: the replay step, and the finished episode's summary when it ends there."""
-        cfg = self.cfg
+        cfg, env = self.cfg, self.env
+        assert env is not None, "only rank 0 collects, and it made the environments"
         if self._obs is None:
             # Episodes are seeded by their index, so a resumed run
             # sees the same episodes as an uninterrupted one.
-            self._obs = self.env.reset(seed=cfg.seed + self.counters["episodes"])
+            self._obs = env.reset(seed=cfg.seed + self.counters["episodes"])
             self._state = self.agent.init_state(1)
             self._episode = [0.0, 0]
         obs = self._obs
@@ -124,24 +127,26 @@ class Trainer(RunAccess):
             diagnostics.update(envs.episode_log(obs))  # the draws of env.randomize, as randomize/<param>/<element>
             self._obs = None
             return step, {"episode/return": self._episode[0], "episode/length": self._episode[1], **diagnostics}
-        self._obs = self.env.step(env_action)
+        self._obs = env.step(env_action)
         self._episode[0] += float(self._obs["reward"])
         self._episode[1] += 1
         return step, None
 
     def evaluate(self) -> list[float]:
         """Episodes with the deterministic policy on the evaluation env (rank 0)."""
+        env = self.eval_env
+        assert env is not None, "only rank 0 evaluates, and it made the environments"
         returns = []
         for _ in range(self.cfg.eval_episodes):
             seed = self.cfg.seed + 1_000_000 + self.counters["eval_episodes"]
             self.counters["eval_episodes"] += 1
-            obs = self.eval_env.reset(seed=seed)
+            obs = env.reset(seed=seed)
             state = self.agent.init_state(1)
             total = 0.0
             while True:
                 with self.updater.autocast():
                     action, state = self.agent.policy(_batch(obs), state, mode=True)
-                obs = self.eval_env.step(self._to_env(action))
+                obs = env.step(self._to_env(action))
                 total += float(obs["reward"])
                 if obs["is_last"]:
                     break
@@ -149,11 +154,11 @@ class Trainer(RunAccess):
         return returns
 
     def _to_env(self, action: torch.Tensor) -> np.ndarray:
-        action = action[0].float().cpu().numpy()
+        values = action[0].float().cpu().numpy()
         if self.act_space.discrete:
             # Exactly one-hot (the straight-through sample is one-hot up to rounding).
-            return np.eye(action.shape[0], dtype=np.float32)[int(action.argmax())]
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+            return np.eye(values.shape[0], dtype=np.float32)[int(values.argmax())]
+        return np.clip(values, -1.0, 1.0).astype(np.float32)
 
     # ---------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:
