@@ -202,9 +202,7 @@ class Actor:
             self._trial_step(runtime)
         except ValueError as exc:
             raise ValueError(f"realtime.initial_policy {path}: {exc}") from None
-        runtime.version = 0
-        runtime.published_at = 0.0
-        return runtime
+        return runtime  # version 0, published at 0.0: a local file
 
     def _build(self, payload: bytes | memoryview, sidecar: dict) -> PolicyRuntime:
         """Checks a published policy against this actor's spaces and prepares its session."""

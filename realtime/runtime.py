@@ -105,7 +105,12 @@ class PolicyRuntime:
         if isinstance(sidecar, dict):
             meta = sidecar
         else:
-            side_path = Path(sidecar) if sidecar else sidecar_path(path)
+            if sidecar:
+                side_path = Path(sidecar)
+            elif path is not None:
+                side_path = sidecar_path(path)
+            else:
+                raise ValueError("a policy given as bytes, without a path, needs its sidecar")
             if not side_path.exists():
                 raise ValueError(f"sidecar {side_path} is missing (export writes it next to the .onnx)")
             try:
@@ -114,6 +119,10 @@ class PolicyRuntime:
                 raise ValueError(f"sidecar {side_path} is not valid JSON: {exc}") from exc
         validate_sidecar(meta)
         self.meta = meta
+        #: The version of the published policy this runs (0: a local file); whoever publishes it sets it (the actor).
+        self.version = 0
+        #: The learner's wall-clock time (s) of that publication; 0.0 when unknown.
+        self.published_at = 0.0
         self.split = is_split(meta)
         sources = self._sources(path, meta, model_bytes, hash_checked)
         options = ort.SessionOptions()
@@ -160,6 +169,8 @@ class PolicyRuntime:
         """What onnxruntime loads, per part: a file name, or bytes whose hashes were checked here."""
         split = is_split(meta)
         if hash_checked:
+            if path is None:
+                raise ValueError("hash_checked says the file at path was checked: it needs the path")
             # The caller checked the bytes at `path`: onnxruntime reads the files
             # itself, so no copy of the model is made while holding the GIL (a
             # control thread may be running beside us).
@@ -167,6 +178,8 @@ class PolicyRuntime:
         # Otherwise the bytes that were hashed are the bytes loaded: a file
         # replaced between the check and the load cannot slip in unchecked.
         if model_bytes is None:
+            if path is None:  # __init__ refuses this already
+                raise ValueError("a policy needs its file or its bytes")
             if split and not advance_path(path).exists():
                 raise ValueError(f"advance part {advance_path(path)} is missing (a two-part export writes it beside {Path(path).name})")
             model_bytes = read_payload(path, meta)
@@ -176,7 +189,7 @@ class PolicyRuntime:
         parts = split_payload(model_bytes, meta)
         if split:
             for name, data in zip(("observe", "advance"), parts):
-                if sha256_bytes(data) != meta[name]["sha256"]:
+                if data is None or sha256_bytes(data) != meta[name]["sha256"]:  # (a two-part payload has both parts)
                     raise ValueError(f"{name} part: sha256 does not match the sidecar (the two parts come from different exports)")
         return [bytes(p) for p in parts if p is not None]
 
@@ -218,11 +231,12 @@ class PolicyRuntime:
         key cost a few µs each on the 1m critical path).
         """
         floats = [obs_input(k) for k in self.obs_keys if self.inputs[obs_input(k)].dtype == np.float32]
-        self._float_obs = np.zeros(sum(self.inputs[n].size for n in floats), np.float32) if floats else None
+        flat = np.zeros(sum(self.inputs[n].size for n in floats), np.float32)
+        self._float_obs = flat if floats else None
         offset = 0
         for name in floats:
             size = self.inputs[name].size
-            self.inputs[name] = self._float_obs[offset : offset + size].reshape(self.inputs[name].shape)
+            self.inputs[name] = flat[offset : offset + size].reshape(self.inputs[name].shape)
             offset += size
         #: ``(key, row)``: the row of the key's input that a step's value goes into.
         self._obs_rows = [(k, self.inputs[obs_input(k)][0]) for k in self.obs_keys]
@@ -339,6 +353,7 @@ class PolicyRuntime:
         """The advance itself, if due (no warming)."""
         if not self.split or not self._pending or self._first:
             return False
+        assert self.advance_session is not None  # a two-part model has one
         self.advance_session.run_with_iobinding(self._advance_binding)
         self._pending = False
         return True

@@ -194,6 +194,17 @@ def test_corrupted_model_and_missing_sidecar_refused(exported, tmp_path):
         PolicyRuntime(tmp_path / "q.onnx")
 
 
+def test_bytes_without_a_path_need_their_sidecar_and_cannot_be_hash_checked(exported):
+    """A policy given as bytes: no sidecar path to derive (not ``None.json``), and no file whose check could be skipped."""
+    payload = (exported / "p.onnx").read_bytes() + (exported / "p.advance.onnx").read_bytes()
+    with pytest.raises(ValueError, match="without a path, needs its sidecar"):
+        PolicyRuntime(None, model_bytes=payload)
+    meta = json.loads((exported / "p.onnx.json").read_text())
+    with pytest.raises(ValueError, match="hash_checked .* needs the path"):
+        PolicyRuntime(None, sidecar=meta, model_bytes=payload, hash_checked=True)
+    assert PolicyRuntime(None, sidecar=meta, model_bytes=payload).version == 0  # and the bytes with a sidecar load
+
+
 # A float64 beyond float32's range is cast to inf (numpy warns) and then refused: the warning is the point.
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 def test_runtime_rejects_bad_observations(exported):
