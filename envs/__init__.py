@@ -182,6 +182,8 @@ def from_config(cfg: Any, seed: int) -> Env:
         from omegaconf import OmegaConf
 
         options = OmegaConf.to_container(options, resolve=True)
+    if not isinstance(options, dict):  # the schema refuses it; a config.yaml read without the schema may not
+        raise ValueError(f"env.options must be a mapping of keyword arguments, got {options!r}")
     randomize = RandomizeSpec.from_config(e.get("randomize"))
     return make(
         e.name,

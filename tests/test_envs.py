@@ -531,3 +531,17 @@ def test_exports() -> None:
     for name in ("make", "list_envs", "Space", "Env", "BASIC_KEYS", "model_keys"):
         assert hasattr(envs, name)
     assert isinstance(make("fake/vector"), envs.Env)
+
+
+def test_env_options_that_are_not_a_mapping_are_refused_by_name():
+    """A config.yaml read without the schema (an old checkpoint's, in load_trained) can hold a list there."""
+    from omegaconf import OmegaConf
+
+    from reverie.cli.config import compose
+
+    cfg = compose(["env=fake/vector"])
+    assert envs.from_config(cfg, 0).act_space is not None  # the composed config itself builds
+    raw = OmegaConf.create(OmegaConf.to_container(cfg))
+    raw.env.options = [1, 2]
+    with pytest.raises(ValueError, match="env.options must be a mapping"):
+        envs.from_config(raw, 0)
