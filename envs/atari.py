@@ -141,7 +141,10 @@ class Atari(RawEnv):
         self.length = int(length)
         self.gray = bool(gray)
         self._size = (int(size[0]), int(size[1]))
-        self._rom = roms.get_rom_path(game)
+        rom = roms.get_rom_path(game)
+        if rom is None:  # listed, but the ROM file is not installed
+            raise ValueError(f"atari/{game}: ale-py has no ROM file for it")
+        self._rom = rom
         ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
         self._ale = ale_py.ALEInterface()
         self._ale.setFloat("repeat_action_probability", self.sticky)
@@ -243,4 +246,4 @@ def _resize(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     height, width = size
     if frame.shape[:2] == (height, width):
         return frame.copy()
-    return np.array(Image.fromarray(frame).resize((width, height), Image.BOX), np.uint8)
+    return np.array(Image.fromarray(frame).resize((width, height), Image.Resampling.BOX), np.uint8)

@@ -80,7 +80,8 @@ class Crafter(RawEnv):
         space = {"image": Space(np.uint8, (*self._size, 3), 0, 255)}
         space.update(basic_spaces())
         self._obs_space = space
-        self._act_space = Space(np.int64, (), 0, self._env.action_space.n - 1, discrete=True)
+        self._n_actions = int(self._env.action_space.n)
+        self._act_space = Space(np.int64, (), 0, self._n_actions - 1, discrete=True)
 
     @property
     def action_names(self) -> list[str]:
@@ -106,13 +107,13 @@ class Crafter(RawEnv):
     def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
         """Applies one action."""
         index = int(action)
-        if not 0 <= index < self._act_space.high + 1:
-            raise ValueError(f"action index {index} outside [0, {self._act_space.high + 1})")
+        if not 0 <= index < self._n_actions:
+            raise ValueError(f"action index {index} outside [0, {self._n_actions})")
         image, reward, done, info = self._env.step(index)
         self._length += 1
         self._return += float(info["reward"])
         if done and self._stats_file is not None:
-            self._write_stats(info["achievements"])
+            self._write_stats(self._stats_file, info["achievements"])
         terminal = info["discount"] == 0
         return self._obs(image, reward, info["reward"], info["achievements"], first=False, last=bool(done), terminal=bool(terminal))
 
@@ -122,7 +123,7 @@ class Crafter(RawEnv):
     def _obs(
         self, image: np.ndarray, reward: float, task_reward: float, achievements: dict[str, int], first: bool, last: bool, terminal: bool
     ) -> dict[str, np.ndarray]:
-        obs = {
+        obs: dict[str, np.ndarray] = {
             "image": np.asarray(image, np.uint8),
             "reward": np.array(reward, np.float32),
             "is_first": np.array(first),
@@ -134,9 +135,9 @@ class Crafter(RawEnv):
             obs[f"log/achievement_{name}"] = np.array(achievements[name], np.int32)
         return obs
 
-    def _write_stats(self, achievements: dict[str, int]) -> None:
+    def _write_stats(self, path: Path, achievements: dict[str, int]) -> None:
         stats = {"length": self._length, "reward": round(self._return, 1)}
         stats.update({f"achievement_{k}": int(v) for k, v in achievements.items()})
-        self._stats_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._stats_file, "a") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
             f.write(json.dumps(stats) + "\n")

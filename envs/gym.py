@@ -45,7 +45,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         rows = (np.arange(height) + 0.5) * h / height
         cols = (np.arange(width) + 0.5) * w / width
         return np.ascontiguousarray(image[rows.astype(int)][:, cols.astype(int)], np.uint8)
-    resized = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.BOX)
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize((width, height), Image.Resampling.BOX)
     return np.asarray(resized, np.uint8).reshape(height, width, -1)
 
 
@@ -161,9 +161,8 @@ class Gym(RawEnv):
 
     def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
         """Applies a raw action: bounded floats or an index."""
-        if self._act_space.discrete:
-            action = int(action) + self._act_start
-        raw, reward, terminated, truncated, _ = self._env.step(action)
+        command = int(action) + self._act_start if self._act_space.discrete else action
+        raw, reward, terminated, truncated, _ = self._env.step(command)
         terminated, truncated = bool(terminated), bool(truncated)
         return self._obs(raw, reward, first=False, last=terminated or truncated, terminal=terminated)
 

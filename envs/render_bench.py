@@ -18,13 +18,14 @@ import argparse
 import os
 import statistics
 import time
+from typing import Any
 
 import numpy as np
 
 from .dmc import DMC
 
 #: name -> DMC render options; "reference" is dm_control's stock look.
-CONFIGS: dict[str, dict[str, bool | int]] = {
+CONFIGS: dict[str, dict[str, Any]] = {
     "reference": {"shadows": True, "reflections": True},
     "default": {},
     "flag_off": {"shadows": True},

@@ -276,10 +276,11 @@ class MuJoCoRobot:
         **kwargs: Any,
     ) -> None:
         family, _, rest = name.partition("/")
+        height, width = size  # (a list from a config, too)
         if family == "dmc" and rest:
-            self._sim: _DMCSim | _GymSim = _DMCSim(rest, obs, seed, tuple(size), kwargs)
+            self._sim: _DMCSim | _GymSim = _DMCSim(rest, obs, seed, (height, width), kwargs)
         elif family == "gym" and rest:
-            self._sim = _GymSim(rest, obs, seed, tuple(size), kwargs)
+            self._sim = _GymSim(rest, obs, seed, (height, width), kwargs)
         else:
             raise ValueError(f"MuJoCoRobot: expected 'dmc/<domain>_<task>' or 'gym/<id>', got {name!r}")
         self.name = name
@@ -483,8 +484,7 @@ class MuJoCoRobot:
         """Integrates the timesteps due by now under the current raw command."""
         if self._origin is None or self._last:
             return
-        due = math.floor((self._clock() - self._origin) / self._sim.dt + _STEP_EPS)
-        due = min(due, self._max_steps)
+        due = min(math.floor((self._clock() - self._origin) / self._sim.dt + _STEP_EPS), self._max_steps)  # a float: max may be inf
         while self._steps < due:
             reward, last, terminal = self._sim.advance(self._raw)
             self._steps += 1

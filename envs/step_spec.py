@@ -128,9 +128,11 @@ class StepSpec:
         out: dict[str, np.ndarray] = {}
 
         def add(reason: str, key: str, mask: np.ndarray) -> None:
-            mask = np.asarray(mask, bool).reshape(mask.shape[:lead] + (-1,)).any(-1) if mask.ndim > lead else np.asarray(mask, bool)
-            if mask.any():
-                out[f"{reason} {key}"] = mask
+            rows = np.asarray(mask, bool)
+            if rows.ndim > lead:  # any element of a row (asarray: any() is typed as maybe a scalar)
+                rows = np.asarray(rows.reshape(rows.shape[:lead] + (-1,)).any(-1))
+            if rows.any():
+                out[f"{reason} {key}"] = rows
 
         for key in self.checked_keys:
             dtype, value = self.schema[key][0], arrays[key]

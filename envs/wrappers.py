@@ -181,7 +181,7 @@ class OneHotAction(Wrapper):
         # Straight-through samples can be off by float rounding (0.99999994).
         if np.count_nonzero(rounded == 1) != 1 or np.count_nonzero(rounded) != 1 or np.abs(action - rounded).max() > ONE_HOT_TOL:
             raise ValueError(f"action: expected a one-hot vector, got {action}")
-        return self.env.step(np.int64(int(np.argmax(rounded)) + self._offset))
+        return self.env.step(np.asarray(int(np.argmax(rounded)) + self._offset, np.int64))  # the index, as a 0-d array
 
 
 class ActionRepeat(Wrapper):
