@@ -43,6 +43,11 @@ def describe_fields(cls: type = schema.Config, prefix: str = "") -> list[tuple[s
         if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None):
             continue
         if "help" in f.metadata:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if f.default is not dataclasses.MISSING:
+                default = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:
+                default = "???"  # a mandatory key, as OmegaConf writes it
             rows.append((key, repr(default), f.metadata["help"]))
     return rows

@@ -371,7 +371,7 @@ def cmd_export(args: list[str]) -> int:
         return 2
     source = Path(opts.checkpoint)
     output = Path(opts.output) if opts.output else (source if source.is_dir() else source.parent) / "policy.onnx"
-    args = {
+    export_args = {
         "obs_space": obs_space,
         "deterministic": opts.deterministic,
         "split": not opts.fused,
@@ -395,7 +395,7 @@ def cmd_export(args: list[str]) -> int:
                 bound=bound,
                 steps=opts.deviation_steps,
                 episodes=opts.eval_episodes,
-                **args,
+                **export_args,
             )
         except ValueError as exc:
             print(f"reverie export: {exc}", file=sys.stderr)
@@ -407,7 +407,7 @@ def cmd_export(args: list[str]) -> int:
             f" fp32 {report['return_fp32']}, {opts.quantize} {report['return_int8']}"
         )
     else:
-        sidecar = export_policy(agent, output, **args)
+        sidecar = export_policy(agent, output, **export_args)
     files = [output, advance_path(output)] if sidecar["format"] == FORMAT_SPLIT else [output]
     size = sum(f.stat().st_size for f in files) / 1e6
     print(f"wrote {' and '.join(map(str, files))} ({size:.2f} MB) and {output}.json; sha256 {sidecar['sha256'][:16]}…")

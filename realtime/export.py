@@ -51,7 +51,15 @@ class _Part:
         self.module, self.args, self.inputs, self.outputs, self.path = module, args, inputs, outputs, path
         buffer = io.BytesIO()
         with torch.no_grad():
-            torch.onnx.export(module, args, buffer, input_names=inputs, output_names=list(outputs), opset_version=OPSET, dynamo=False)
+            torch.onnx.export(
+                module,
+                args,
+                buffer,  # type: ignore[arg-type]  # torch types f as a path; the TorchScript exporter writes a BytesIO too
+                input_names=inputs,
+                output_names=list(outputs),
+                opset_version=OPSET,
+                dynamo=False,
+            )
             self.want = module(*args)
         self.data = buffer.getvalue()
 
@@ -128,7 +136,8 @@ def export_policy(
     if quantize is not None:
         from .quantize import MIN_STATIC_CHANNELS, OPS, STATIC_OPS, convolutions_to_quantize, quantize_bytes
 
-        static = sum(len(convolutions_to_quantize(part.data)) for part in parts) if calibration else 0
+        observations = len(calibration) if calibration else 0
+        static = sum(len(convolutions_to_quantize(part.data)) for part in parts) if observations else 0
         for part in parts:
             part.data = quantize_bytes(part.data, quantize, calibration)
     rssm = step.rssm
@@ -160,7 +169,7 @@ def export_policy(
                 " MinMax ranges over the calibration observations)",
                 ops=[*OPS, *STATIC_OPS],
                 static_convolutions=static,
-                calibration_observations=len(calibration),
+                calibration_observations=observations,
             )
     if split:
         observe, advance = parts

@@ -328,6 +328,7 @@ class Learner(RunAccess):
             plan = (stop, received)
         if self.parallel is not None:
             plan = self.parallel.broadcast_object(plan)
+        assert plan is not None  # rank 0 made the plan; the others received it
         return plan
 
     def _messages_left(self) -> int:

@@ -316,7 +316,7 @@ class LoopStats:
         ax = fig.add_subplot(1, 1, 1)
         top = max(float(data.max()) if data.size else 0.0, deadline_us) * 1.05
         if data.size:
-            ax.hist(data, bins=np.linspace(0.0, top, bins + 1), color="tab:blue", alpha=0.8)
+            ax.hist(data, bins=np.linspace(0.0, top, bins + 1).tolist(), color="tab:blue", alpha=0.8)
             p50, p99 = np.percentile(data, [50, 99])
             ax.axvline(p50, color="tab:green", linestyle="--", label=f"p50 {p50:.0f} µs")
             ax.axvline(p99, color="tab:orange", linestyle="--", label=f"p99 {p99:.0f} µs")

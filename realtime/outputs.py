@@ -58,6 +58,7 @@ def run_metadata(cfg: DictConfig, env_steps: int) -> dict[str, Any]:
 def env_record(cfg: DictConfig) -> dict[str, Any]:
     """The environment settings a sidecar records (``env_config``), for ``reverie eval`` to rebuild the run's environment."""
     env = OmegaConf.to_container(cfg.env, resolve=True)
+    assert isinstance(env, dict)  # cfg.env is a mapping node (configs/schema.py)
     return {k: env.get(k) for k in ("action_repeat", "time_limit", "size", "options")}
 
 

@@ -109,7 +109,7 @@ def encode_experience(*, actor: str, episode: int, seq: int, policy: int, arrays
         "dtypes": [a.dtype.name for a in arrays.values()],
         "shapes": [list(a.shape) for a in arrays.values()],
     }
-    return [msgpack.packb(header), *(memoryview(a).cast("B") for a in arrays.values())]
+    return [msgpack.packb(header), *(a.data.cast("B") for a in arrays.values())]
 
 
 def _untrusted(decode: Callable[..., Any]) -> Callable[..., Any]:

@@ -100,8 +100,7 @@ def quantize_bytes(data: bytes, mode: str, observations: list[dict[str, np.ndarr
         quant_pre_process(source, prepared, skip_symbolic_shape=True)
         import onnx
 
-        convolutions = convolutions_to_quantize(onnx.load(str(prepared))) if observations else []
-        if convolutions:
+        if observations and (convolutions := convolutions_to_quantize(onnx.load(str(prepared)))):
             static = Path(tmp) / "static.onnx"
             # QDQ with per-channel s8 weights and u8 activations: what onnxruntime fuses into QLinearConv
             # (VNNI kernels). MinMax ranges over the calibration observations.
@@ -127,8 +126,10 @@ def quantize_bytes(data: bytes, mode: str, observations: list[dict[str, np.ndarr
 @contextlib.contextmanager
 def _quiet_root_warning(prefix: str) -> Iterator[None]:
     """Drops the root logger's records that start with ``prefix`` while the block runs."""
-    drop = logging.Filter()
-    drop.filter = lambda record: not str(record.msg).startswith(prefix)  # type: ignore[method-assign]
+
+    def drop(record: logging.LogRecord) -> bool:  # a logger takes any callable as a filter
+        return not str(record.msg).startswith(prefix)
+
     logging.getLogger().addFilter(drop)
     try:
         yield

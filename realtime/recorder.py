@@ -110,14 +110,16 @@ class ExperienceRecorder:
     def _write_latents(self, row: int, policy: Any) -> None:
         latent = getattr(policy, "latent", None)  # a PolicyRuntime: h_t and z_t of its last step
         deter, stoch = self.buffers["deter"], self.buffers["stoch"]
-        h, z = latent() if latent is not None else (None, None)
-        if h is not None and h.shape == deter.shape[1:]:
-            deter[row] = h
-            # Categorical z [S, C] is kept as class indices; a Gaussian z [S] (V1) is not kept.
-            stoch[row] = z.argmax(-1) if z.ndim == 2 else 0
-        else:  # a policy without latents (random, before the first weights): zeros
-            deter[row] = 0
-            stoch[row] = 0
+        if latent is not None:
+            h, z = latent()
+            if h.shape == deter.shape[1:]:
+                deter[row] = h
+                # Categorical z [S, C] is kept as class indices; a Gaussian z [S] (V1) is not kept.
+                stoch[row] = z.argmax(-1) if z.ndim == 2 else 0
+                return
+        # A policy without latents (random, before the first weights), or of another size: zeros.
+        deter[row] = 0
+        stoch[row] = 0
 
     def flush(self) -> None:
         """Sends the steps recorded so far (if any) as one chunk."""

@@ -37,7 +37,7 @@ def query_status(address: str, timeout_s: float = 2.0, secure: Any = None) -> di
     Raises:
         TimeoutError: when no learner answers within ``timeout_s``.
     """
-    context = zmq.Context.instance()
+    context: zmq.Context = zmq.Context.instance()
     socket = context.socket(zmq.REQ)
     socket.setsockopt(zmq.LINGER, 0)
     if secure is not None:
