@@ -9,7 +9,7 @@ from torch import nn
 
 from reverie.world_model import dists
 from reverie.world_model.heads import ScalarHead
-from reverie.world_model.nets import MLP, Linear
+from reverie.world_model.nets import MLP, LatentFeat, Linear
 
 ACTOR_DISTS = ("bounded_normal", "trunc_normal", "tanh_normal")
 
@@ -69,7 +69,7 @@ class Actor(nn.Module):
         self.mlp = MLP(feat_dim, layers, units, act=act, norm=norm)
         self.out = Linear(self.mlp.out_features, act_dim if discrete else 2 * act_dim, outscale=outscale)
 
-    def params(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def params(self, feat: torch.Tensor | LatentFeat) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Distribution parameters: ``(logits, None)`` or ``(mean, std)``, each ``[..., A]``."""
         x = self.out(self.mlp(feat))
         if self.discrete:
@@ -81,7 +81,7 @@ class Actor(nn.Module):
             return dists.tanh_normal_params(mean, std, self.mean_scale, self.init_std, self.min_std)
         return dists.bounded_normal_params(mean, std, self.min_std, self.max_std)
 
-    def sample(self, feat: torch.Tensor, noise: torch.Tensor | None = None, mode: bool = False) -> torch.Tensor:
+    def sample(self, feat: torch.Tensor | LatentFeat, noise: torch.Tensor | None = None, mode: bool = False) -> torch.Tensor:
         """An action ``[..., A]``.
 
         Args:
@@ -93,17 +93,18 @@ class Actor(nn.Module):
         a, b = self.params(feat)
         if self.discrete:
             return dists.mode_onehot(a) if mode else dists.sample_onehot(a, noise)
-        squash = torch.tanh if self.dist == "tanh_normal" else (lambda x: x)
+        squash = self.dist == "tanh_normal"
         if mode:
-            return squash(a)
+            return torch.tanh(a) if squash else a
         assert b is not None, "a continuous actor's params() returns (mean, std)"
         if noise is None:
             noise = torch.randn_like(a)
         if self.dist == "trunc_normal":
             return dists.trunc_normal_sample(a, b, noise)
-        return squash(a + b * noise)
+        sample = a + b * noise
+        return torch.tanh(sample) if squash else sample
 
-    def logp_entropy(self, feat: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def logp_entropy(self, feat: torch.Tensor | LatentFeat, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability of ``action`` and the entropy, each ``[...]`` (summed over action dims).
 
         The tanh-normal has no closed-form entropy; its estimate is −log π(action).
@@ -111,6 +112,7 @@ class Actor(nn.Module):
         a, b = self.params(feat)
         if self.discrete:
             return (a * action).sum(-1), dists.categorical_entropy(a)
+        assert b is not None, "a continuous actor's params() returns (mean, std)"
         if self.dist == "trunc_normal":
             logp, entropy = dists.trunc_normal_logp_entropy(action, a, b)
             return logp.sum(-1), entropy.sum(-1)
@@ -150,6 +152,6 @@ class SlowCritic(nn.Module):
         torch._foreach_lerp_(list(self.net.parameters()), list(critic.parameters()), self.rate)
 
     @torch.no_grad()
-    def mean(self, feat: torch.Tensor) -> torch.Tensor:
+    def mean(self, feat: torch.Tensor | LatentFeat) -> torch.Tensor:
         """The slow critic's value prediction ``[...]``."""
         return self.net.mean(self.net.logits(feat))

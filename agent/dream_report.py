@@ -19,12 +19,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from reverie.agent.openloop import OpenLoop, open_loop
+
+if TYPE_CHECKING:  # matplotlib is imported when a report is drawn
+    from matplotlib.figure import Figure
 
 #: Horizons whose open-loop error goes into the metrics as ``report/openloop_error_h{h}``.
 METRIC_HORIZONS = (1, 5, 15, 45)
@@ -281,17 +285,20 @@ def encode_gif(frames: np.ndarray, fps: float = 10.0) -> bytes:
     return buf.getvalue()
 
 
-def _figure_rgb(fig) -> np.ndarray:
+def _figure_rgb(fig: Figure) -> np.ndarray:
     """Renders a matplotlib figure to ``[H, W, 3]`` uint8 and closes it."""
     import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    canvas = fig.canvas
+    assert isinstance(canvas, FigureCanvasAgg)  # _pyplot() selects Agg, whose canvas has the pixel buffer
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
     return image
 
 
-def _pyplot():
+def _pyplot() -> ModuleType:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -344,7 +351,7 @@ def vector_figure(result: OpenLoop, key: str, *, max_dims: int = 8) -> np.ndarra
 def reward_figure(result: OpenLoop) -> np.ndarray:
     """Reward (and continuation, with a head) predicted against true along the sequences."""
     rows = [("reward", result.reward.numpy(), result.reward_pred.numpy())]
-    if result.cont is not None:
+    if result.cont is not None and result.cont_pred is not None:  # (both, with a continuation head)
         rows.append(("continuation", result.cont.numpy(), result.cont_pred.numpy()))
     return _series_figure(rows, result.context, "reward and continuation")
 
@@ -446,7 +453,7 @@ def build_report(result: OpenLoop, *, fps: float = 10.0, info: dict[str, Any] | 
         "error_over_context": {k: round(float(v[:, : result.context].mean()), 6) for k, v in result.error.items()},
         "reward_abs_error_by_horizon": [round(float(x), 6) for x in (result.reward_pred - result.reward)[:, imagined].abs().mean(0)],
     }
-    if result.cont is not None:
+    if result.cont is not None and result.cont_pred is not None:
         numbers["cont_abs_error_by_horizon"] = [round(float(x), 6) for x in (result.cont_pred - result.cont)[:, imagined].abs().mean(0)]
     numbers["table"] = {f"h{h}": numbers["error_by_horizon"]["total"][h - 1] for h in METRIC_HORIZONS if h <= result.horizon}
     report.numbers = numbers

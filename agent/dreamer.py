@@ -160,10 +160,11 @@ class Dreamer(nn.Module):
         torch._dynamo.config.suppress_errors = True
         heads = [self.critic, self.slow_critic.net, self.wm.reward, self.wm.cont, self.actor]
         hot = [head.mlp for head in heads if head is not None] + [self.wm.rssm.prior_net]  # V1 has no continuation head
+        # Instance attributes over the class's methods (what eager() hides again).
         for module in hot:
-            module.forward = torch.compile(module.forward, dynamic=False)
+            module.__dict__["forward"] = torch.compile(module.forward, dynamic=False)
         self._compiled = hot
-        self.wm.rssm.core = torch.compile(self.wm.rssm.core, dynamic=False)
+        self.wm.rssm.__dict__["core"] = torch.compile(self.wm.rssm.core, dynamic=False)
 
     @contextlib.contextmanager
     def eager(self) -> Iterator[None]:
@@ -299,6 +300,7 @@ class Dreamer(nn.Module):
             "stoch": post["stoch"].detach().reshape(B * T, *rssm.stoch_shape),
         }
         dynamics = self.actor_grad_mix > 0
+        img_feat: torch.Tensor | LatentFeat
         if dynamics or not rssm.categorical:
             # Dense rollout; with dynamics backpropagation its gradient reaches the actor.
             with torch.set_grad_enabled(dynamics):
@@ -318,7 +320,10 @@ class Dreamer(nn.Module):
             cont = self.wm.discount(img_feat)  # [N, H+1], includes the discount
         with torch.no_grad():
             slow_value = self.slow_critic.mean(_time_slice(img_feat, slice(None, -1))) if self.slowreg else None  # [N, H]
-        critic_feat = img_feat.detach() if dynamics else img_feat
+        critic_feat = img_feat
+        if dynamics:
+            assert isinstance(img_feat, torch.Tensor)  # dynamics backpropagation imagines densely (above)
+            critic_feat = img_feat.detach()
         value_logits = self.critic.logits(critic_feat)
         if dynamics:
             # Bootstrap values with a gradient path through the imagined states (not into the critic).
@@ -339,6 +344,7 @@ class Dreamer(nn.Module):
         adv = (ret - value[:, :-1]) / scale
         actor_feat = _time_slice(img_feat, slice(None, -1))
         if dynamics:
+            assert isinstance(actor_feat, torch.Tensor)  # (dense, as above)
             actor_feat, actions = actor_feat.detach(), actions.detach()
         logp, entropy = self.actor.logp_entropy(actor_feat, actions[:, :-1])
         losses["policy"] = (

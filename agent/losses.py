@@ -163,7 +163,7 @@ def policy_loss(
     the λ-returns ``R`` themselves, whose gradient reaches the actor through
     the differentiable imagined rollout (V1, V2 for continuous actions).
     """
-    objective = logp * advantage.detach() if mix < 1 else 0.0
+    objective: torch.Tensor | float = logp * advantage.detach() if mix < 1 else 0.0
     if mix > 0:
         if returns is None:
             raise ValueError("dynamics backpropagation (mix > 0) needs the returns")

@@ -48,7 +48,7 @@ class LaProp(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, agc=agc, warmup=warmup, count=0))
 
     @torch.no_grad()
-    def step(self, closure=None) -> dict[str, float]:  # type: ignore[override]
+    def step(self, closure: None = None) -> dict[str, float]:  # type: ignore[override]  # returns the update's info, not a loss
         """One update; returns the learning rate used and the gradient norm."""
         info: dict[str, float] = {"skipped": 0.0}
         for group in self.param_groups:
@@ -121,7 +121,7 @@ class ClippedAdam(torch.optim.AdamW):
         super().__init__(param_groups, eps=eps, betas=(0.9, 0.999))
 
     @torch.no_grad()
-    def step(self, closure=None) -> dict[str, float]:  # type: ignore[override]
+    def step(self, closure: None = None) -> dict[str, float]:  # type: ignore[override]  # returns the update's info, not a loss
         """Clips each group, then one Adam update; returns the world model's gradient norm and learning rate."""
         info: dict[str, float] = {"skipped": 0.0}
         for group in self.param_groups:

@@ -41,7 +41,7 @@ import dataclasses
 import json
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -340,7 +340,9 @@ class Replay:
         """Step indices (0 … total−1) of the rows replay holds, oldest first."""
         return np.arange(self.first, self.total)
 
-    def scan(self, bad_rows, keys: list[str] | None = None, block: int = 65536) -> np.ndarray:
+    def scan(
+        self, bad_rows: Callable[[dict[str, np.ndarray]], np.ndarray], keys: list[str] | None = None, block: int = 65536
+    ) -> np.ndarray:
         """Step indices of the held rows that ``bad_rows({key: [N, ...]}) → [N] mask`` flags, in blocks of ``block`` rows.
 
         ``keys``: the keys ``bad_rows`` reads (default all); leaving out the

@@ -123,7 +123,7 @@ class Trainer(RunAccess):
             if obs["is_terminal"] and self.agent.wm.cont is None:
                 _warn_no_continuation_head()
             # Per-episode diagnostics of the env (Crafter's achievement counts) go along as episode/<name>.
-            diagnostics = {f"episode/{k[4:]}": int(v) for k, v in obs.items() if k.startswith("log/achievement_")}
+            diagnostics: dict[str, float] = {f"episode/{k[4:]}": int(v) for k, v in obs.items() if k.startswith("log/achievement_")}
             diagnostics.update(envs.episode_log(obs))  # the draws of env.randomize, as randomize/<param>/<element>
             self._obs = None
             return step, {"episode/return": self._episode[0], "episode/length": self._episode[1], **diagnostics}
@@ -314,7 +314,7 @@ def _stopped_by_signal(signum: int, frame: Any) -> None:
     )
 
 
-def _progress(cfg: DictConfig, initial: int):
+def _progress(cfg: DictConfig, initial: int) -> Any:  # a tqdm bar (untyped), or None
     if not cfg.progress:
         return None
     from tqdm import tqdm

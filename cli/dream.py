@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
     from reverie.agent.dream_report import DreamReport
 
 DREAM_HELP = """\
@@ -111,6 +113,7 @@ def make_dream(opts: argparse.Namespace) -> tuple[Path, DreamReport]:
     source = Path(opts.logdir)
     logdir = source if source.is_dir() else source.parent
     agent, cfg, obs_space, act_space = load_trained(source)
+    steps: dream_report.StepSource
     if opts.episode:
         steps = dream_report.load_episode_file(opts.episode)
     else:
@@ -134,7 +137,7 @@ def make_dream(opts: argparse.Namespace) -> tuple[Path, DreamReport]:
     return dream_report.write_report(report, out), report
 
 
-def _env_steps(path: Path, cfg) -> int:
+def _env_steps(path: Path, cfg: DictConfig) -> int:
     """Environment steps of a checkpoint: its agent steps × the action repeat (0 when it does not say)."""
     import torch
 

@@ -13,7 +13,10 @@ import sys
 import textwrap
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the commands import what they need when they run
+    from omegaconf import DictConfig
 
 USAGE = """\
 usage: reverie <command> [overrides…] [--help]
@@ -158,7 +161,7 @@ def stop_after_episode(trainer: Any) -> Callable[[int, Any], None]:
     return handler
 
 
-def _compose(overrides: list[str]):
+def _compose(overrides: list[str]) -> DictConfig | None:
     from hydra.errors import HydraException, MissingConfigException
 
     from .config import compose, group_options

@@ -258,7 +258,7 @@ class ExperienceReceiver:
         if secure is not None:
             secure(self._socket)
         self._socket.bind(address)
-        self.address = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def _validate(self, exp: Experience) -> None:
         if self.spec is not None:
@@ -338,7 +338,7 @@ class WeightPublisher:
         if secure is not None:
             secure(self._socket)
         self._socket.bind(address)
-        self.address = self._socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.version = -1
         self._last: tuple[int, bytes, dict] | None = None
 

@@ -291,7 +291,7 @@ def _read_status(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _bar(cfg: DictConfig):
+def _bar(cfg: DictConfig) -> Any:  # a tqdm bar (untyped), or None
     if not cfg.progress:
         return None
     from tqdm import tqdm

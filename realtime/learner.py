@@ -373,6 +373,7 @@ class Learner(RunAccess):
                     if self.writer and self.counters["updates"] - self.counters["last_publish"] >= rt.publish_every:
                         self._try_publish()
                 if self.writer:
+                    assert logger is not None  # the writer made one
                     now = time.time()
                     if now >= next_republish:
                         self.publisher.republish()

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import dists
-from .nets import MLP, Linear
+from .nets import MLP, LatentFeat, Linear
 
 
 class TwoHotHead(nn.Module):
@@ -28,7 +28,7 @@ class TwoHotHead(nn.Module):
         self.out = Linear(self.mlp.out_features, bins, outscale=outscale)
         self.register_buffer("bins", dists.symexp_bins(bins), persistent=False)
 
-    def logits(self, feat: torch.Tensor) -> torch.Tensor:
+    def logits(self, feat: torch.Tensor | LatentFeat) -> torch.Tensor:
         """``[..., F] → [..., bins]``."""
         return self.out(self.mlp(feat))
 
@@ -54,7 +54,7 @@ class MSEHead(nn.Module):
         self.mlp = MLP(in_dim, layers, units, act=act, norm=norm)
         self.out = Linear(self.mlp.out_features, 1, outscale=outscale)
 
-    def logits(self, feat: torch.Tensor) -> torch.Tensor:
+    def logits(self, feat: torch.Tensor | LatentFeat) -> torch.Tensor:
         """``[..., F] → [..., 1]``."""
         return self.out(self.mlp(feat))
 
@@ -90,7 +90,7 @@ class BinaryHead(nn.Module):
         self.mlp = MLP(in_dim, layers, units, act=act, norm=norm)
         self.out = Linear(self.mlp.out_features, 1, outscale=outscale)
 
-    def logit(self, feat: torch.Tensor) -> torch.Tensor:
+    def logit(self, feat: torch.Tensor | LatentFeat) -> torch.Tensor:
         """``[..., F] → [...]``."""
         return self.out(self.mlp(feat)).squeeze(-1)
 

@@ -92,7 +92,7 @@ class WorldModel(nn.Module):
         self.reward = scalar_head(feat, **reward_head)
         self.cont = BinaryHead(feat, **cont_head) if use_cont else None
 
-    def discount(self, feat: torch.Tensor) -> torch.Tensor:
+    def discount(self, feat: torch.Tensor | LatentFeat) -> torch.Tensor:
         """The predicted discount of reaching each state, ``γ · P(continue)`` ``[...]`` (γ alone without a head)."""
         if self.cont is None:
             deter = feat.deter if isinstance(feat, LatentFeat) else feat

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +52,14 @@ class _GatherSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, table: torch.Tensor, bags: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, table: torch.Tensor, bags: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(bags)
         ctx.rows = table.shape[0]
         return F.embedding_bag(bags, table, mode="sum")
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (grad,) = grads  # one output, one gradient
         (bags,) = ctx.saved_tensors
         grad_table = grad.new_zeros(ctx.rows, grad.shape[-1])
         for slot in range(bags.shape[1]):

@@ -368,7 +368,9 @@ class RSSM(nn.Module):
         return {"deter": deter, "stoch": stoch}, feats
 
     @torch.no_grad()
-    def imagine(self, start: State, policy, horizon: int, *, dense: bool = False) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def imagine(
+        self, start: State, policy: Callable[[torch.Tensor | LatentFeat], torch.Tensor], horizon: int, *, dense: bool = False
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Rolls the prior forward under a policy, without gradients.
 
         Latents stay in index form throughout (see :class:`LatentFeat`).
@@ -406,7 +408,9 @@ class RSSM(nn.Module):
         traj = {"deter": torch.stack(deters, 1), "index": torch.stack(indices, 1)}
         return traj, torch.stack(actions, 1)
 
-    def imagine_differentiable(self, start: State, policy, horizon: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def imagine_differentiable(
+        self, start: State, policy: Callable[[torch.Tensor], torch.Tensor], horizon: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rolls the prior forward with gradients through the samples (dynamics backpropagation, V1/V2).
 
         Args:
