@@ -16,7 +16,11 @@ ROBOT_VENV := .venv-robot
 ROBOT_PY := $(ROBOT_VENV)/bin/python
 ROBOT_STAMP := $(ROBOT_VENV)/.installed
 
-.PHONY: run test test-robot lint format clean-venv system-deps
+# `make typecheck`: mypy over the packages, as the `reverie` package they install as (pyproject.toml, [tool.mypy]).
+TYPECHECK_ROOT := build/typecheck/reverie
+PACKAGES := agent world_model realtime envs cli configs
+
+.PHONY: run test test-robot lint typecheck format clean-venv system-deps
 
 $(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
@@ -46,6 +50,7 @@ run: $(STAMP)
 
 test: $(STAMP) test-robot
 	$(VENV)/bin/ruff check .
+	@$(MAKE) --no-print-directory typecheck
 	$(PY) -m pytest -q --timeout=900 -n $(TEST_WORKERS) -m "not serial"
 	$(PY) -m pytest -q --timeout=900 -m serial
 
@@ -58,6 +63,12 @@ test-robot: $(ROBOT_STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+	@$(MAKE) --no-print-directory typecheck
+
+# Each code folder linked as reverie/<folder> (mypy does not read setuptools' package-dir), then mypy.
+typecheck: $(STAMP)
+	@mkdir -p $(TYPECHECK_ROOT) && for p in $(PACKAGES); do ln -sfn ../../../$$p $(TYPECHECK_ROOT)/$$p; done
+	$(PY) -m mypy
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
