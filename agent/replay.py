@@ -583,5 +583,5 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy stub: mypy matches **arrays against savez's allow_pickle: bool
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy stub + mypy: **arrays is checked against savez's allow_pickle: bool
     os.replace(tmp, path)
