@@ -109,7 +109,8 @@ def encode_experience(*, actor: str, episode: int, seq: int, policy: int, arrays
         "dtypes": [a.dtype.name for a in arrays.values()],
         "shapes": [list(a.shape) for a in arrays.values()],
     }
-    return [msgpack.packb(header), *(a.data.cast("B") for a in arrays.values())]
+    # Flat byte views (no copy); unlike memoryview.cast, this also takes an array with a zero in its shape.
+    return [msgpack.packb(header), *(a.reshape(-1).view(np.uint8).data for a in arrays.values())]
 
 
 def _untrusted(decode: Callable[..., Any]) -> Callable[..., Any]:

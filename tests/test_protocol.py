@@ -54,6 +54,15 @@ def test_buffers_are_sent_without_copying():
     assert np.shares_memory(np.frombuffer(frames[1], np.uint8), arrays["image"])
 
 
+def test_a_sensor_of_size_zero_is_encoded_and_decoded():
+    """An empty sensor (shape ``[T, 0]``) once made the sender raise TypeError (memoryview.cast) in the actor's loop."""
+    arrays = {"empty": np.zeros((3, 0), np.float32), "reward": np.ones(3, np.float32)}
+    frames = encode_experience(actor="a", episode=0, seq=0, policy=0, arrays=arrays)
+    schema = {"empty": ("float32", (0,)), "reward": ("float32", ())}
+    exp = decode_experience([bytes(f) for f in frames], schema=schema)
+    assert exp.arrays["empty"].shape == (3, 0) and exp.arrays["reward"].tolist() == [1.0, 1.0, 1.0]
+
+
 def good_frames():
     return [bytes(f) for f in encode_experience(actor="a", episode=0, seq=0, policy=0, arrays=chunk())]
 
