@@ -273,6 +273,13 @@ class Trainer(RunAccess):
         """Checkpoint and replay, consistent with each other (taken between episodes; every rank at the same update)."""
         self.book.save(self.agent, self.replay, {"spaces": checkpoint.spaces_to_dict(self.obs_space, self.act_space)})
 
+    def close(self) -> None:
+        """Frees rank 0's environments (simulators, renderers); idempotent. The trainer cannot act afterwards."""
+        for env in (self.env, self.eval_env):
+            if env is not None:
+                env.close()
+        self.env = self.eval_env = None
+
 
 def export_metadata(cfg: DictConfig, env_steps: int) -> dict[str, Any]:
     """What an exported policy's sidecar records about the run."""
@@ -328,5 +335,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     try:
         return trainer.run()
     finally:
+        trainer.close()
         if trainer.parallel is not None:
             trainer.parallel.close()

@@ -133,6 +133,7 @@ def cmd_train(args: list[str]) -> int:
         print(f"reverie train: {exc}", file=sys.stderr)
         return 2
     finally:
+        trainer.close()
         if trainer.parallel is not None:
             trainer.parallel.close()
     if trainer.writer:

@@ -32,6 +32,25 @@ def test_smoke_fake_env_writes_all_outputs(tiny_overrides, tmp_path):
     assert all(v is not None for v in finite)
 
 
+def test_reverie_train_closes_its_environments(tiny_overrides, monkeypatch):
+    """Training and evaluation env are freed when the command ends (simulators and GL contexts are not left to exit)."""
+    from reverie import envs
+
+    made = []
+
+    def from_config(cfg, seed):
+        env = real(cfg, seed)
+        closed = env.close
+        env.close = lambda: (made_closed.append(env), closed())
+        made.append(env)
+        return env
+
+    real, made_closed = envs.from_config, []
+    monkeypatch.setattr(envs, "from_config", from_config)
+    assert main(["train", "env=fake/vector", "env.time_limit=20", "steps=40", *tiny_overrides]) == 0
+    assert len(made) == 2 and made_closed == made
+
+
 def test_smoke_fake_pixels_and_discrete(tiny_overrides, tmp_path):
     assert main(["train", "env=fake/pixels", "obs=pixels", "env.time_limit=10", "steps=40", *tiny_overrides]) == 0
     other = [o for o in tiny_overrides if not o.startswith("logdir=")] + [f"logdir={tmp_path / 'disc'}"]
