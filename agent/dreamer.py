@@ -373,6 +373,9 @@ class Dreamer(nn.Module):
                 "train/img_reward": reward.mean(),
                 "train/img_cont": cont.mean(),
             }
+            if self.return_norm == "percentile":
+                # The normaliser's EMA percentiles (the official code's offset is lo, its scale max(1, hi − lo)).
+                metrics |= {"train/ret_lo": self.retnorm.lo.clone(), "train/ret_hi": self.retnorm.hi.clone()}
         return losses, metrics, post
 
 

@@ -222,3 +222,18 @@ def test_named_terms_add_up_to_the_total_the_optimiser_sees(algo):
     metrics, _ = agent.train_step(batch)  # the same draws: the same terms, now with gradients
     assert metrics["loss/total"] == pytest.approx(float(total), rel=1e-5)
     assert {f"loss/{k}" for k in losses} <= set(metrics)
+
+
+def test_the_return_normaliser_percentiles_are_logged_beside_the_scale():
+    """train/ret_lo and train/ret_hi are the EMA percentiles after the update: scale = max(1, hi − lo); V1 has no normaliser."""
+    torch.manual_seed(0)
+    agent = build_agent(compose([*TINY, "algo=dreamerv3"]), vector_obs_space(), ACT_SPACE)
+    agent.retnorm.lo.fill_(-1.0)  # as after earlier updates: a spread above the floor of 1
+    agent.retnorm.hi.fill_(2.0)
+    metrics, _ = agent.train_step(fake_batch(deter=32, stoch=4))
+    lo, hi = float(agent.retnorm.lo), float(agent.retnorm.hi)
+    assert -1.0 < lo < 0.0 < hi < 2.0 and hi - lo > 1.0  # one EMA step (rate 0.01) towards this batch's returns
+    assert (metrics["train/ret_lo"], metrics["train/ret_hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert metrics["train/ret_scale"] == pytest.approx(max(1.0, hi - lo))
+    v1 = build_agent(compose([*TINY, "algo=dreamerv1"]), vector_obs_space(), ACT_SPACE)
+    assert "train/ret_lo" not in v1.train_step(fake_batch(deter=32, stoch=4))[0]
