@@ -274,11 +274,16 @@ class Trainer(RunAccess):
         self.book.save(self.agent, self.replay, {"spaces": checkpoint.spaces_to_dict(self.obs_space, self.act_space)})
 
     def close(self) -> None:
-        """Frees rank 0's environments (simulators, renderers); idempotent. The trainer cannot act afterwards."""
+        """Frees rank 0's environments (simulators, renderers) and leaves the process group; idempotent.
+
+        The trainer cannot act afterwards.
+        """
         for env in (self.env, self.eval_env):
             if env is not None:
                 env.close()
         self.env = self.eval_env = None
+        if self.parallel is not None:
+            self.parallel.close()
 
 
 def export_metadata(cfg: DictConfig, env_steps: int) -> dict[str, Any]:
@@ -336,5 +341,3 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return trainer.run()
     finally:
         trainer.close()
-        if trainer.parallel is not None:
-            trainer.parallel.close()

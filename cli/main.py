@@ -134,8 +134,6 @@ def cmd_train(args: list[str]) -> int:
         return 2
     finally:
         trainer.close()
-        if trainer.parallel is not None:
-            trainer.parallel.close()
     if trainer.writer:
         if summary["stopped"]:
             print(f"stopped: {summary['env_steps']} env steps, checkpoint in {cfg.logdir}; rerun the same command to continue")
