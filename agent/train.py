@@ -57,6 +57,10 @@ def _warn_no_continuation_head() -> None:
     )
 
 
+#: ``algo.prefill``: how rank 0 acts until training starts.
+PREFILLS = ("policy", "uniform")
+
+
 def _batch(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v)[None] for k, v in obs.items() if not k.startswith("log/")}
 
@@ -77,6 +81,8 @@ class Trainer(RunAccess):
         self._adopt(parts)
         self._obs: dict[str, np.ndarray] | None = None
         self._stop = threading.Event()
+        if cfg.algo.prefill not in PREFILLS:
+            raise ValueError(f"unknown algo.prefill {cfg.algo.prefill!r}; valid: {', '.join(PREFILLS)}")
 
     def stop(self) -> None:
         """Asks ``run`` to end at the next episode end, after a checkpoint; rerunning the command continues exactly.
@@ -112,6 +118,10 @@ class Trainer(RunAccess):
         obs = self._obs
         with self.updater.autocast():
             action, self._state = self.agent.policy(_batch(obs), self._state)
+        if self.cfg.algo.prefill == "uniform" and not self.ratio.ready(len(self.replay)):
+            # Uniform random actions until training starts (V1, V2); the carry takes the action actually sent.
+            action = self._uniform_action(action)
+            self._state = {**self._state, "prev_action": action}
         env_action = self._to_env(action)
         step = {
             **{k: v for k, v in obs.items() if not k.startswith("log/")},
@@ -152,6 +162,19 @@ class Trainer(RunAccess):
                     break
             returns.append(total)
         return returns
+
+    def _uniform_action(self, like: torch.Tensor) -> torch.Tensor:
+        """A uniform random action shaped like ``like`` ``[1, A]``: uniform in [-1, 1]^A, or a uniform one-hot.
+
+        Drawn from (seed, agent step), so a resumed run draws the same actions.
+        """
+        rng = np.random.default_rng((int(self.cfg.seed), int(self.counters["agent_steps"])))
+        size = like.shape[-1]
+        if self.act_space.discrete:
+            values = np.eye(size, dtype=np.float32)[rng.integers(size)]
+        else:
+            values = rng.uniform(-1.0, 1.0, size).astype(np.float32)
+        return torch.as_tensor(values, dtype=like.dtype, device=like.device)[None]
 
     def _to_env(self, action: torch.Tensor) -> np.ndarray:
         values = action[0].float().cpu().numpy()

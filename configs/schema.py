@@ -137,6 +137,9 @@ class AlgoConfig:
     discount_weight: str = doc("inclusive", "weight of imagined step t: inclusive Π_{i≤t} γ_i (V3) | exclusive Π_{i<t} (V1, V2)")
     replay_context: bool = doc(True, "start replayed sequences from stored latents (V3) instead of zeros (V1, V2)")
     expl_noise: float = doc(0.0, "std of Gaussian noise added to sampled actions (V1: 0.3)")
+    prefill: str = doc(
+        "policy", "actions until training starts (train_start): policy, the initial policy (V3) | uniform, uniform random (V1, V2)"
+    )
     retnorm: RetNormConfig = field(default_factory=RetNormConfig)
     loss_scales: dict = doc(
         {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1, "kl": 1.0, "policy": 1.0, "value": 1.0, "repval": 0.3},

@@ -265,3 +265,41 @@ def test_smoke_every_algo_on_every_family(algo, env, tiny_overrides, tmp_path):
         crafter_score = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(crafter_score)
         assert len(crafter_score.read_episodes(tmp_path / "run")) == len(episodes)
+
+
+@pytest.mark.parametrize(
+    ("algo", "env", "uniform"),
+    [("dreamerv1", "fake/vector", True), ("dreamerv2", "fake/discrete", True), ("dreamerv3", "fake/vector", False)],
+)
+def test_prefill_acts_uniformly_at_random_in_v1_and_v2_and_with_the_policy_in_v3(algo, env, uniform, tmp_path):
+    """Until replay holds train_start steps, V1 and V2 act uniformly at random (as their official code's random
+    agent), each action drawn from (seed, agent step); V3 acts with its initial policy, and so do V1 and V2 after."""
+    from conftest import TINY
+
+    trainer = Trainer(
+        compose([f"algo={algo}", f"env={env}", "env.time_limit=15", "eval_episodes=0", "steps=40", *TINY, f"logdir={tmp_path}"])
+    )
+    assert trainer.cfg.algo.prefill == ("uniform" if uniform else "policy")
+    trainer.run()
+    actions = trainer.replay.data["action"][: trainer.replay.total]
+    size = actions.shape[1]
+
+    def draw(step):
+        rng = np.random.default_rng((0, step))
+        return np.eye(size, dtype=np.float32)[rng.integers(size)] if env == "fake/discrete" else rng.uniform(-1, 1, size)
+
+    start = trainer.ratio.start
+    matches = [np.allclose(actions[i], draw(i), atol=1e-6) for i in range(len(actions))]
+    if uniform:
+        assert all(matches[:start]) and not all(matches[start:]), matches
+    else:
+        assert not any(matches[:start])
+    if env == "fake/vector":  # continuous: spread over [-1, 1], not only at the bounds
+        assert np.abs(actions[:start]).min() < 0.5
+
+
+def test_an_unknown_prefill_is_a_clear_error(tmp_path):
+    from conftest import TINY
+
+    with pytest.raises(ValueError, match="unknown algo.prefill 'random'; valid: policy, uniform"):
+        Trainer(compose(["env=fake/vector", "algo.prefill=random", *TINY, f"logdir={tmp_path}"]))
