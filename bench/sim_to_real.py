@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -193,11 +192,17 @@ def flow(deploy: Path, args: argparse.Namespace, out: Path, perturb: list[str]) 
         f"realtime.initial_policy={deploy / 'policy.onnx'}",
         *(f"realtime.robot_perturb.{p}" for p in perturb),
     ]
+    from reverie.realtime.launcher import lower_process_priority
+
     cli = [sys.executable, "-m", "reverie.cli.main"]
     (out / "commands.txt").write_text("reverie learner " + " ".join(common) + "\nreverie actor " + " ".join(actor_args) + "\n")
     logs = open(out / "flow.log", "ab")
     learner = subprocess.Popen(
-        [*cli, "learner", *common], stdout=logs, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=lambda: os.nice(10)
+        [*cli, "learner", *common],
+        stdout=logs,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: lower_process_priority(10),
     )
     status_path = deploy / "actors" / "actor0" / "status.json"
     records: list[dict[str, Any]] = []

@@ -427,3 +427,22 @@ def test_actor_refuses_a_policy_with_a_nonfinite_warmup_action(tmp_path, monkeyp
             actor._build(read_payload(tmp_path / "p.onnx", sidecar), sidecar)
     finally:
         actor.close()
+
+
+def test_the_learner_process_is_niced_across_sessions_too(tmp_path):
+    """The launcher's niced child runs in a session of its own; where Linux schedules by autogroup, its group
+    gets the same nice value, or the nice would weigh nothing against the actors (each in a group of its own)."""
+    from reverie.realtime import launcher
+
+    child = launcher._Process("learner", [sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "log", nice=7)
+    child.start()
+    try:
+        pid = child.popen.pid
+        assert os.getsid(pid) == pid  # a session of its own
+        assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 7
+        group = f"/proc/{pid}/autogroup"
+        if os.path.exists(group):  # a kernel with autogroup scheduling (CI's and this machine's)
+            with open(group) as f:
+                assert f.read().split()[-2:] == ["nice", "7"]
+    finally:
+        child.stop()
