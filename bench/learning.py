@@ -86,7 +86,7 @@ def run_seeds(args: argparse.Namespace, env: str) -> dict[int, dict]:
 
 
 def run_label(logdir: Path) -> str:
-    """``<algo>-<size>[-<precision>]-seed<seed>`` from the run's config.yaml (the folder name when there is none)."""
+    """``<algo>-<size>[-<precision>][-randomized]-seed<seed>`` from the run's config.yaml (the folder name when there is none)."""
     config = logdir / "config.yaml"
     if not config.exists():
         return logdir.name
@@ -94,7 +94,12 @@ def run_label(logdir: Path) -> str:
 
     cfg = OmegaConf.load(config)
     precision = cfg.get("precision", "fp32")  # named only when chosen: auto is fp32 on the CPU
-    return f"{cfg.algo.name}-{cfg.size.name}{'' if precision in ('fp32', 'auto') else '-' + precision}-seed{cfg.seed}"
+    randomize = OmegaConf.select(cfg, "env.randomize", default=None)
+    # Any key off its default (factor ranges [1, 1], zero noise, delay and dropout) marks a run trained with env.randomize.
+    values = OmegaConf.to_container(randomize).values() if randomize is not None else []
+    randomized = any(v not in ([1.0, 1.0], [0.0, 0.0], 0, 0.0, None) for v in values)
+    tags = ("" if precision in ("fp32", "auto") else "-" + precision) + ("-randomized" if randomized else "")
+    return f"{cfg.algo.name}-{cfg.size.name}{tags}-seed{cfg.seed}"
 
 
 def launcher_evals(logdir: Path, lines: list[dict]) -> list[tuple[int, float, float | None]]:

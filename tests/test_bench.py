@@ -189,6 +189,15 @@ def test_learning_labels_name_the_precision_only_when_chosen(tmp_path, bench):
         (run / "config.yaml").write_text(f"algo: {{name: dreamerv3}}\nsize: {{name: 1m}}\nseed: 3\nprecision: {precision}\n")
         assert run_label(run) == label
     assert run_label(tmp_path / "no_config") == "no_config"
+    # A run trained with env.randomize is named so (the defaults alone are not).
+    for name, randomize, label in (
+        ("nominal", "{mass: [1.0, 1.0], obs_noise: 0.0, act_delay: 0, seed: null}", "dreamerv3-1m-seed3"),
+        ("randomized", "{mass: [0.5, 2.0], obs_noise: 0.0, act_delay: 0, seed: null}", "dreamerv3-1m-randomized-seed3"),
+    ):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "config.yaml").write_text(f"algo: {{name: dreamerv3}}\nsize: {{name: 1m}}\nseed: 3\nenv: {{randomize: {randomize}}}\n")
+        assert run_label(run) == label
 
 
 def test_parity_reader_drops_lines_a_resume_superseded(tmp_path, bench):
