@@ -74,6 +74,9 @@ class Trainer(RunAccess):
 
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
+        # Checked before anything is built: a typo costs no environments, agent or replay.
+        if cfg.algo.prefill not in PREFILLS:
+            raise ValueError(f"unknown algo.prefill {cfg.algo.prefill!r}; valid: {', '.join(PREFILLS)}")
         # Rank 0's environments (_make_envs); the other ranks have none and never act.
         self.env: envs.Env | None = None
         self.eval_env: envs.Env | None = None
@@ -81,8 +84,6 @@ class Trainer(RunAccess):
         self._adopt(parts)
         self._obs: dict[str, np.ndarray] | None = None
         self._stop = threading.Event()
-        if cfg.algo.prefill not in PREFILLS:
-            raise ValueError(f"unknown algo.prefill {cfg.algo.prefill!r}; valid: {', '.join(PREFILLS)}")
 
     def stop(self) -> None:
         """Asks ``run`` to end at the next episode end, after a checkpoint; rerunning the command continues exactly.
