@@ -170,11 +170,7 @@ class Trainer(RunAccess):
         Drawn from (seed, agent step), so a resumed run draws the same actions.
         """
         rng = np.random.default_rng((int(self.cfg.seed), int(self.counters["agent_steps"])))
-        size = like.shape[-1]
-        if self.act_space.discrete:
-            values = np.eye(size, dtype=np.float32)[rng.integers(size)]
-        else:
-            values = rng.uniform(-1.0, 1.0, size).astype(np.float32)
+        values = self.act_space.sample(rng).astype(np.float32)
         return torch.as_tensor(values, dtype=like.dtype, device=like.device)[None]
 
     def _to_env(self, action: torch.Tensor) -> np.ndarray:

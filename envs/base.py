@@ -51,6 +51,19 @@ class Space:
         """True for uint8 H×W×C arrays."""
         return self.dtype == np.uint8 and len(self.shape) == 3
 
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        """One uniform draw: a one-hot for a discrete space, else uniform in ``[low, high]``.
+
+        A missing or infinite bound counts as -1 or 1, the range of an action.
+        """
+        if self.discrete:
+            value = np.zeros(self.shape, self.dtype)
+            value[rng.integers(self.shape[0])] = 1
+            return value
+        low = -1.0 if self.low is None or not math.isfinite(self.low) else float(self.low)
+        high = 1.0 if self.high is None or not math.isfinite(self.high) else float(self.high)
+        return rng.uniform(low, high, self.shape).astype(self.dtype)
+
 
 @runtime_checkable
 class Env(Protocol):

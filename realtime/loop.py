@@ -161,21 +161,13 @@ class RandomPolicy:
     def __init__(self, act_space: Space, seed: int = 0) -> None:
         self._space = act_space
         self._rng = np.random.default_rng(seed)
-        low, high = act_space.low, act_space.high
-        self._low = -1.0 if low is None or not math.isfinite(low) else float(low)
-        self._high = 1.0 if high is None or not math.isfinite(high) else float(high)
 
     def reset(self) -> None:
         """Nothing to clear."""
 
     def step(self, obs: Obs) -> np.ndarray:
         """Draws one action."""
-        space = self._space
-        if space.discrete:
-            action = np.zeros(space.shape, space.dtype)
-            action[self._rng.integers(space.shape[0])] = 1
-            return action
-        return self._rng.uniform(self._low, self._high, space.shape).astype(space.dtype)
+        return self._space.sample(self._rng)
 
 
 def _percentiles(values: array, prefix: str) -> dict[str, float]:

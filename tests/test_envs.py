@@ -79,6 +79,23 @@ def test_discrete_spaces() -> None:
     assert fake.act_space == Space(np.float32, (5,), 0, 1, discrete=True)
 
 
+def test_space_sample_is_uniform_within_bounds_and_one_hot_when_discrete() -> None:
+    rng = np.random.default_rng(0)
+    box = Space(np.float32, (3,), -1, 1)
+    draws = np.stack([box.sample(rng) for _ in range(4000)])
+    assert draws.dtype == np.float32 and draws.shape == (4000, 3)
+    assert draws.min() >= -1 and draws.max() <= 1
+    # Uniform on [-1, 1]: mean 0, standard deviation 1/sqrt(3) (0.577); 4000 draws put the sample's within ±0.03.
+    assert np.all(np.abs(draws.mean(0)) < 0.05) and np.all(np.abs(draws.std(0) - 3**-0.5) < 0.03)
+    half = Space(np.float32, (2,), 0.0, None)  # an unbounded side counts as ±1
+    assert np.stack([half.sample(rng) for _ in range(200)]).min() >= 0
+    onehot = np.stack([Space(np.float32, (4,), 0, 1, discrete=True).sample(rng) for _ in range(4000)])
+    assert np.all(onehot.sum(1) == 1) and set(np.unique(onehot)) == {0.0, 1.0}
+    assert np.all(np.abs(onehot.mean(0) - 0.25) < 0.03)
+    # The same generator state gives the same draw (the trainer's prefill depends on it to resume).
+    assert np.array_equal(box.sample(np.random.default_rng(7)), box.sample(np.random.default_rng(7)))
+
+
 def test_dmc_pixels_has_only_image() -> None:
     env = make("dmc/cartpole_swingup", obs="pixels", size=(32, 48))
     assert set(env.obs_space) == {"image", *BASIC_KEYS}
