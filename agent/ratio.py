@@ -14,9 +14,10 @@ class TrainRatio:
     ``world × batch_size × batch_length`` steps (under data parallel each of
     the ``world`` ranks trains on its own batch), so every agent step earns
     ``train_ratio / (world · batch_size · batch_length)`` updates, from the
-    moment replay holds ``train_start`` steps (and one whole sequence). The
-    credit lives in ``counters["train_credit"]``, so it is checkpointed with
-    the run.
+    moment replay holds ``train_start`` steps (and one whole sequence). At
+    that moment ``algo.pretrain`` updates are owed at once besides (DreamerV1's
+    and V2's DMC burst of 100 on the prefill data; 0 for V3). The credit lives
+    in ``counters["train_credit"]``, so it is checkpointed with the run.
 
     Args:
         cfg: the composed config.
@@ -29,6 +30,9 @@ class TrainRatio:
         self.replayed_per_update = int(world) * int(cfg.batch_size) * int(cfg.batch_length)
         self.per_step = float(cfg.train_ratio) / self.replayed_per_update
         self.start = max(int(cfg.train_start), int(cfg.batch_length) + 1)
+        self.pretrain = int(cfg.algo.pretrain)
+        if self.pretrain < 0:
+            raise ValueError(f"algo.pretrain must be >= 0 updates, got {self.pretrain}")
 
     def ready(self, replay_steps: int) -> bool:
         """Enough steps in replay to start training."""
@@ -36,8 +40,13 @@ class TrainRatio:
 
     def earn(self, agent_steps: int, replay_steps: int) -> None:
         """Adds the updates ``agent_steps`` new steps pay for (nothing before replay is ready)."""
-        if self.ready(replay_steps):
-            self.counters["train_credit"] += agent_steps * self.per_step
+        if not self.ready(replay_steps):
+            return
+        if not self.counters["pretrained"]:
+            self.counters["pretrained"] = True
+            if self.counters["updates"] == 0:  # a run resumed from before this counter existed has had its start
+                self.counters["train_credit"] += self.pretrain
+        self.counters["train_credit"] += agent_steps * self.per_step
 
     def owed(self) -> bool:
         """At least one update is owed."""

@@ -387,8 +387,9 @@ def main() -> None:
         "robot_minutes": records[-1]["minutes"] if records else 0.0,
         "robot_episodes": len(records),
         "recovered": recovered(records, rows[0], args.window),
-        # The gap rows use the deterministic export; the flow runs the learner's sampling policy: its first episodes
-        # are the deployed agent's own starting point.
+        # The gap rows use the run's policy.onnx (exported deterministic where the run had none; export the sampling
+        # policy beforehand to compare like with like); the flow runs the learner's sampling policy: its first
+        # episodes are the deployed agent's own starting point.
         "flow_first": flow_first,
         "flow_last": flow_last,
         "control_first": control_first,

@@ -140,6 +140,7 @@ class AlgoConfig:
     prefill: str = doc(
         "policy", "actions until training starts (train_start): policy, the initial policy (V3) | uniform, uniform random (V1, V2)"
     )
+    pretrain: int = doc(0, "updates owed at once when training starts, besides the train ratio's (V1; V2 on DMC: 100)")
     retnorm: RetNormConfig = field(default_factory=RetNormConfig)
     loss_scales: dict = doc(
         {"rec": 1.0, "rew": 1.0, "con": 1.0, "dyn": 1.0, "rep": 0.1, "kl": 1.0, "policy": 1.0, "value": 1.0, "repval": 0.3},

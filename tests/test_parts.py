@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, chunk_of
 
+from reverie.agent.run import COUNTERS
 from reverie.cli.config import compose
 from reverie.cli.main import main
 
@@ -61,7 +62,7 @@ def test_train_ratio_counts_every_ranks_batch():
     from reverie.agent.ratio import TrainRatio
 
     cfg = compose([*TINY])  # ratio 32, batch 4 × 8, train_start 16
-    one, two = {"train_credit": 0.0, "updates": 0, "agent_steps": 0}, {"train_credit": 0.0, "updates": 0, "agent_steps": 0}
+    one, two = dict(COUNTERS), dict(COUNTERS)
     single, double = TrainRatio(cfg, one), TrainRatio(cfg, two, world=2)
     single.earn(10, replay_steps=10)  # replay not ready yet: nothing owed
     assert one["train_credit"] == 0 and not single.owed()
@@ -71,6 +72,28 @@ def test_train_ratio_counts_every_ranks_batch():
     assert one["train_credit"] == pytest.approx(10.0) and two["train_credit"] == pytest.approx(5.0)
     two["updates"], two["agent_steps"] = 5, 10
     assert double.achieved() == pytest.approx(32.0)
+
+
+def test_pretrain_owes_its_burst_once_when_training_starts():
+    from reverie.agent.ratio import TrainRatio
+
+    cfg = compose([*TINY, "algo.pretrain=7"])  # ratio 32, batch 4 × 8 (1 update per agent step), train_start 16
+    counters = dict(COUNTERS)
+    ratio = TrainRatio(cfg, counters)
+    ratio.earn(10, replay_steps=10)  # not ready: no burst yet
+    assert counters["train_credit"] == 0 and not counters["pretrained"]
+    ratio.earn(1, replay_steps=16)  # ready: 7 at once plus the step's 1
+    assert counters["train_credit"] == pytest.approx(8.0) and counters["pretrained"]
+    ratio.earn(1, replay_steps=17)  # never again
+    assert counters["train_credit"] == pytest.approx(9.0)
+    # A run resumed from a checkpoint made before the counter existed (False by default) has trained already.
+    resumed = {**COUNTERS, "updates": 50}
+    TrainRatio(cfg, resumed).earn(1, replay_steps=100)
+    assert resumed["train_credit"] == pytest.approx(1.0) and resumed["pretrained"]
+    for algo, burst in (("dreamerv1", 100), ("dreamerv2", 100), ("dreamerv3", 0)):
+        assert TrainRatio(compose([f"algo={algo}"]), dict(COUNTERS)).pretrain == burst
+    with pytest.raises(ValueError, match="algo.pretrain"):
+        TrainRatio(compose([*TINY, "algo.pretrain=-1"]), dict(COUNTERS))
 
 
 def _spaces_file(tmp_path, env):
