@@ -9,6 +9,8 @@ recurrent is stored on the agent.
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -251,7 +253,9 @@ class Dreamer(nn.Module):
             # imagined rollout; only the actor may learn from them.
             actor_params = list(self.actor.parameters())
             actor_grads = torch.autograd.grad(scaled["policy"], actor_params, retain_graph=True)
-            (total - scaled["policy"]).backward()
+            # The other terms summed afresh: total − policy would send a zero gradient back through the
+            # whole imagined rollout (+g and −g meet at the policy term), a second backward for nothing.
+            functools.reduce(operator.add, (term for name, term in scaled.items() if name != "policy")).backward()
             for param, grad in zip(actor_params, actor_grads):
                 param.grad = grad if param.grad is None else param.grad + grad
         else:
