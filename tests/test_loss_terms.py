@@ -237,3 +237,20 @@ def test_the_return_normaliser_percentiles_are_logged_beside_the_scale():
     assert metrics["train/ret_scale"] == pytest.approx(max(1.0, hi - lo))
     v1 = build_agent(compose([*TINY, "algo=dreamerv1"]), vector_obs_space(), ACT_SPACE)
     assert "train/ret_lo" not in v1.train_step(fake_batch(deter=32, stoch=4))[0]
+
+
+def test_dynamics_backpropagation_goes_back_through_the_imagined_rollout_once():
+    """V1's returns reach the actor through the rollout; the other terms must not send a (cancelled) gradient back along it too."""
+    torch.manual_seed(0)
+    agent = build_agent(compose([*TINY, "algo=dreamerv1"]), vector_obs_space(), ACT_SPACE)
+    rssm, passes = agent.wm.rssm, []
+    imagine = rssm.imagine_differentiable
+
+    def counted(*args, **kwargs):
+        feat, actions = imagine(*args, **kwargs)
+        feat.register_hook(lambda grad: passes.append(float(grad.abs().sum())))
+        return feat, actions
+
+    rssm.imagine_differentiable = counted
+    agent.train_step(fake_batch(deter=32, stoch=4))
+    assert len(passes) == 1 and passes[0] > 0  # only the actor's gradient, and a real one
