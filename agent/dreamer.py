@@ -9,8 +9,6 @@ recurrent is stored on the agent.
 from __future__ import annotations
 
 import contextlib
-import functools
-import operator
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -253,9 +251,9 @@ class Dreamer(nn.Module):
             # imagined rollout; only the actor may learn from them.
             actor_params = list(self.actor.parameters())
             actor_grads = torch.autograd.grad(scaled["policy"], actor_params, retain_graph=True)
-            # The other terms summed afresh: total − policy would send a zero gradient back through the
+            # The total of the other terms afresh: total − policy would send a zero gradient back through the
             # whole imagined rollout (+g and −g meet at the policy term), a second backward for nothing.
-            functools.reduce(operator.add, (term for name, term in scaled.items() if name != "policy")).backward()
+            total_loss({k: v for k, v in losses.items() if k != "policy"}, self.scales)[0].backward()
             for param, grad in zip(actor_params, actor_grads):
                 param.grad = grad if param.grad is None else param.grad + grad
         else:

@@ -170,8 +170,7 @@ class Trainer(RunAccess):
         Drawn from (seed, agent step), so a resumed run draws the same actions.
         """
         rng = np.random.default_rng((int(self.cfg.seed), int(self.counters["agent_steps"])))
-        values = self.act_space.sample(rng).astype(np.float32)
-        return torch.as_tensor(values, dtype=like.dtype, device=like.device)[None]
+        return torch.as_tensor(self.act_space.sample(rng), dtype=like.dtype, device=like.device)[None]
 
     def _to_env(self, action: torch.Tensor) -> np.ndarray:
         values = action[0].float().cpu().numpy()
