@@ -42,10 +42,9 @@ class TrainRatio:
         """Adds the updates ``agent_steps`` new steps pay for (nothing before replay is ready)."""
         if not self.ready(replay_steps):
             return
-        if not self.counters["pretrained"]:
-            self.counters["pretrained"] = True
-            if self.counters["updates"] == 0:  # a run resumed from before this counter existed has had its start
-                self.counters["train_credit"] += self.pretrain
+        if self.counters["updates"] == 0 and self.counters["train_credit"] == 0:
+            # Training starts now (nothing made, nothing owed yet; a resumed run that trained has updates).
+            self.counters["train_credit"] += self.pretrain
         self.counters["train_credit"] += agent_steps * self.per_step
 
     def owed(self) -> bool:

@@ -67,7 +67,6 @@ COUNTERS: dict[str, Any] = {
     "episodes": 0,
     "eval_episodes": 0,
     "train_credit": 0.0,
-    "pretrained": False,  # algo.pretrain's burst was owed
     "last_eval": 0,
     "last_ckpt": 0,
     "last_report": 0,
