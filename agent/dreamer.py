@@ -348,9 +348,21 @@ class Dreamer(nn.Module):
         if dynamics:
             assert isinstance(actor_feat, torch.Tensor)  # (dense, as above)
             actor_feat, actions = actor_feat.detach(), actions.detach()
-        logp, entropy = self.actor.logp_entropy(actor_feat, actions[:, :-1])
+        if self.actor_grad_mix == 1.0 and not self.entropy_scale:
+            # Pure dynamics backpropagation without an entropy bonus (V1): the loss needs neither log π nor the
+            # entropy, so a second actor pass over every imagined state (~10 % of a V1 update's FLOPs) would feed
+            # only the entropy metric; every 16th trajectory estimates that, without a graph.
+            assert isinstance(actor_feat, torch.Tensor)  # dynamics backpropagation imagines densely
+            with torch.no_grad():
+                entropy = self.actor.logp_entropy(actor_feat[::16], actions[::16, :-1])[1]
+            logp = entropy_term = torch.zeros_like(ret)
+        else:
+            logp, entropy = self.actor.logp_entropy(actor_feat, actions[:, :-1])
+            entropy_term = entropy
         losses["policy"] = (
-            policy_loss(logp, entropy, adv, weight[:, :-1], self.entropy_scale, returns=ret, mix=self.actor_grad_mix).mean(1).reshape(B, T)
+            policy_loss(logp, entropy_term, adv, weight[:, :-1], self.entropy_scale, returns=ret, mix=self.actor_grad_mix)
+            .mean(1)
+            .reshape(B, T)
         )
         losses["value"] = (
             critic_loss(self.critic, value_logits[:, :-1], ret, slow_value, weight[:, :-1], self.slowreg).mean(1).reshape(B, T)

@@ -254,3 +254,17 @@ def test_dynamics_backpropagation_goes_back_through_the_imagined_rollout_once():
     rssm.imagine_differentiable = counted
     agent.train_step(fake_batch(deter=32, stoch=4))
     assert len(passes) == 1 and passes[0] > 0  # only the actor's gradient, and a real one
+
+
+def test_v1_runs_its_actor_once_over_the_imagined_states():
+    """V1's loss needs no log π: the actor sees each imagined state in the rollout, and a 16th of them again for the entropy metric."""
+    torch.manual_seed(0)
+    agent = build_agent(compose([*TINY, "algo=dreamerv1"]), vector_obs_space(), ACT_SPACE)
+    first = next(m for m in agent.actor.modules() if isinstance(m, torch.nn.Linear))
+    rows: list[int] = []
+    first.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].reshape(-1, inputs[0].shape[-1]).shape[0]))
+    batch = fake_batch(deter=32, stoch=4)
+    metrics, _ = agent.train_step(batch)
+    starts, horizon = 3 * 8, agent.imag_horizon  # B × T start states; fake_batch holds T + 1 = 9 steps
+    assert sum(rows) == starts * (horizon + 1) + math.ceil(starts / 16) * horizon
+    assert math.isfinite(metrics["train/actor_entropy"]) and math.isfinite(metrics["loss/policy"])
