@@ -22,9 +22,14 @@ environment steps), and writes:
 * ``<out>/returns.png`` and ``<out>/losses.png``.
 
 Only the official run's output files are read; nothing of its code is used.
+``--official-summary`` takes the official runs from a summary this script wrote
+before (the committed ones under ``docs/bench/parity_*``), so a new reverie run
+is compared with them on a machine without the official code or its logs.
 
     python bench/parity.py --reverie /work/runs/parity/reverie/cartpole_swingup_r128_seed0 \\
         --official /work/runs/parity/official/cartpole_swingup_r128_seed0 --out docs/bench/parity_cartpole_swingup_r128
+    python bench/parity.py --reverie RUN --out OUT \\
+        --official-summary docs/bench/parity_cartpole_swingup_r128_2seeds/summary.json
 """
 
 from __future__ import annotations
@@ -81,6 +86,17 @@ def load(logdir: Path, kind: str) -> dict:
         keys = (ours, ours.replace("loss/rec/", "loss/")) if kind == "reverie" else (theirs,)  # older runs: loss/<key>
         losses[ours] = [(r["step"], r[k]) for r in rows for k in keys if k in r]
     return {"episodes": episodes, "evals": evals, "losses": losses}
+
+
+def official_runs_of(summary_path: Path, window: int) -> dict[str, dict]:
+    """The ``official:*`` runs of a ``summary.json`` this script wrote, windowed as ``window`` asks."""
+    saved = json.loads(summary_path.read_text())
+    if saved.get("window") != window:
+        raise SystemExit(f"{summary_path}: its windows are {saved.get('window')} steps wide, not --window {window}")
+    runs = {name: run for name, run in saved["runs"].items() if name.startswith("official:")}
+    if not runs:
+        raise SystemExit(f"{summary_path}: holds no official run")
+    return runs
 
 
 def windows(points: list[tuple[float, float]], width: int, *, keep_values: bool = True) -> list[dict]:
@@ -168,6 +184,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reverie", nargs="+", type=Path, required=True, help="reverie logdirs (one per seed)")
     parser.add_argument("--official", nargs="*", type=Path, default=[], help="official logdirs (one per seed)")
+    parser.add_argument(
+        "--official-summary", type=Path, help="take the official runs from a summary.json written before (docs/bench/parity_*)"
+    )
     parser.add_argument("--window", type=int, default=10_000, help="environment steps per averaging window")
     parser.add_argument("--min-episodes", type=int, default=5, help="windows with fewer episodes in any run are not compared")
     parser.add_argument("--out", type=Path, required=True)
@@ -184,6 +203,8 @@ def main() -> None:
         }
         for name, run in runs.items()
     }
+    if args.official_summary:
+        summary |= official_runs_of(args.official_summary, args.window)
     args.out.mkdir(parents=True, exist_ok=True)
     comparison = compare(summary, args.min_episodes)
     (args.out / "summary.json").write_text(json.dumps({"window": args.window, "runs": summary, "comparison": comparison}, indent=1))
@@ -210,28 +231,44 @@ def plot(runs: dict, summary: dict, window: int, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def middles(ws: list[dict]) -> list[float]:
+        return [(w["from"] + w["to"]) / 2 for w in ws]
+
+    # Runs taken from a saved summary have no raw points: their window values are drawn at the windows' middles.
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for i, (name, run) in enumerate(runs.items()):
+    for i, (name, run) in enumerate(summary.items()):
         color = f"C{i}"
-        steps, values = zip(*run["episodes"]) if run["episodes"] else ((), ())
+        episodes = (
+            runs[name]["episodes"] if name in runs else [((w["from"] + w["to"]) / 2, v) for w in run["episodes"] for v in w["values"]]
+        )
+        steps, values = zip(*episodes) if episodes else ((), ())
         ax.scatter(steps, values, s=6, alpha=0.3, color=color)
-        means = summary[name]["episodes"]
-        ax.plot([(w["from"] + w["to"]) / 2 for w in means], [w["mean"] for w in means], color=color, label=f"{name} training episodes")
+        means = run["episodes"]
+        ax.plot(middles(means), [w["mean"] for w in means], color=color, label=f"{name} training episodes")
         if run["evals"]:
-            ax.plot(*zip(*run["evals"]), "s--", color=color, label=f"{name} eval (deterministic)", markersize=4)
+            ax.plot(
+                [e["step"] for e in run["evals"]],
+                [e["return"] for e in run["evals"]],
+                "s--",
+                color=color,
+                label=f"{name} eval (deterministic)",
+                markersize=4,
+            )
     ax.set_xlabel("environment steps")
     ax.set_ylabel("return")
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "returns.png", dpi=110)
-    keys = [k for k in LOSSES if any(run["losses"].get(k) for run in runs.values())]
+    keys = [k for k in LOSSES if any(run["losses"].get(k) for run in summary.values())]
     cols = 4
     fig, axes = plt.subplots(math.ceil(len(keys) / cols), cols, figsize=(12, 2.6 * math.ceil(len(keys) / cols)), squeeze=False)
     for ax, key in zip(axes.flat, keys):
-        for i, (name, run) in enumerate(runs.items()):
-            if run["losses"].get(key):
-                ax.plot(*zip(*run["losses"][key]), color=f"C{i}", label=name, linewidth=1)
+        for i, (name, run) in enumerate(summary.items()):
+            if name in runs and runs[name]["losses"].get(key):
+                ax.plot(*zip(*runs[name]["losses"][key]), color=f"C{i}", label=name, linewidth=1)
+            elif run["losses"].get(key):
+                ax.plot(middles(run["losses"][key]), [w["mean"] for w in run["losses"][key]], color=f"C{i}", label=name, linewidth=1)
         ax.set_title(key, fontsize=9)
         ax.set_yscale("log")
         ax.grid(alpha=0.3)

@@ -271,6 +271,49 @@ def test_parity_mean_difference_and_its_interval(bench):
     assert compare(summary, min_episodes=5)["consistent"] is False
 
 
+def test_parity_compares_a_new_run_with_official_runs_from_a_saved_summary(tmp_path):
+    """``--official-summary`` gives the comparison that the official logdirs gave, without them; other windows are refused."""
+    rng = np.random.default_rng(0)
+
+    def logdir(name: str, score: str, centre: float) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        rows = [{"step": 1_000 * i + 500, score: centre + float(rng.normal(0, 20))} for i in range(30)]
+        rows += [{"step": 2_000 * i, "loss/dyn" if score == "episode/return" else "train/loss/dyn": 1.0 + i} for i in range(15)]
+        rows.sort(key=lambda r: r["step"])  # a log's steps never decrease (a decrease reads as a resume)
+        (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    ours = logdir("ours", "episode/return", 100)
+    official = [str(logdir(f"official{i}", "episode/score", 100)) for i in range(2)]
+    run("parity.py", "--reverie", str(ours), "--official", *official, "--out", str(tmp_path / "full"))
+    run(
+        "parity.py", "--reverie", str(ours), "--official-summary", str(tmp_path / "full" / "summary.json"), "--out", str(tmp_path / "saved")
+    )
+    full, saved = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("full", "saved"))
+    assert saved["comparison"] == full["comparison"] and len(full["comparison"]["windows"]) == 3
+    assert saved["runs"].keys() == full["runs"].keys() == {"reverie:ours", "official:official0", "official:official1"}
+    assert (tmp_path / "saved" / "returns.png").stat().st_size > 0 and (tmp_path / "saved" / "losses.png").stat().st_size > 0
+    refused = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "parity.py"),
+            "--reverie",
+            str(ours),
+            "--window",
+            "5000",
+            "--official-summary",
+            str(tmp_path / "full" / "summary.json"),
+            "--out",
+            str(tmp_path / "no"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0 and "not --window 5000" in refused.stderr
+
+
 def test_recovery_beyond_the_control_subtracts_the_rise_learning_gives_anyway(bench):
     beyond_control = bench("sim_to_real").beyond_control
     perturbed = [{"return": r} for r in (10, 20, 30, 40)]  # first 2: 15, last 2: 35, a rise of 20
