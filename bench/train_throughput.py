@@ -9,6 +9,7 @@ Prints one JSON line per measurement. Example:
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import time
 
@@ -17,6 +18,7 @@ import torch
 from common import emit, machine
 
 from reverie import envs
+from reverie.agent.allocator import reuse_freed_memory
 from reverie.agent.builder import build_agent
 from reverie.agent.train import resolve_device
 from reverie.cli.config import compose
@@ -47,6 +49,9 @@ def measure(overrides: list[str], *, updates: int, warmup: int, threads: int) ->
     torch.manual_seed(0)
     env = envs.from_config(cfg, seed=0)
     device = resolve_device(cfg.device)
+    # As training sets it up (agent/parts.py). Process-wide once on: compare reuse_freed_memory=false and true
+    # in two invocations.
+    reused = device.type == "cpu" and bool(cfg.reuse_freed_memory) and reuse_freed_memory()
     agent = build_agent(cfg, env.obs_space, env.act_space).to(device)
     if cfg.compile:
         agent.compile()
@@ -72,6 +77,7 @@ def measure(overrides: list[str], *, updates: int, warmup: int, threads: int) ->
         "device": device.type,
         "precision": cfg.precision,
         "compile": bool(cfg.compile),
+        "reuse_freed_memory": reused,
         "warmup_s": sum(warmup_times),  # includes torch.compile's compile time
         "threads": threads,
         "batch": [cfg.batch_size, cfg.batch_length],
@@ -82,6 +88,7 @@ def measure(overrides: list[str], *, updates: int, warmup: int, threads: int) ->
         "update_s_max": max(times),
         "updates": updates,
         "params": params,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,  # Linux: KiB
         "overrides": overrides,
         "machine": machine(),
     }

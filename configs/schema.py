@@ -280,6 +280,9 @@ class Config:
     precision: str = doc("auto", "auto (bf16 on a GPU, fp32 on the CPU) | fp32 | bf16 (autocast of matrix products)")
     compile: bool = doc(True, "torch.compile the hot modules (same maths, ~3x faster; ~1 min to compile)")
     threads: int = doc(0, "CPU threads for torch (0: all cores; reverie run's learner: the cores its local actors leave)")
+    reuse_freed_memory: bool = doc(
+        True, "training on the CPU: large tensors reuse freed heap memory (glibc) instead of fresh kernel pages (V1 updates 1.37x faster)"
+    )
     eval_every: int = doc(10_000, "environment steps between evaluations")
     eval_episodes: int = doc(5, "episodes per evaluation (deterministic policy)")
     report_every: int = doc(
