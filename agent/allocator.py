@@ -12,7 +12,7 @@ blocks come from the heap and are reused by the next update; resident memory
 stays at the update's peak (up to ``trim_threshold`` above it) instead of
 falling between updates.
 
-Only glibc has ``mallopt``; elsewhere this does nothing and says so.
+Only glibc has ``mallopt``; elsewhere this does nothing (and returns False).
 """
 
 from __future__ import annotations
