@@ -47,3 +47,9 @@ def reuse_freed_memory(trim_threshold: int = 1 << 30) -> bool:
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success; the trim threshold is a C int, so it is capped at 2 GiB − 1.
     return mallopt(M_MMAP_MAX, 0) == 1 and mallopt(M_TRIM_THRESHOLD, min(trim_threshold, 2**31 - 1)) == 1
+
+
+def reuse_freed_memory_when(wanted: bool, device_type: str) -> bool:
+    """:func:`reuse_freed_memory` for a training process on ``device_type`` if ``wanted`` (config
+    ``reuse_freed_memory``); only the CPU's allocations are glibc's. Returns whether it took effect."""
+    return device_type == "cpu" and wanted and reuse_freed_memory()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from .allocator import reuse_freed_memory
+from .allocator import reuse_freed_memory_when
 from .distributed import DataParallel, world_from_env
 from .ratio import TrainRatio
 from .run import RunBook, rank_seed, resolve_device, save_config, seed_everything
@@ -120,8 +120,7 @@ def assemble_run(
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
-    if device.type == "cpu" and cfg.reuse_freed_memory:
-        reuse_freed_memory()  # before the first update allocates its large tensors
+    reuse_freed_memory_when(bool(cfg.reuse_freed_memory), device.type)  # before the first update allocates
     parallel = DataParallel.from_env(device) if world_from_env()[1] > 1 else None
     book = RunBook(cfg, parallel=parallel, counters=counters)
     seed_everything(cfg.seed)

@@ -239,7 +239,9 @@ def plot(runs: dict, summary: dict, window: int, out: Path) -> None:
     for i, (name, run) in enumerate(summary.items()):
         color = f"C{i}"
         episodes = (
-            runs[name]["episodes"] if name in runs else [((w["from"] + w["to"]) / 2, v) for w in run["episodes"] for v in w["values"]]
+            runs[name]["episodes"]
+            if name in runs
+            else [(x, v) for w, x in zip(run["episodes"], middles(run["episodes"])) for v in w["values"]]
         )
         steps, values = zip(*episodes) if episodes else ((), ())
         ax.scatter(steps, values, s=6, alpha=0.3, color=color)

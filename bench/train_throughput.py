@@ -18,7 +18,7 @@ import torch
 from common import emit, machine
 
 from reverie import envs
-from reverie.agent.allocator import reuse_freed_memory
+from reverie.agent.allocator import reuse_freed_memory_when
 from reverie.agent.builder import build_agent
 from reverie.agent.train import resolve_device
 from reverie.cli.config import compose
@@ -51,7 +51,7 @@ def measure(overrides: list[str], *, updates: int, warmup: int, threads: int) ->
     device = resolve_device(cfg.device)
     # As training sets it up (agent/parts.py). Process-wide once on: compare reuse_freed_memory=false and true
     # in two invocations.
-    reused = device.type == "cpu" and bool(cfg.reuse_freed_memory) and reuse_freed_memory()
+    reused = reuse_freed_memory_when(bool(cfg.reuse_freed_memory), device.type)
     agent = build_agent(cfg, env.obs_space, env.act_space).to(device)
     if cfg.compile:
         agent.compile()

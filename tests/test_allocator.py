@@ -43,11 +43,11 @@ def test_a_64_mb_tensor_is_mapped_only_without_the_setting(setting):
 
 
 def test_the_training_setup_applies_it_on_the_cpu_only_when_asked(monkeypatch, tiny_overrides, tmp_path):
-    from reverie.agent import parts
+    from reverie.agent import allocator, parts
     from reverie.cli.config import compose
 
     calls = []
-    monkeypatch.setattr(parts, "reuse_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(allocator, "reuse_freed_memory", lambda: calls.append(1) or True)
     monkeypatch.setattr(parts, "RunBook", _stop)
     for flag, expected in (("true", [1]), ("false", [])):
         calls.clear()
